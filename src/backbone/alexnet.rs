@@ -1,0 +1,133 @@
+//! AlexNet exactly as the seed's `alexnet.py` (udacity/CarND-Alexnet-Feature-Extraction):
+//! 227x227 raw RGB 0..255 input (no mean subtraction), conv1 11x11/4 SAME, ReLU, LRN, max-pool
+//! 3/2 VALID, conv2 5x5 groups 2, ReLU, LRN, pool, conv3, conv4 (groups 2), conv5 (groups 2),
+//! pool, fc6, fc7 (each with ReLU), fc8 logits.
+//!
+//! A conv/fc layer's output includes its ReLU; `pool1`/`pool2` include LRN + pooling.
+
+use candle_core::{Device, Tensor};
+
+use super::layers::{conv2d, flatten, linear, lrn, max_pool_valid};
+use super::{ParamKind, ParamSpec};
+use crate::error::Result;
+use crate::weights::WeightSet;
+
+pub const INPUT_SIZE: usize = 227;
+
+pub const LAYERS: &[&str] = &[
+    "input", "conv1", "pool1", "conv2", "pool2", "conv3", "conv4", "conv5", "pool5", "fc6", "fc7", "fc8",
+];
+
+/// LRN settings of the seed: depth_radius 2, alpha 2e-5, beta 0.75, bias 1.0.
+pub const LRN_RADIUS: usize = 2;
+pub const LRN_ALPHA: f64 = 2e-5;
+pub const LRN_BETA: f64 = 0.75;
+pub const LRN_BIAS: f64 = 1.0;
+
+pub fn params() -> Vec<ParamSpec> {
+    let conv = |layer, k, cin, cout, groups| ParamSpec {
+        layer,
+        kind: ParamKind::Conv { kh: k, kw: k, cin, cout, groups },
+    };
+    vec![
+        conv("conv1", 11, 3, 96, 1),
+        conv("conv2", 5, 96, 256, 2),
+        conv("conv3", 3, 256, 384, 1),
+        conv("conv4", 3, 384, 384, 2),
+        conv("conv5", 3, 384, 256, 2),
+        ParamSpec {
+            layer: "fc6",
+            kind: ParamKind::Fc { cin: 9216, cout: 4096, flatten_chw: Some((256, 6, 6)) },
+        },
+        ParamSpec {
+            layer: "fc7",
+            kind: ParamKind::Fc { cin: 4096, cout: 4096, flatten_chw: None },
+        },
+        ParamSpec {
+            layer: "fc8",
+            kind: ParamKind::Fc { cin: 4096, cout: 1000, flatten_chw: None },
+        },
+    ]
+}
+
+pub fn output_shape(layer: usize) -> Vec<usize> {
+    match LAYERS.get(layer).copied() {
+        Some("input") => vec![3, 227, 227],
+        Some("conv1") => vec![96, 57, 57],
+        Some("pool1") => vec![96, 28, 28],
+        Some("conv2") => vec![256, 28, 28],
+        Some("pool2") => vec![256, 13, 13],
+        Some("conv3") => vec![384, 13, 13],
+        Some("conv4") => vec![384, 13, 13],
+        Some("conv5") => vec![256, 13, 13],
+        Some("pool5") => vec![256, 6, 6],
+        Some("fc6") | Some("fc7") => vec![4096],
+        _ => vec![1000],
+    }
+}
+
+struct Param {
+    w: Tensor,
+    b: Tensor,
+}
+
+pub struct AlexNet {
+    conv1: Param,
+    conv2: Param,
+    conv3: Param,
+    conv4: Param,
+    conv5: Param,
+    fc6: Param,
+    fc7: Param,
+    fc8: Param,
+}
+
+impl AlexNet {
+    pub fn new(weights: &WeightSet, device: &Device) -> Result<Self> {
+        let p = |name: &str| -> Result<Param> {
+            Ok(Param {
+                w: weights.tensor(&format!("{name}.weight"), device)?,
+                b: weights.tensor(&format!("{name}.bias"), device)?,
+            })
+        };
+        Ok(AlexNet {
+            conv1: p("conv1")?,
+            conv2: p("conv2")?,
+            conv3: p("conv3")?,
+            conv4: p("conv4")?,
+            conv5: p("conv5")?,
+            fc6: p("fc6")?,
+            fc7: p("fc7")?,
+            fc8: p("fc8")?,
+        })
+    }
+
+    /// Apply layer `i` (index into `LAYERS`, >= 1) to the output of layer `i - 1`.
+    fn layer(&self, i: usize, x: &Tensor) -> Result<Tensor> {
+        let lrn_pool = |x: &Tensor| -> Result<Tensor> {
+            let n = lrn(x, LRN_RADIUS, LRN_ALPHA, LRN_BETA, LRN_BIAS)?;
+            max_pool_valid(&n, 3, 2)
+        };
+        Ok(match i {
+            1 => conv2d(x, &self.conv1.w, &self.conv1.b, 4, true, 1)?.relu()?,
+            2 => lrn_pool(x)?,
+            3 => conv2d(x, &self.conv2.w, &self.conv2.b, 1, true, 2)?.relu()?,
+            4 => lrn_pool(x)?,
+            5 => conv2d(x, &self.conv3.w, &self.conv3.b, 1, true, 1)?.relu()?,
+            6 => conv2d(x, &self.conv4.w, &self.conv4.b, 1, true, 2)?.relu()?,
+            7 => conv2d(x, &self.conv5.w, &self.conv5.b, 1, true, 2)?.relu()?,
+            8 => max_pool_valid(x, 3, 2)?,
+            9 => linear(&flatten(x)?, &self.fc6.w, &self.fc6.b)?.relu()?,
+            10 => linear(x, &self.fc7.w, &self.fc7.b)?.relu()?,
+            _ => linear(x, &self.fc8.w, &self.fc8.b)?,
+        })
+    }
+
+    pub fn forward_range(&self, x: &Tensor, from: usize, until: usize) -> Result<Tensor> {
+        let mut x = x.clone();
+        for i in from + 1..=until {
+            x = self.layer(i, &x)?;
+        }
+        Ok(x)
+    }
+}

@@ -1,0 +1,161 @@
+//! Backbones: one file per architecture. Each exposes its layer names (the seed's), the shapes
+//! of its parameters (used by `weights` to check and convert files), and a forward pass that can
+//! stop at any named layer.
+
+pub mod alexnet;
+pub mod layers;
+
+use candle_core::{Device, Tensor};
+
+use crate::error::{Error, Result};
+use crate::weights::WeightSet;
+
+/// The architectures runner knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Arch {
+    AlexNet,
+}
+
+/// Shape of one parameterised layer, in runner's (candle) layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParamKind {
+    /// weight `[cout, cin / groups, kh, kw]`, bias `[cout]`
+    Conv {
+        kh: usize,
+        kw: usize,
+        cin: usize,
+        cout: usize,
+        groups: usize,
+    },
+    /// weight `[cout, cin]`, bias `[cout]`; `flatten_chw` is the feature map flattened into the
+    /// input (c, h, w), whose row order differs between TensorFlow (NHWC) and candle (NCHW).
+    Fc {
+        cin: usize,
+        cout: usize,
+        flatten_chw: Option<(usize, usize, usize)>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamSpec {
+    pub layer: &'static str,
+    pub kind: ParamKind,
+}
+
+impl ParamSpec {
+    /// `[cout, cin/groups, kh, kw]` or `[cout, cin]`
+    pub fn weight_shape(&self) -> Vec<usize> {
+        match self.kind {
+            ParamKind::Conv { kh, kw, cin, cout, groups } => vec![cout, cin / groups, kh, kw],
+            ParamKind::Fc { cin, cout, .. } => vec![cout, cin],
+        }
+    }
+
+    /// The same weight as the seed's files store it: HWIO or `[in, out]`.
+    pub fn seed_weight_shape(&self) -> Vec<usize> {
+        match self.kind {
+            ParamKind::Conv { kh, kw, cin, cout, groups } => vec![kh, kw, cin / groups, cout],
+            ParamKind::Fc { cin, cout, .. } => vec![cin, cout],
+        }
+    }
+
+    pub fn bias_len(&self) -> usize {
+        match self.kind {
+            ParamKind::Conv { cout, .. } | ParamKind::Fc { cout, .. } => cout,
+        }
+    }
+}
+
+impl Arch {
+    pub const ALL: &'static [Arch] = &[Arch::AlexNet];
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Arch::AlexNet => "alexnet",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Arch> {
+        match s.to_ascii_lowercase().as_str() {
+            "alexnet" => Some(Arch::AlexNet),
+            _ => None,
+        }
+    }
+
+    /// Layer names in forward order; `input` is the (preprocessed) image itself.
+    pub fn layers(&self) -> &'static [&'static str] {
+        match self {
+            Arch::AlexNet => alexnet::LAYERS,
+        }
+    }
+
+    /// Resolve a layer name (or alias) to its index in `layers()`.
+    pub fn layer_index(&self, name: &str) -> Option<usize> {
+        self.layers().iter().position(|l| *l == name)
+    }
+
+    pub fn params(&self) -> Vec<ParamSpec> {
+        match self {
+            Arch::AlexNet => alexnet::params(),
+        }
+    }
+
+    /// Square input side in pixels.
+    pub fn input_size(&self) -> usize {
+        match self {
+            Arch::AlexNet => alexnet::INPUT_SIZE,
+        }
+    }
+
+    /// Output shape of a layer for one image, `[c, h, w]` or `[d]`.
+    pub fn output_shape(&self, layer: usize) -> Vec<usize> {
+        match self {
+            Arch::AlexNet => alexnet::output_shape(layer),
+        }
+    }
+
+    /// Where the seed got the standard weights, for hints in errors.
+    pub fn weights_hint(&self) -> &'static str {
+        match self {
+            Arch::AlexNet => "bvlc-alexnet.npy (Caffe's bvlc_alexnet converted by caffe-tensorflow; the seed downloads it from Udacity's CarND-Alexnet-Feature-Extraction lab); put it in weights/",
+        }
+    }
+}
+
+/// A backbone with its weights on a device.
+pub enum Network {
+    AlexNet(alexnet::AlexNet),
+}
+
+impl Network {
+    pub fn new(arch: Arch, weights: &WeightSet, device: &Device) -> Result<Network> {
+        match arch {
+            Arch::AlexNet => Ok(Network::AlexNet(alexnet::AlexNet::new(weights, device)?)),
+        }
+    }
+
+    pub fn arch(&self) -> Arch {
+        match self {
+            Network::AlexNet(_) => Arch::AlexNet,
+        }
+    }
+
+    /// Run layers `from+1 ..= until` (indices into `Arch::layers()`); `from = 0` starts at the
+    /// preprocessed input `x` (NCHW f32, the architecture's input size).
+    pub fn forward_range(&self, x: &Tensor, from: usize, until: usize) -> Result<Tensor> {
+        if from > until || until >= self.arch().layers().len() {
+            return Err(Error::Other(format!(
+                "invalid layer range {from}..={until} for {}",
+                self.arch().name()
+            )));
+        }
+        match self {
+            Network::AlexNet(n) => n.forward_range(x, from, until),
+        }
+    }
+
+    /// Run from the input up to and including `layer`.
+    pub fn forward_until(&self, x: &Tensor, layer: usize) -> Result<Tensor> {
+        self.forward_range(x, 0, layer)
+    }
+}

@@ -1,0 +1,91 @@
+//! Preprocessing on the device: u8 NHWC batches -> f32 NCHW at the backbone's input size.
+//!
+//! Bilinear resizing is separable, so it runs as two small matrix products with interpolation
+//! matrices `Ry` (out_h x in_h) and `Rx` (out_w x in_w): `out = Ry . img . Rx^T` per channel.
+//! Each row of a matrix holds the two bilinear weights of one output pixel.
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::Result;
+
+/// How source coordinates are computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResizeMethod {
+    /// TF 1.x `tf.image.resize_images` (the seed): `src = dst * in / out`, no half-pixel offset.
+    Tf1,
+    /// The modern convention (TF2, PyTorch align_corners=False): `src = (dst + 0.5) * in / out - 0.5`.
+    HalfPixel,
+}
+
+impl ResizeMethod {
+    pub fn name(&self) -> &'static str {
+        match self {
+            ResizeMethod::Tf1 => "tf1",
+            ResizeMethod::HalfPixel => "half_pixel",
+        }
+    }
+}
+
+/// The `out x inp` bilinear interpolation matrix.
+pub fn interp_matrix(inp: usize, out: usize, method: ResizeMethod) -> Vec<f32> {
+    let mut m = vec![0f32; out * inp];
+    let scale = inp as f64 / out as f64;
+    for o in 0..out {
+        let src = match method {
+            ResizeMethod::Tf1 => o as f64 * scale,
+            ResizeMethod::HalfPixel => (o as f64 + 0.5) * scale - 0.5,
+        };
+        let f = src.floor();
+        let frac = (src - f) as f32;
+        let lo = (f.max(0.0) as usize).min(inp - 1);
+        let hi = ((f + 1.0).max(0.0) as usize).min(inp - 1);
+        m[o * inp + lo] += 1.0 - frac;
+        m[o * inp + hi] += frac;
+    }
+    m
+}
+
+/// Turn `count` u8 NHWC images of `h x w` into f32 NCHW at `size x size`, on `device`.
+pub fn to_input(pixels: &[u8], count: usize, h: usize, w: usize, size: usize, method: ResizeMethod, device: &Device) -> Result<Tensor> {
+    let x = Tensor::from_slice(pixels, (count, h, w, 3), device)?
+        .to_dtype(DType::F32)?
+        .permute((0, 3, 1, 2))?;
+    if h == size && w == size {
+        return Ok(x.contiguous()?);
+    }
+    let rx = Tensor::from_vec(interp_matrix(w, size, method), (size, w), device)?;
+    let ry = Tensor::from_vec(interp_matrix(h, size, method), (size, h), device)?;
+    // (N,C,H,W) x (W,S) -> (N,C,H,S)
+    let xs = x.contiguous()?.broadcast_matmul(&rx.t()?)?;
+    // (S,H) x (N,C,H,S) -> (N,C,S,S)
+    Ok(ry.broadcast_left((count, 3))?.contiguous()?.matmul(&xs.contiguous()?)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tf1_matrix_uses_no_half_pixel_offset() {
+        // 2 -> 4: src = 0, 0.5, 1.0, 1.5 ; the last two clamp the upper neighbour to 1
+        let m = interp_matrix(2, 4, ResizeMethod::Tf1);
+        assert_eq!(m, vec![1.0, 0.0, 0.5, 0.5, 0.0, 1.0, 0.0, 1.0]);
+    }
+
+    #[test]
+    fn half_pixel_matrix() {
+        // 2 -> 4: src = -0.25, 0.25, 0.75, 1.25
+        let m = interp_matrix(2, 4, ResizeMethod::HalfPixel);
+        assert_eq!(m, vec![1.0, 0.0, 0.75, 0.25, 0.25, 0.75, 0.0, 1.0]);
+    }
+
+    #[test]
+    fn resize_of_a_constant_image_is_constant() {
+        let px = vec![77u8; 5 * 7 * 3];
+        let t = to_input(&px, 1, 5, 7, 11, ResizeMethod::Tf1, &Device::Cpu).unwrap();
+        assert_eq!(t.dims(), &[1, 3, 11, 11]);
+        let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+        assert!(v.iter().all(|&x| (x - 77.0).abs() < 1e-4));
+    }
+}

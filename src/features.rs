@@ -1,0 +1,129 @@
+//! Running the frozen part of a backbone over a dataset, and writing the features.
+//!
+//! `runner extract` writes an `.npz` that numpy reads: `features` float32 (N, D) and `labels`
+//! int64 (N). Feature-map layers (conv*, pool*) are flattened in TensorFlow's NHWC order, so the
+//! rows are element for element the seed's graph's features; fc layers are plain vectors.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+
+use crate::backbone::{Arch, Network};
+use crate::data::{preprocess, Dataset};
+use crate::error::{Error, Result};
+use crate::results::AtomicFile;
+use crate::spec::{DatasetKind, Spec, WeightsSource};
+use crate::weights::{self, npy};
+
+/// Load the backbone a spec names, onto `device`.
+pub fn load_network(spec: &Spec, device: &Device) -> Result<Network> {
+    let set = match &spec.weights {
+        WeightsSource::Random => weights::random(spec.arch, spec.seed),
+        WeightsSource::File(p) => weights::load(p, spec.arch)?,
+    };
+    Network::new(spec.arch, &set, device)
+}
+
+/// Load the dataset a spec names.
+pub fn load_dataset(spec: &Spec) -> Result<Dataset> {
+    match spec.dataset_kind {
+        DatasetKind::Pickle => crate::data::pickle::load(&spec.dataset_path, spec.num_classes),
+    }
+}
+
+/// Runs images through the network up to a layer, batch by batch.
+pub struct Extractor<'a> {
+    pub net: &'a Network,
+    pub until: usize,
+    pub resize: preprocess::ResizeMethod,
+    pub batch: usize,
+    pub device: &'a Device,
+}
+
+impl Extractor<'_> {
+    /// Features of images `start..start+count` as a tensor (N, ...) on the device.
+    pub fn batch(&self, data: &Dataset, start: usize, count: usize) -> Result<Tensor> {
+        let size = self.net.arch().input_size();
+        let x = preprocess::to_input(
+            data.batch_pixels(start, count),
+            count,
+            data.height,
+            data.width,
+            size,
+            self.resize,
+            self.device,
+        )?;
+        self.net.forward_until(&x, self.until)
+    }
+
+    /// Calls `sink(start, features)` for consecutive batches covering the whole dataset, in order.
+    pub fn for_each(&self, data: &Dataset, mut sink: impl FnMut(usize, Tensor) -> Result<()>) -> Result<()> {
+        let mut start = 0;
+        while start < data.n {
+            let count = self.batch.min(data.n - start);
+            let f = self.batch(data, start, count)?;
+            sink(start, f)?;
+            start += count;
+        }
+        Ok(())
+    }
+}
+
+/// Flatten features as the seed's TensorFlow graph would: NHWC for feature maps.
+pub fn flatten_tf_order(f: &Tensor) -> Result<Tensor> {
+    let f = if f.rank() == 4 { f.permute((0, 2, 3, 1))? } else { f.clone() };
+    Ok(f.flatten_from(1)?.contiguous()?)
+}
+
+/// Feature width of a layer for one image.
+pub fn feature_dim(arch: Arch, layer: usize) -> usize {
+    arch.output_shape(layer).iter().product()
+}
+
+pub struct ExtractReport {
+    pub n: usize,
+    pub dim: usize,
+    pub seconds: f64,
+}
+
+/// `runner extract`: every sample, in file order, through the backbone up to `backbone.freeze`,
+/// streamed into an `.npz` (memory stays at one batch whatever N is), written atomically.
+pub fn extract_to_npz(spec: &Spec, out: &Path) -> Result<ExtractReport> {
+    let device = crate::device::select(spec.device)?;
+    let data = load_dataset(spec)?;
+    let net = load_network(spec, &device)?;
+    let dim = feature_dim(spec.arch, spec.freeze);
+    let ex = Extractor { net: &net, until: spec.freeze, resize: spec.resize, batch: spec.extract_batch, device: &device };
+    let t0 = Instant::now();
+
+    let mut file = AtomicFile::create(out)?;
+    let tmp = file.path().to_path_buf();
+    let ioerr = |e: std::io::Error| Error::io(&tmp, e);
+    let zerr = |e: zip::result::ZipError| Error::format(&tmp, format!("writing the archive: {e}"));
+    {
+        let mut zip = zip::ZipWriter::new(file.writer());
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored)
+            .large_file(true);
+        zip.start_file("features.npy", opts).map_err(zerr)?;
+        zip.write_all(&npy::npy_header("<f4", &[data.n, dim])).map_err(ioerr)?;
+        let mut done = 0usize;
+        ex.for_each(&data, |start, f| {
+            let rows: Vec<f32> = flatten_tf_order(&f)?.flatten_all()?.to_vec1()?;
+            let bytes: Vec<u8> = rows.iter().flat_map(|v| v.to_le_bytes()).collect();
+            zip.write_all(&bytes).map_err(ioerr)?;
+            done = start + f.dim(0)?;
+            tracing::info!("extracted {done}/{} images", data.n);
+            Ok(())
+        })?;
+        zip.start_file("labels.npy", opts).map_err(zerr)?;
+        zip.write_all(&npy::npy_header("<i8", &[data.n])).map_err(ioerr)?;
+        let lb: Vec<u8> = data.labels.iter().flat_map(|v| v.to_le_bytes()).collect();
+        zip.write_all(&lb).map_err(ioerr)?;
+        zip.finish().map_err(zerr)?;
+    }
+    file.commit()?;
+    Ok(ExtractReport { n: data.n, dim, seconds: t0.elapsed().as_secs_f64() })
+}

@@ -1,0 +1,232 @@
+//! The experiment file.
+//!
+//! `RawSpec` is the file as written (serde, unknown keys rejected, every key defaulted);
+//! `Spec` is the validated form everything downstream takes. Layering, lowest first:
+//! built-in defaults < the TOML file < environment `RUNNER_<SECTION>__<KEY>` < `--set key=value`.
+
+mod diagnose;
+mod raw;
+
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Format, Serialized, Toml};
+use figment::Figment;
+
+pub use raw::*;
+
+use crate::backbone::Arch;
+use crate::data::preprocess::ResizeMethod;
+use crate::error::{Error, Result};
+
+/// Where the backbone's weights come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WeightsSource {
+    File(PathBuf),
+    /// Seeded stand-in weights of the right shapes (`weights = "random"`).
+    Random,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatasetKind {
+    Pickle,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+/// A validated experiment.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    /// Where it came from (for messages).
+    pub file: PathBuf,
+    pub name: String,
+    pub seed: u64,
+    pub arch: Arch,
+    pub weights: WeightsSource,
+    /// Index into `arch.layers()` of the stop-gradient boundary.
+    pub freeze: usize,
+    pub dataset_kind: DatasetKind,
+    pub dataset_path: PathBuf,
+    pub resize: ResizeMethod,
+    pub num_classes: Option<usize>,
+    pub device: DeviceSpec,
+    pub extract_batch: usize,
+    /// The fully resolved file, every default written out.
+    pub raw: RawSpec,
+}
+
+impl Spec {
+    pub fn freeze_name(&self) -> &'static str {
+        self.arch.layers()[self.freeze]
+    }
+}
+
+/// Load, layer and validate an experiment file.
+pub fn load(path: &Path, sets: &[String]) -> Result<Spec> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    load_str(path, &text, sets, std::env::vars())
+}
+
+/// As `load`, with the file's text and the environment given (for tests).
+pub fn load_str(
+    path: &Path,
+    text: &str,
+    sets: &[String],
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Spec> {
+    // The file alone first: toml's errors carry spans, so they can name line and column.
+    if let Err(e) = toml::from_str::<RawSpec>(text) {
+        return Err(Error::Spec(diagnose::toml_error(path, text, &e)));
+    }
+    let mut fig = Figment::new().merge(Toml::string(text));
+    // Only RUNNER_<SECTION>__<KEY>: CI systems set unrelated RUNNER_* variables.
+    let env: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("RUNNER_") && k.contains("__"))
+        .collect();
+    for (k, v) in &env {
+        let key = k["RUNNER_".len()..].to_ascii_lowercase().replace("__", ".");
+        fig = fig.merge(Serialized::default(&key, parse_value(v)).key(&key));
+    }
+    for s in sets {
+        let (key, value) = s.split_once('=').ok_or_else(|| {
+            Error::Spec(format!("--set {s:?}: expected section.key=value, e.g. --set train.lr=0.01"))
+        })?;
+        let key = key.trim();
+        fig = fig.merge(Serialized::default(key, parse_value(value.trim())).key(key));
+    }
+    let mut raw: RawSpec = fig
+        .extract()
+        .map_err(|e| Error::Spec(diagnose::figment_error(path, &e, !env.is_empty() || !sets.is_empty())))?;
+    if raw.name.is_empty() {
+        raw.name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_else(|| "experiment".into());
+    }
+    validate(path, text, raw)
+}
+
+/// A `--set`/environment value: TOML syntax when it parses (numbers, booleans, arrays,
+/// quoted strings), else the plain string.
+fn parse_value(v: &str) -> toml::Value {
+    match toml::from_str::<toml::Table>(&format!("v = {v}")) {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(v.to_string())),
+        Err(_) => toml::Value::String(v.to_string()),
+    }
+}
+
+fn validate(path: &Path, text: &str, raw: RawSpec) -> Result<Spec> {
+    let err = |section: &str, key: &str, msg: String| {
+        Error::Spec(diagnose::key_error(path, text, section, key, &msg))
+    };
+    let arch = Arch::parse(&raw.backbone.arch).ok_or_else(|| {
+        let names: Vec<&str> = Arch::ALL.iter().map(|a| a.name()).collect();
+        err(
+            "backbone",
+            "arch",
+            format!(
+                "unknown architecture {:?}; expected one of {}{}",
+                raw.backbone.arch,
+                names.join(", "),
+                diagnose::did_you_mean(&raw.backbone.arch, &names)
+            ),
+        )
+    })?;
+    let freeze = arch.layer_index(&raw.backbone.freeze).ok_or_else(|| {
+        let layers = arch.layers();
+        err(
+            "backbone",
+            "freeze",
+            format!(
+                "{} has no layer {:?}; layers are {}{}",
+                arch.name(),
+                raw.backbone.freeze,
+                layers.join(", "),
+                diagnose::did_you_mean(&raw.backbone.freeze, layers)
+            ),
+        )
+    })?;
+    let weights = match raw.backbone.weights.as_str() {
+        "random" => WeightsSource::Random,
+        "" => return Err(err("backbone", "weights", "is empty; give a weights file or \"random\"".into())),
+        p => WeightsSource::File(PathBuf::from(p)),
+    };
+    let dataset_kind = match raw.dataset.kind.as_str() {
+        "pickle" => DatasetKind::Pickle,
+        other => {
+            let kinds = ["pickle"];
+            return Err(err(
+                "dataset",
+                "kind",
+                format!(
+                    "unknown dataset kind {other:?}; expected one of {}{}",
+                    kinds.join(", "),
+                    diagnose::did_you_mean(other, &kinds)
+                ),
+            ));
+        }
+    };
+    if dataset_kind == DatasetKind::Pickle && raw.dataset.path.is_empty() {
+        return Err(err("dataset", "path", "is empty; name the train.p file".into()));
+    }
+    if raw.dataset.num_classes == Some(0) {
+        return Err(err("dataset", "num_classes", "must be at least 1".into()));
+    }
+    let device = parse_device(&raw.run.device).map_err(|m| err("run", "device", m))?;
+    if raw.run.extract_batch == 0 {
+        return Err(err("run", "extract_batch", "must be at least 1".into()));
+    }
+    Ok(Spec {
+        file: path.to_path_buf(),
+        name: raw.name.clone(),
+        seed: raw.seed,
+        arch,
+        weights,
+        freeze,
+        dataset_kind,
+        dataset_path: PathBuf::from(&raw.dataset.path),
+        resize: raw.dataset.resize,
+        num_classes: raw.dataset.num_classes,
+        device,
+        extract_batch: raw.run.extract_batch,
+        raw,
+    })
+}
+
+pub fn parse_device(s: &str) -> std::result::Result<DeviceSpec, String> {
+    match s {
+        "auto" => Ok(DeviceSpec::Auto),
+        "cpu" => Ok(DeviceSpec::Cpu),
+        "cuda" => Ok(DeviceSpec::Cuda(0)),
+        _ => match s.strip_prefix("cuda:").map(|n| n.parse::<usize>()) {
+            Some(Ok(n)) => Ok(DeviceSpec::Cuda(n)),
+            _ => Err(format!("unknown device {s:?}; expected auto, cpu, cuda or cuda:N")),
+        },
+    }
+}
+
+/// Files the spec names that are missing, each with where to get it.
+pub fn check_files(spec: &Spec) -> Vec<String> {
+    let mut out = Vec::new();
+    if let WeightsSource::File(p) = &spec.weights {
+        if !p.is_file() {
+            out.push(format!(
+                "backbone.weights: {} does not exist (expected {})",
+                p.display(),
+                spec.arch.weights_hint()
+            ));
+        }
+    }
+    if spec.dataset_kind == DatasetKind::Pickle && !spec.dataset_path.is_file() {
+        out.push(format!(
+            "dataset.path: {} does not exist (the seed's train.p comes from Udacity's traffic-signs-data.zip)",
+            spec.dataset_path.display()
+        ));
+    }
+    out
+}

@@ -1,0 +1,480 @@
+//! Weight files: readers for `.npy` pickled dicts (bvlc-alexnet.npy, tensorflow-vgg's
+//! vgg16.npy), plain pickles, `.npz` and `.safetensors`; shape checks against the architecture;
+//! and the one place where layouts are converted to candle's:
+//!
+//! - conv kernels HWIO `[kh, kw, in, out]` -> OIHW `[out, in, kh, kw]`
+//! - fc `[in, out]` -> `[out, in]`
+//! - the first fc after a feature map (AlexNet's fc6, VGG's fc6): rows follow TensorFlow's NHWC
+//!   flatten `(h * W + w) * C + c`; they are reordered to candle's NCHW flatten `c * H * W + h * W + w`.
+//!
+//! `.npy`/`.npz`/pickle files are read in the seed's TensorFlow layout; `.safetensors` in candle
+//! (= PyTorch) layout, which is also what `runner weights convert` writes.
+
+pub mod array;
+pub mod formula;
+pub mod npy;
+pub mod pickle;
+pub mod pickle_write;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+
+use crate::backbone::{Arch, ParamKind, ParamSpec};
+use crate::error::{Error, Result};
+use array::NdArray;
+use pickle::{Limits, Value};
+
+/// A host tensor in candle layout.
+#[derive(Debug, Clone)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+/// All parameters of one backbone, in candle layout, named `<layer>.weight` / `<layer>.bias`.
+#[derive(Debug, Clone, Default)]
+pub struct WeightSet {
+    pub tensors: BTreeMap<String, HostTensor>,
+}
+
+impl WeightSet {
+    /// Move one tensor to a device.
+    pub fn tensor(&self, name: &str, device: &Device) -> Result<Tensor> {
+        let t = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| Error::Other(format!("weight {name} missing from the loaded set")))?;
+        Ok(Tensor::from_slice(&t.data, t.shape.as_slice(), device)?)
+    }
+
+    /// Write as `.safetensors` (candle layout, f32), atomically.
+    pub fn save_safetensors(&self, path: &Path) -> Result<()> {
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = self
+            .tensors
+            .iter()
+            .map(|(k, t)| {
+                let bytes: &[u8] = bytemuck_f32(&t.data);
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, t.shape.clone(), bytes)
+                    .map(|v| (k.clone(), v))
+                    .map_err(|e| Error::Other(format!("cannot serialize {k}: {e}")))
+            })
+            .collect::<Result<_>>()?;
+        let mut meta = std::collections::HashMap::new();
+        meta.insert("layout".to_string(), "candle".to_string());
+        meta.insert("written_by".to_string(), format!("runner {}", env!("CARGO_PKG_VERSION")));
+        let bytes = safetensors::serialize(views, Some(meta))
+            .map_err(|e| Error::Other(format!("cannot serialize weights: {e}")))?;
+        crate::results::write_atomic(path, &bytes)
+    }
+}
+
+fn bytemuck_f32(v: &[f32]) -> &[u8] {
+    // SAFETY: f32 has no padding and any byte pattern is a valid u8; the slice covers exactly
+    // the memory of `v`, and u8 has alignment 1.
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
+}
+
+/// Which reader a file needs, decided by its first bytes (not its name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    Npy,
+    Npz,
+    Pickle,
+    Safetensors,
+}
+
+pub fn sniff(bytes: &[u8]) -> Option<FileKind> {
+    if bytes.starts_with(npy::MAGIC) {
+        return Some(FileKind::Npy);
+    }
+    if bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(b"PK\x05\x06") {
+        return Some(FileKind::Npz);
+    }
+    if bytes.len() >= 2 && bytes[0] == 0x80 && (2..=5).contains(&bytes[1]) {
+        return Some(FileKind::Pickle);
+    }
+    if bytes.len() >= 9 {
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap_or([0; 8]));
+        if n > 0 && n < bytes.len() as u64 && bytes[8] == b'{' {
+            return Some(FileKind::Safetensors);
+        }
+    }
+    None
+}
+
+/// One stored tensor as found in a file.
+#[derive(Debug, Clone)]
+pub struct StoredTensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub dtype: String,
+}
+
+/// Parameters as stored in TF-layout files: layer -> (role, array).
+type RawLayers = Vec<(String, Vec<(String, NdArray)>)>;
+
+/// Read the raw per-layer arrays of an `.npy`/pickle/`.npz` file.
+fn read_tf_layout(path: &Path, bytes: &[u8], kind: FileKind) -> Result<RawLayers> {
+    let limits = Limits::default();
+    let bad = |m: String| Error::format(path, m);
+    let dict = match kind {
+        FileKind::Npy => match npy::parse_npy(bytes, &limits).map_err(bad)? {
+            npy::NpyContent::Object(v) => v.unwrap_object_scalar().unwrap_or(v),
+            npy::NpyContent::Array(a) => {
+                return Err(Error::format(
+                    path,
+                    format!(
+                        "holds one numeric array of shape {:?}, not a dict of layers (expected np.save of {{layer: [W, b]}})",
+                        a.shape
+                    ),
+                ))
+            }
+        },
+        FileKind::Pickle => pickle::unpickle(bytes, &limits).map_err(bad)?.0,
+        FileKind::Npz => {
+            let members = npy::read_npz_from(std::io::Cursor::new(bytes), &limits).map_err(bad)?;
+            return group_npz(path, members);
+        }
+        FileKind::Safetensors => unreachable_kind(path)?,
+    };
+    let entries = dict.as_str_dict().ok_or_else(|| {
+        Error::format(
+            path,
+            format!("holds a {}, expected a dict of layer name -> [W, b]", dict.type_name()),
+        )
+    })?;
+    let mut out = Vec::new();
+    for (layer, v) in entries {
+        let params: Vec<(String, Value)> = if let Some(seq) = v.as_seq() {
+            seq.into_iter()
+                .enumerate()
+                .map(|(i, x)| (if i == 0 { "W" } else if i == 1 { "b" } else { "extra" }.to_string(), x))
+                .collect()
+        } else if let Some(d) = v.as_str_dict() {
+            d
+        } else if v.as_array().is_some() {
+            vec![("W".to_string(), v)]
+        } else {
+            return Err(Error::format(
+                path,
+                format!("layer {layer:?} holds a {}, expected [W, b]", v.type_name()),
+            ));
+        };
+        let mut arrays = Vec::new();
+        for (role, x) in params {
+            let a = x.as_array().ok_or_else(|| {
+                Error::format(path, format!("layer {layer:?} entry {role:?} is a {}, expected an array", x.type_name()))
+            })?;
+            arrays.push((role, a));
+        }
+        out.push((layer, arrays));
+    }
+    Ok(out)
+}
+
+fn unreachable_kind<T>(path: &Path) -> Result<T> {
+    Err(Error::format(path, "internal: safetensors passed to the TF-layout reader"))
+}
+
+/// `.npz` members named `<layer>/<role>`, `<layer>_<role>` or `<layer>.<role>`.
+fn group_npz(path: &Path, members: Vec<(String, NdArray)>) -> Result<RawLayers> {
+    let mut out: RawLayers = Vec::new();
+    for (name, a) in members {
+        let clean = name.trim_end_matches(":0");
+        let split = clean
+            .rfind(['/', '.', ':'])
+            .or_else(|| clean.rfind('_'))
+            .ok_or_else(|| {
+                Error::format(path, format!("member {name:?} is not named <layer>/<W|b|weights|biases>"))
+            })?;
+        let (layer, role) = (&clean[..split], &clean[split + 1..]);
+        match out.iter_mut().find(|(l, _)| l == layer) {
+            Some((_, v)) => v.push((role.to_string(), a)),
+            None => out.push((layer.to_string(), vec![(role.to_string(), a)])),
+        }
+    }
+    Ok(out)
+}
+
+fn role_is_weight(role: &str) -> Option<bool> {
+    match role.to_ascii_lowercase().as_str() {
+        "w" | "weight" | "weights" | "kernel" | "0" => Some(true),
+        "b" | "bias" | "biases" | "1" => Some(false),
+        _ => None,
+    }
+}
+
+/// The arrays of an `.npy`/pickle/`.npz` weights file as stored (TF layout), named
+/// `<layer>.<role>` (role `W`/`b` for `[W, b]` lists, else the stored key).
+pub fn read_stored(path: &Path) -> Result<Vec<(String, NdArray)>> {
+    let bytes = npy::read_file(path)?;
+    let kind = sniff(&bytes).ok_or_else(|| unknown_kind(path))?;
+    if kind == FileKind::Safetensors {
+        return Err(Error::format(path, "is a safetensors file; use inspect"));
+    }
+    Ok(read_tf_layout(path, &bytes, kind)?
+        .into_iter()
+        .flat_map(|(layer, arrays)| arrays.into_iter().map(move |(role, a)| (format!("{layer}.{role}"), a)))
+        .collect())
+}
+
+/// List what a weights file stores, as stored (no conversion).
+pub fn inspect(path: &Path) -> Result<Vec<StoredTensor>> {
+    let bytes = npy::read_file(path)?;
+    let kind = sniff(&bytes).ok_or_else(|| unknown_kind(path))?;
+    if kind == FileKind::Safetensors {
+        let st = safetensors::SafeTensors::deserialize(&bytes)
+            .map_err(|e| Error::format(path, format!("not a valid safetensors file: {e}")))?;
+        let mut out: Vec<StoredTensor> = st
+            .tensors()
+            .into_iter()
+            .map(|(n, v)| StoredTensor { name: n, shape: v.shape().to_vec(), dtype: format!("{:?}", v.dtype()) })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        return Ok(out);
+    }
+    Ok(read_tf_layout(path, &bytes, kind)?
+        .into_iter()
+        .flat_map(|(layer, arrays)| {
+            arrays.into_iter().map(move |(role, a)| StoredTensor {
+                name: format!("{layer}.{role}"),
+                shape: a.shape.clone(),
+                dtype: a.dtype.descr(),
+            })
+        })
+        .collect())
+}
+
+fn unknown_kind(path: &Path) -> Error {
+    Error::format(
+        path,
+        "is not a weights file runner reads (expected a numpy .npy holding a pickled dict, a pickle, an .npz or a .safetensors file)",
+    )
+}
+
+/// Load and check the weights of `arch` from `path`, converted to candle layout.
+pub fn load(path: &Path, arch: Arch) -> Result<WeightSet> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::io_hint(path, e, format!("expected {}", arch.weights_hint()))
+        } else {
+            Error::io(path, e)
+        }
+    })?;
+    let kind = sniff(&bytes).ok_or_else(|| unknown_kind(path))?;
+    if kind == FileKind::Safetensors {
+        return load_safetensors(path, &bytes, arch);
+    }
+    let raw = read_tf_layout(path, &bytes, kind)?;
+    drop(bytes);
+    from_tf_layout(path, raw, arch)
+}
+
+/// Convert per-layer TF-layout arrays into a checked candle-layout set.
+fn from_tf_layout(path: &Path, raw: RawLayers, arch: Arch) -> Result<WeightSet> {
+    let mut set = WeightSet::default();
+    for spec in arch.params() {
+        let Some((_, arrays)) = raw.iter().find(|(l, _)| l == spec.layer) else {
+            let found: Vec<&str> = raw.iter().map(|(l, _)| l.as_str()).collect();
+            return Err(Error::weights(
+                path,
+                format!(
+                    "layer {} is missing (the file has {}); is this a {} weights file?",
+                    spec.layer,
+                    found.join(", "),
+                    arch.name()
+                ),
+            ));
+        };
+        let pick = |want_w: bool| {
+            arrays
+                .iter()
+                .find(|(r, _)| role_is_weight(r) == Some(want_w))
+                .map(|(_, a)| a)
+                .ok_or_else(|| {
+                    Error::weights(
+                        path,
+                        format!("layer {} has no {}", spec.layer, if want_w { "weight (W)" } else { "bias (b)" }),
+                    )
+                })
+        };
+        let w = pick(true)?;
+        let b = pick(false)?;
+        let name = |r: &str| format!("{}.{r}", spec.layer);
+        check_shape(path, &name("W"), &spec.seed_weight_shape(), &w.shape, "the seed's TF layout")?;
+        check_shape(path, &name("b"), &[spec.bias_len()], &b.shape, "")?;
+        let wdata = w.to_f32_c().map_err(|m| Error::weights(path, format!("{}: {m}", name("W"))))?;
+        let bdata = b.to_f32_c().map_err(|m| Error::weights(path, format!("{}: {m}", name("b"))))?;
+        set.tensors.insert(
+            format!("{}.weight", spec.layer),
+            HostTensor { shape: spec.weight_shape(), data: tf_to_candle(&spec, &wdata) },
+        );
+        set.tensors.insert(format!("{}.bias", spec.layer), HostTensor { shape: vec![spec.bias_len()], data: bdata });
+    }
+    Ok(set)
+}
+
+fn check_shape(path: &Path, name: &str, want: &[usize], found: &[usize], layout: &str) -> Result<()> {
+    if want != found {
+        let layout = if layout.is_empty() { String::new() } else { format!(" ({layout})") };
+        return Err(Error::weights(
+            path,
+            format!("tensor {name} has shape {found:?}, expected {want:?}{layout}"),
+        ));
+    }
+    Ok(())
+}
+
+/// HWIO -> OIHW for convs; `[in, out]` -> `[out, in]` for fc, with NHWC-flatten rows moved to
+/// NCHW-flatten columns where the fc follows a feature map.
+pub fn tf_to_candle(spec: &ParamSpec, w: &[f32]) -> Vec<f32> {
+    let mut out = vec![0f32; w.len()];
+    match spec.kind {
+        ParamKind::Conv { kh, kw, cin, cout, groups } => {
+            let ci = cin / groups;
+            for h in 0..kh {
+                for x in 0..kw {
+                    for i in 0..ci {
+                        let src = ((h * kw + x) * ci + i) * cout;
+                        for o in 0..cout {
+                            out[((o * ci + i) * kh + h) * kw + x] = w[src + o];
+                        }
+                    }
+                }
+            }
+        }
+        ParamKind::Fc { cin, cout, flatten_chw } => {
+            for r in 0..cin {
+                // r is the TF row; col is where that input sits in candle's flatten
+                let col = match flatten_chw {
+                    Some((c, hh, ww)) => {
+                        let ch = r % c;
+                        let hw = r / c;
+                        ch * hh * ww + hw
+                    }
+                    None => r,
+                };
+                let src = r * cout;
+                for o in 0..cout {
+                    out[o * cin + col] = w[src + o];
+                }
+            }
+        }
+    }
+    out
+}
+
+fn load_safetensors(path: &Path, bytes: &[u8], arch: Arch) -> Result<WeightSet> {
+    let st = safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|e| Error::format(path, format!("not a valid safetensors file: {e}")))?;
+    let names = st.names();
+    let mut set = WeightSet::default();
+    for spec in arch.params() {
+        for (suffix, want) in [("weight", spec.weight_shape()), ("bias", vec![spec.bias_len()])] {
+            let name = format!("{}.{suffix}", spec.layer);
+            let view = st.tensor(&name).map_err(|_| {
+                let mut found: Vec<&str> = names.iter().map(|s| s.as_ref()).collect();
+                found.sort();
+                found.truncate(12);
+                Error::weights(
+                    path,
+                    format!(
+                        "tensor {name} is missing (found {}{}); safetensors weights use runner's names <layer>.weight / <layer>.bias",
+                        found.join(", "),
+                        if names.len() > 12 { ", ..." } else { "" }
+                    ),
+                )
+            })?;
+            if view.shape() != want.as_slice() {
+                let tf = if suffix == "weight" { spec.seed_weight_shape() } else { vec![] };
+                let hint = if view.shape() == tf.as_slice() {
+                    " — that is TensorFlow's layout; .safetensors are read in candle/PyTorch layout (OIHW, [out, in])"
+                } else {
+                    ""
+                };
+                return Err(Error::weights(
+                    path,
+                    format!("tensor {name} has shape {:?}, expected {want:?}{hint}", view.shape()),
+                ));
+            }
+            let data = safetensor_f32(&view).map_err(|m| Error::weights(path, format!("{name}: {m}")))?;
+            set.tensors.insert(name, HostTensor { shape: want, data });
+        }
+    }
+    Ok(set)
+}
+
+fn safetensor_f32(view: &safetensors::tensor::TensorView<'_>) -> std::result::Result<Vec<f32>, String> {
+    use safetensors::Dtype;
+    let d = view.data();
+    Ok(match view.dtype() {
+        Dtype::F32 => d.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        Dtype::F64 => d
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32)
+            .collect(),
+        Dtype::BF16 => d.chunks_exact(2).map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16)).collect(),
+        Dtype::F16 => {
+            let a = NdArray::new(
+                array::ArrayDtype::from_code("<f2")?,
+                vec![d.len() / 2],
+                false,
+                d.to_vec(),
+                u64::MAX,
+            )?;
+            a.to_f32_c()?
+        }
+        other => return Err(format!("unsupported dtype {other:?} (expected a float type)")),
+    })
+}
+
+/// The seeded stand-in for pretrained weights (`weights = "random"`): the deterministic formula
+/// of `formula`, in the seed's layout, converted like a real file.
+pub fn random(arch: Arch, seed: u64) -> WeightSet {
+    let raw = formula::tf_layout(arch, seed);
+    let mut set = WeightSet::default();
+    for (spec, (w, b)) in arch.params().iter().zip(raw) {
+        set.tensors
+            .insert(format!("{}.weight", spec.layer), HostTensor { shape: spec.weight_shape(), data: tf_to_candle(spec, &w) });
+        set.tensors.insert(format!("{}.bias", spec.layer), HostTensor { shape: vec![spec.bias_len()], data: b });
+    }
+    set
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fc6_rows_move_from_nhwc_to_nchw_flatten() {
+        let spec = ParamSpec { layer: "fc", kind: ParamKind::Fc { cin: 12, cout: 1, flatten_chw: Some((3, 2, 2)) } };
+        // TF row r = (h*2 + w)*3 + c holds value r
+        let w: Vec<f32> = (0..12).map(|r| r as f32).collect();
+        let out = tf_to_candle(&spec, &w);
+        // candle column c*4 + h*2 + w must hold the TF row (h*2+w)*3 + c
+        for c in 0..3 {
+            for hw in 0..4 {
+                assert_eq!(out[c * 4 + hw], (hw * 3 + c) as f32);
+            }
+        }
+    }
+
+    #[test]
+    fn conv_hwio_to_oihw() {
+        let spec = ParamSpec { layer: "c", kind: ParamKind::Conv { kh: 2, kw: 3, cin: 4, cout: 5, groups: 2 } };
+        let n = 2 * 3 * 2 * 5;
+        let w: Vec<f32> = (0..n).map(|i| i as f32).collect();
+        let out = tf_to_candle(&spec, &w);
+        for o in 0..5 {
+            for i in 0..2 {
+                for h in 0..2 {
+                    for x in 0..3 {
+                        assert_eq!(out[((o * 2 + i) * 2 + h) * 3 + x], (((h * 3 + x) * 2 + i) * 5 + o) as f32);
+                    }
+                }
+            }
+        }
+    }
+}

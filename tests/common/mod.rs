@@ -1,0 +1,78 @@
+//! Helpers shared by the integration tests: formula weights written as real files, tiny
+//! datasets in the train.p format, and running the `runner` binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use runner::backbone::Arch;
+use runner::weights::formula;
+use runner::weights::pickle_write::{write_npy_object, write_pickle, Flavor, PyObj};
+
+/// The formula weights of `arch` as a dict {layer: [W, b]} in the seed's layout.
+pub fn formula_dict(arch: Arch) -> PyObj {
+    let raw = formula::tf_layout(arch, 0);
+    PyObj::Dict(
+        arch.params()
+            .iter()
+            .zip(raw)
+            .map(|(spec, (w, b))| {
+                (
+                    spec.layer.to_string(),
+                    PyObj::List(vec![
+                        PyObj::f32_array(spec.seed_weight_shape(), &w),
+                        PyObj::f32_array(vec![spec.bias_len()], &b),
+                    ]),
+                )
+            })
+            .collect(),
+    )
+}
+
+/// Write the formula weights as a Python-2-style `np.save` dict (like bvlc-alexnet.npy).
+pub fn write_formula_npy(path: &Path, arch: Arch) {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    write_npy_object(&mut f, &formula_dict(arch), Flavor::Python2).unwrap();
+}
+
+/// Write a train.p-style pickle (Python 3 flavour).
+pub fn write_train_p(path: &Path, images: Vec<u8>, n: usize, h: usize, w: usize, labels: &[i64]) {
+    let obj = PyObj::Dict(vec![
+        ("features".into(), PyObj::u8_array(vec![n, h, w, 3], images)),
+        ("labels".into(), PyObj::i64_array(vec![n], labels)),
+    ]);
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    write_pickle(&mut f, &obj, Flavor::Python3).unwrap();
+}
+
+pub fn runner() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_runner"))
+}
+
+pub fn run_in(dir: &Path, args: &[&str]) -> Output {
+    runner().current_dir(dir).args(args).env_remove("RUST_LOG").output().unwrap()
+}
+
+pub fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
+}
+
+/// Relative L2 error ||a - b|| / ||b||.
+pub fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    let num: f64 = a.iter().zip(b).map(|(x, y)| ((*x as f64) - (*y as f64)).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (num / den).sqrt()
+}
+
+/// Assert the process failed with a one-paragraph error and no panic.
+pub fn assert_clean_failure(out: &Output, must_contain: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure, got success; stderr: {err}");
+    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "panic: {err}");
+    assert!(err.starts_with("error: "), "error line expected: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one paragraph expected: {err}");
+    for m in must_contain {
+        assert!(err.contains(m), "stderr should mention {m:?}: {err}");
+    }
+}
