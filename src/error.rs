@@ -52,7 +52,11 @@ impl Error {
         }
     }
 
-    pub fn io_hint(path: impl AsRef<Path>, source: std::io::Error, hint: impl Into<String>) -> Self {
+    pub fn io_hint(
+        path: impl AsRef<Path>,
+        source: std::io::Error,
+        hint: impl Into<String>,
+    ) -> Self {
         Error::Io {
             path: path.as_ref().to_path_buf(),
             source,

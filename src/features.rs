@@ -59,7 +59,11 @@ impl Extractor<'_> {
     }
 
     /// Calls `sink(start, features)` for consecutive batches covering the whole dataset, in order.
-    pub fn for_each(&self, data: &Dataset, mut sink: impl FnMut(usize, Tensor) -> Result<()>) -> Result<()> {
+    pub fn for_each(
+        &self,
+        data: &Dataset,
+        mut sink: impl FnMut(usize, Tensor) -> Result<()>,
+    ) -> Result<()> {
         let mut start = 0;
         while start < data.n {
             let count = self.batch.min(data.n - start);
@@ -73,7 +77,11 @@ impl Extractor<'_> {
 
 /// Flatten features as the seed's TensorFlow graph would: NHWC for feature maps.
 pub fn flatten_tf_order(f: &Tensor) -> Result<Tensor> {
-    let f = if f.rank() == 4 { f.permute((0, 2, 3, 1))? } else { f.clone() };
+    let f = if f.rank() == 4 {
+        f.permute((0, 2, 3, 1))?
+    } else {
+        f.clone()
+    };
     Ok(f.flatten_from(1)?.contiguous()?)
 }
 
@@ -95,7 +103,13 @@ pub fn extract_to_npz(spec: &Spec, out: &Path) -> Result<ExtractReport> {
     let data = load_dataset(spec)?;
     let net = load_network(spec, &device)?;
     let dim = feature_dim(spec.arch, spec.freeze);
-    let ex = Extractor { net: &net, until: spec.freeze, resize: spec.resize, batch: spec.extract_batch, device: &device };
+    let ex = Extractor {
+        net: &net,
+        until: spec.freeze,
+        resize: spec.resize,
+        batch: spec.extract_batch,
+        device: &device,
+    };
     let t0 = Instant::now();
 
     let mut file = AtomicFile::create(out)?;
@@ -108,7 +122,8 @@ pub fn extract_to_npz(spec: &Spec, out: &Path) -> Result<ExtractReport> {
             .compression_method(zip::CompressionMethod::Stored)
             .large_file(true);
         zip.start_file("features.npy", opts).map_err(zerr)?;
-        zip.write_all(&npy::npy_header("<f4", &[data.n, dim])).map_err(ioerr)?;
+        zip.write_all(&npy::npy_header("<f4", &[data.n, dim]))
+            .map_err(ioerr)?;
         let mut done = 0usize;
         ex.for_each(&data, |start, f| {
             let rows: Vec<f32> = flatten_tf_order(&f)?.flatten_all()?.to_vec1()?;
@@ -119,11 +134,16 @@ pub fn extract_to_npz(spec: &Spec, out: &Path) -> Result<ExtractReport> {
             Ok(())
         })?;
         zip.start_file("labels.npy", opts).map_err(zerr)?;
-        zip.write_all(&npy::npy_header("<i8", &[data.n])).map_err(ioerr)?;
+        zip.write_all(&npy::npy_header("<i8", &[data.n]))
+            .map_err(ioerr)?;
         let lb: Vec<u8> = data.labels.iter().flat_map(|v| v.to_le_bytes()).collect();
         zip.write_all(&lb).map_err(ioerr)?;
         zip.finish().map_err(zerr)?;
     }
     file.commit()?;
-    Ok(ExtractReport { n: data.n, dim, seconds: t0.elapsed().as_secs_f64() })
+    Ok(ExtractReport {
+        n: data.n,
+        dim,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
 }

@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use runner::{features, spec, weights, Error};
 
 #[derive(Parser)]
-#[command(name = "runner", version, about = "Transfer learning of image classifiers from TOML experiment files")]
+#[command(
+    name = "runner",
+    version,
+    about = "Transfer learning of image classifiers from TOML experiment files"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -57,7 +61,14 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            // one paragraph: nested messages may carry line breaks
+            let msg = e
+                .to_string()
+                .lines()
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join(" ");
+            eprintln!("error: {msg}");
             ExitCode::from(e.exit_code())
         }
     }
@@ -72,22 +83,37 @@ fn init_logging(verbose: u8, quiet: bool) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn run(cli: Cli) -> Result<(), Error> {
     match cli.cmd {
         Cmd::Check { specs } => {
             if specs.is_empty() {
-                return Err(Error::Other("runner check: name at least one experiment file".into()));
+                return Err(Error::Other(
+                    "runner check: name at least one experiment file".into(),
+                ));
             }
             for p in specs {
                 let s = spec::load(&p, &cli.sets)?;
                 let issues = runner::spec::check_files(&s);
                 if issues.is_empty() {
-                    println!("{}: ok ({} {} frozen to {})", p.display(), s.name, s.arch.name(), s.freeze_name());
+                    println!(
+                        "{}: ok ({} {} frozen to {})",
+                        p.display(),
+                        s.name,
+                        s.arch.name(),
+                        s.freeze_name()
+                    );
                 } else {
-                    return Err(Error::Spec(format!("{}: {}", p.display(), issues.join("; "))));
+                    return Err(Error::Spec(format!(
+                        "{}: {}",
+                        p.display(),
+                        issues.join("; ")
+                    )));
                 }
             }
             Ok(())
@@ -110,16 +136,29 @@ fn run(cli: Cli) -> Result<(), Error> {
         }
         Cmd::Weights(WeightsCmd::Inspect { file }) => {
             for t in weights::inspect(&file)? {
-                println!("{:<24} {:<20} {}", t.name, format!("{:?}", t.shape), t.dtype);
+                println!(
+                    "{:<24} {:<20} {}",
+                    t.name,
+                    format!("{:?}", t.shape),
+                    t.dtype
+                );
             }
             Ok(())
         }
-        Cmd::Weights(WeightsCmd::Convert { input, output, arch }) => {
+        Cmd::Weights(WeightsCmd::Convert {
+            input,
+            output,
+            arch,
+        }) => {
             let a = runner::backbone::Arch::parse(&arch)
                 .ok_or_else(|| Error::Other(format!("unknown architecture {arch:?}")))?;
             let set = weights::load(&input, a)?;
             set.save_safetensors(&output)?;
-            println!("wrote {} ({} tensors, candle layout)", output.display(), set.tensors.len());
+            println!(
+                "wrote {} ({} tensors, candle layout)",
+                output.display(),
+                set.tensors.len()
+            );
             Ok(())
         }
     }

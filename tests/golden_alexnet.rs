@@ -18,7 +18,13 @@ fn golden() -> Vec<(String, Vec<f32>)> {
 
 fn golden_ints(key: &str) -> Vec<i64> {
     let members = npy::read_npz(&fixture("alexnet_golden.npz"), &Limits::default()).unwrap();
-    members.into_iter().find(|(k, _)| k == key).unwrap().1.to_i64_c().unwrap()
+    members
+        .into_iter()
+        .find(|(k, _)| k == key)
+        .unwrap()
+        .1
+        .to_i64_c()
+        .unwrap()
 }
 
 fn extract(dir: &std::path::Path, freeze: &str, data: &str, resize: &str) -> Vec<f32> {
@@ -33,9 +39,19 @@ fn extract(dir: &std::path::Path, freeze: &str, data: &str, resize: &str) -> Vec
     )
     .unwrap();
     let out = run_in(dir, &["extract", spec.to_str().unwrap(), "--out", "x.npz"]);
-    assert!(out.status.success(), "extract failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "extract failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let members = npy::read_npz(&dir.join("x.npz"), &Limits::default()).unwrap();
-    let labels = members.iter().find(|(k, _)| k == "labels").unwrap().1.to_i64_c().unwrap();
+    let labels = members
+        .iter()
+        .find(|(k, _)| k == "labels")
+        .unwrap()
+        .1
+        .to_i64_c()
+        .unwrap();
     assert_eq!(labels.len(), if data == "s32.p" { 3 } else { 2 });
     assert_eq!(labels[1], 1, "labels are written in file order");
     let f = &members.iter().find(|(k, _)| k == "features").unwrap().1;
@@ -49,12 +65,22 @@ fn alexnet_features_match_tensorflow() {
     write_formula_npy(&dir.path().join("w.npy"), Arch::AlexNet);
 
     let small = formula::images(3, 32, 32);
-    let sums: Vec<i64> = small.chunks(32 * 32 * 3).map(|c| c.iter().map(|&v| v as i64).sum()).collect();
-    assert_eq!(sums, golden_ints("s32_pixel_sum"), "image formula differs from formula.py");
+    let sums: Vec<i64> = small
+        .chunks(32 * 32 * 3)
+        .map(|c| c.iter().map(|&v| v as i64).sum())
+        .collect();
+    assert_eq!(
+        sums,
+        golden_ints("s32_pixel_sum"),
+        "image formula differs from formula.py"
+    );
     write_train_p(&dir.path().join("s32.p"), small, 3, 32, 32, &[0, 1, 2]);
 
     let full = formula::images(2, 227, 227);
-    let sums: Vec<i64> = full.chunks(227 * 227 * 3).map(|c| c.iter().map(|&v| v as i64).sum()).collect();
+    let sums: Vec<i64> = full
+        .chunks(227 * 227 * 3)
+        .map(|c| c.iter().map(|&v| v as i64).sum())
+        .collect();
     assert_eq!(sums, golden_ints("s227_pixel_sum"));
     write_train_p(&dir.path().join("s227.p"), full, 2, 227, 227, &[0, 1]);
 
@@ -65,11 +91,17 @@ fn alexnet_features_match_tensorflow() {
             let got = extract(dir.path(), layer, data, "tf1");
             let err = rel_l2(&got, &want(&format!("{prefix}_{layer}")));
             eprintln!("{prefix} {layer}: relative L2 error {err:.2e}");
-            assert!(err <= 1e-4, "{prefix} {layer}: relative L2 error {err:.3e} > 1e-4");
+            assert!(
+                err <= 1e-4,
+                "{prefix} {layer}: relative L2 error {err:.3e} > 1e-4"
+            );
         }
     }
     // The modern resize is a different function: it must not match the seed's graph.
     let hp = extract(dir.path(), "fc7", "s32.p", "half_pixel");
     let err = rel_l2(&hp, &want("s32_fc7"));
-    assert!(err > 1e-3, "half_pixel resize should differ from tf1 ({err:.2e})");
+    assert!(
+        err > 1e-3,
+        "half_pixel resize should differ from tf1 ({err:.2e})"
+    );
 }

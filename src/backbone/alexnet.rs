@@ -15,7 +15,8 @@ use crate::weights::WeightSet;
 pub const INPUT_SIZE: usize = 227;
 
 pub const LAYERS: &[&str] = &[
-    "input", "conv1", "pool1", "conv2", "pool2", "conv3", "conv4", "conv5", "pool5", "fc6", "fc7", "fc8",
+    "input", "conv1", "pool1", "conv2", "pool2", "conv3", "conv4", "conv5", "pool5", "fc6", "fc7",
+    "fc8",
 ];
 
 /// LRN settings of the seed: depth_radius 2, alpha 2e-5, beta 0.75, bias 1.0.
@@ -27,7 +28,13 @@ pub const LRN_BIAS: f64 = 1.0;
 pub fn params() -> Vec<ParamSpec> {
     let conv = |layer, k, cin, cout, groups| ParamSpec {
         layer,
-        kind: ParamKind::Conv { kh: k, kw: k, cin, cout, groups },
+        kind: ParamKind::Conv {
+            kh: k,
+            kw: k,
+            cin,
+            cout,
+            groups,
+        },
     };
     vec![
         conv("conv1", 11, 3, 96, 1),
@@ -37,15 +44,27 @@ pub fn params() -> Vec<ParamSpec> {
         conv("conv5", 3, 384, 256, 2),
         ParamSpec {
             layer: "fc6",
-            kind: ParamKind::Fc { cin: 9216, cout: 4096, flatten_chw: Some((256, 6, 6)) },
+            kind: ParamKind::Fc {
+                cin: 9216,
+                cout: 4096,
+                flatten_chw: Some((256, 6, 6)),
+            },
         },
         ParamSpec {
             layer: "fc7",
-            kind: ParamKind::Fc { cin: 4096, cout: 4096, flatten_chw: None },
+            kind: ParamKind::Fc {
+                cin: 4096,
+                cout: 4096,
+                flatten_chw: None,
+            },
         },
         ParamSpec {
             layer: "fc8",
-            kind: ParamKind::Fc { cin: 4096, cout: 1000, flatten_chw: None },
+            kind: ParamKind::Fc {
+                cin: 4096,
+                cout: 1000,
+                flatten_chw: None,
+            },
         },
     ]
 }

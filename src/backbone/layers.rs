@@ -13,7 +13,14 @@ pub fn same_padding(input: usize, kernel: usize, stride: usize) -> (usize, usize
 
 /// 2-D convolution (NCHW input, OIHW kernel) with bias, TF "SAME" or "VALID" padding, and
 /// `groups` as in the seed's `conv()` (input channels and output kernels split in equal halves).
-pub fn conv2d(x: &Tensor, w: &Tensor, b: &Tensor, stride: usize, same: bool, groups: usize) -> Result<Tensor> {
+pub fn conv2d(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    stride: usize,
+    same: bool,
+    groups: usize,
+) -> Result<Tensor> {
     let (_, _, h, wd) = x.dims4()?;
     let (_, _, kh, kw) = w.dims4()?;
     let y = if same {
@@ -83,13 +90,22 @@ mod tests {
         // one pixel, 6 channels
         let v = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0];
         let x = Tensor::from_slice(&v, (1, 6, 1, 1), &dev).unwrap();
-        let y: Vec<f32> = lrn(&x, 2, 0.1, 0.75, 1.0).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-        for c in 0..6 {
+        let y: Vec<f32> = lrn(&x, 2, 0.1, 0.75, 1.0)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        for c in 0..6usize {
             let lo = c.saturating_sub(2);
             let hi = (c + 2).min(5);
             let s: f32 = v[lo..=hi].iter().map(|a| a * a).sum();
-            let want = v[c] / (1.0 + 0.1 * s).powf(0.75);
-            assert!((y[c] - want).abs() < 1e-6, "channel {c}: {} vs {want}", y[c]);
+            let want = v[c] / (1.0f32 + 0.1 * s).powf(0.75);
+            assert!(
+                (y[c] - want).abs() < 1e-6,
+                "channel {c}: {} vs {want}",
+                y[c]
+            );
         }
     }
 }

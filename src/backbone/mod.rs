@@ -46,7 +46,13 @@ impl ParamSpec {
     /// `[cout, cin/groups, kh, kw]` or `[cout, cin]`
     pub fn weight_shape(&self) -> Vec<usize> {
         match self.kind {
-            ParamKind::Conv { kh, kw, cin, cout, groups } => vec![cout, cin / groups, kh, kw],
+            ParamKind::Conv {
+                kh,
+                kw,
+                cin,
+                cout,
+                groups,
+            } => vec![cout, cin / groups, kh, kw],
             ParamKind::Fc { cin, cout, .. } => vec![cout, cin],
         }
     }
@@ -54,7 +60,13 @@ impl ParamSpec {
     /// The same weight as the seed's files store it: HWIO or `[in, out]`.
     pub fn seed_weight_shape(&self) -> Vec<usize> {
         match self.kind {
-            ParamKind::Conv { kh, kw, cin, cout, groups } => vec![kh, kw, cin / groups, cout],
+            ParamKind::Conv {
+                kh,
+                kw,
+                cin,
+                cout,
+                groups,
+            } => vec![kh, kw, cin / groups, cout],
             ParamKind::Fc { cin, cout, .. } => vec![cin, cout],
         }
     }

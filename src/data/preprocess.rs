@@ -47,7 +47,15 @@ pub fn interp_matrix(inp: usize, out: usize, method: ResizeMethod) -> Vec<f32> {
 }
 
 /// Turn `count` u8 NHWC images of `h x w` into f32 NCHW at `size x size`, on `device`.
-pub fn to_input(pixels: &[u8], count: usize, h: usize, w: usize, size: usize, method: ResizeMethod, device: &Device) -> Result<Tensor> {
+pub fn to_input(
+    pixels: &[u8],
+    count: usize,
+    h: usize,
+    w: usize,
+    size: usize,
+    method: ResizeMethod,
+    device: &Device,
+) -> Result<Tensor> {
     let x = Tensor::from_slice(pixels, (count, h, w, 3), device)?
         .to_dtype(DType::F32)?
         .permute((0, 3, 1, 2))?;
@@ -59,7 +67,10 @@ pub fn to_input(pixels: &[u8], count: usize, h: usize, w: usize, size: usize, me
     // (N,C,H,W) x (W,S) -> (N,C,H,S)
     let xs = x.contiguous()?.broadcast_matmul(&rx.t()?)?;
     // (S,H) x (N,C,H,S) -> (N,C,S,S)
-    Ok(ry.broadcast_left((count, 3))?.contiguous()?.matmul(&xs.contiguous()?)?)
+    Ok(ry
+        .broadcast_left((count, 3))?
+        .contiguous()?
+        .matmul(&xs.contiguous()?)?)
 }
 
 #[cfg(test)]

@@ -19,10 +19,17 @@ impl AtomicFile {
         if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
-        let name = dest.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        let name = dest
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
         let tmp = dest.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
         let f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        Ok(AtomicFile { tmp, dest: dest.to_path_buf(), file: Some(std::io::BufWriter::new(f)) })
+        Ok(AtomicFile {
+            tmp,
+            dest: dest.to_path_buf(),
+            file: Some(std::io::BufWriter::new(f)),
+        })
     }
 
     pub fn writer(&mut self) -> &mut std::io::BufWriter<std::fs::File> {
@@ -36,7 +43,9 @@ impl AtomicFile {
 
     pub fn commit(mut self) -> Result<()> {
         if let Some(w) = self.file.take() {
-            let f = w.into_inner().map_err(|e| Error::io(&self.tmp, e.into_error()))?;
+            let f = w
+                .into_inner()
+                .map_err(|e| Error::io(&self.tmp, e.into_error()))?;
             f.sync_all().map_err(|e| Error::io(&self.tmp, e))?;
         }
         std::fs::rename(&self.tmp, &self.dest).map_err(|e| Error::io(&self.dest, e))
@@ -56,6 +65,8 @@ impl Drop for AtomicFile {
 pub fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<()> {
     let mut f = AtomicFile::create(dest)?;
     let tmp = f.path().to_path_buf();
-    f.writer().write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
+    f.writer()
+        .write_all(bytes)
+        .map_err(|e| Error::io(&tmp, e))?;
     f.commit()
 }

@@ -7,7 +7,12 @@ use std::path::Path;
 pub fn did_you_mean(word: &str, candidates: &[&str]) -> String {
     let best = candidates
         .iter()
-        .map(|c| (strsim::damerau_levenshtein(&word.to_ascii_lowercase(), &c.to_ascii_lowercase()), *c))
+        .map(|c| {
+            (
+                strsim::damerau_levenshtein(&word.to_ascii_lowercase(), &c.to_ascii_lowercase()),
+                *c,
+            )
+        })
         .min();
     match best {
         Some((d, c)) if d > 0 && d <= 2.max(word.len() / 3) => format!(" (did you mean `{c}`?)"),
@@ -30,12 +35,21 @@ fn hint_from_message(msg: &str) -> String {
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let col = before.rfind('\n').map(|p| before.len() - p).unwrap_or(before.len() + 1);
+    let col = before
+        .rfind('\n')
+        .map(|p| before.len() - p)
+        .unwrap_or(before.len() + 1);
     (line, col)
 }
 
 pub fn toml_error(path: &Path, text: &str, e: &toml::de::Error) -> String {
-    let msg = e.message().trim().to_string();
+    let msg = e
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
     let hint = hint_from_message(&msg);
     match e.span() {
         Some(span) => {
@@ -50,12 +64,24 @@ pub fn toml_error(path: &Path, text: &str, e: &toml::de::Error) -> String {
 pub fn figment_error(path: &Path, e: &figment::Error, overrides: bool) -> String {
     let mut parts = Vec::new();
     for err in e.clone() {
-        let key = if err.path.is_empty() { String::new() } else { format!("key `{}`: ", err.path.join(".")) };
+        let key = if err.path.is_empty() {
+            String::new()
+        } else {
+            format!("key `{}`: ", err.path.join("."))
+        };
         let msg = err.kind.to_string();
-        let hint = hint_from_message(&msg);
+        let hint = match &err.kind {
+            figment::error::Kind::UnknownField(f, expected)
+            | figment::error::Kind::UnknownVariant(f, expected) => did_you_mean(f, expected),
+            _ => hint_from_message(&msg),
+        };
         parts.push(format!("{key}{msg}{hint}"));
     }
-    let origin = if overrides { " (after RUNNER_* environment and --set overrides)" } else { "" };
+    let origin = if overrides {
+        " (after RUNNER_* environment and --set overrides)"
+    } else {
+        ""
+    };
     format!("{}{origin}: {}", path.display(), parts.join("; "))
 }
 
@@ -69,12 +95,22 @@ pub fn key_error(path: &Path, text: &str, section: &str, key: &str, msg: &str) -
             continue;
         }
         let k = t.split('=').next().unwrap_or("").trim().trim_matches('"');
-        if t.contains('=') && ((current == section && k == key) || (current.is_empty() && k == format!("{section}.{key}"))) {
+        if t.contains('=')
+            && ((current == section && k == key)
+                || (current.is_empty() && k == format!("{section}.{key}")))
+        {
             let col = line.len() - line.trim_start().len() + 1;
-            return format!("{}:{}:{col}: key `{section}.{key}`: {msg}", path.display(), i + 1);
+            return format!(
+                "{}:{}:{col}: key `{section}.{key}`: {msg}",
+                path.display(),
+                i + 1
+            );
         }
     }
-    format!("{}: key `{section}.{key}` (default or override): {msg}", path.display())
+    format!(
+        "{}: key `{section}.{key}` (default or override): {msg}",
+        path.display()
+    )
 }
 
 #[cfg(test)]
@@ -83,10 +119,15 @@ mod tests {
 
     #[test]
     fn suggestions() {
-        assert_eq!(did_you_mean("freez", &["arch", "weights", "freeze"]), " (did you mean `freeze`?)");
+        assert_eq!(
+            did_you_mean("freez", &["arch", "weights", "freeze"]),
+            " (did you mean `freeze`?)"
+        );
         assert_eq!(did_you_mean("zzzzzz", &["arch", "weights", "freeze"]), "");
         assert_eq!(
-            hint_from_message("unknown field `wieghts`, expected one of `arch`, `weights`, `freeze`"),
+            hint_from_message(
+                "unknown field `wieghts`, expected one of `arch`, `weights`, `freeze`"
+            ),
             " (did you mean `weights`?)"
         );
     }

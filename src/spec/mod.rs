@@ -94,14 +94,20 @@ pub fn load_str(
     }
     for s in sets {
         let (key, value) = s.split_once('=').ok_or_else(|| {
-            Error::Spec(format!("--set {s:?}: expected section.key=value, e.g. --set train.lr=0.01"))
+            Error::Spec(format!(
+                "--set {s:?}: expected section.key=value, e.g. --set train.lr=0.01"
+            ))
         })?;
         let key = key.trim();
         fig = fig.merge(Serialized::default(key, parse_value(value.trim())).key(key));
     }
-    let mut raw: RawSpec = fig
-        .extract()
-        .map_err(|e| Error::Spec(diagnose::figment_error(path, &e, !env.is_empty() || !sets.is_empty())))?;
+    let mut raw: RawSpec = fig.extract().map_err(|e| {
+        Error::Spec(diagnose::figment_error(
+            path,
+            &e,
+            !env.is_empty() || !sets.is_empty(),
+        ))
+    })?;
     if raw.name.is_empty() {
         raw.name = path
             .file_stem()
@@ -115,7 +121,9 @@ pub fn load_str(
 /// quoted strings), else the plain string.
 fn parse_value(v: &str) -> toml::Value {
     match toml::from_str::<toml::Table>(&format!("v = {v}")) {
-        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(v.to_string())),
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(v.to_string())),
         Err(_) => toml::Value::String(v.to_string()),
     }
 }
@@ -153,7 +161,13 @@ fn validate(path: &Path, text: &str, raw: RawSpec) -> Result<Spec> {
     })?;
     let weights = match raw.backbone.weights.as_str() {
         "random" => WeightsSource::Random,
-        "" => return Err(err("backbone", "weights", "is empty; give a weights file or \"random\"".into())),
+        "" => {
+            return Err(err(
+                "backbone",
+                "weights",
+                "is empty; give a weights file or \"random\"".into(),
+            ))
+        }
         p => WeightsSource::File(PathBuf::from(p)),
     };
     let dataset_kind = match raw.dataset.kind.as_str() {
@@ -172,7 +186,11 @@ fn validate(path: &Path, text: &str, raw: RawSpec) -> Result<Spec> {
         }
     };
     if dataset_kind == DatasetKind::Pickle && raw.dataset.path.is_empty() {
-        return Err(err("dataset", "path", "is empty; name the train.p file".into()));
+        return Err(err(
+            "dataset",
+            "path",
+            "is empty; name the train.p file".into(),
+        ));
     }
     if raw.dataset.num_classes == Some(0) {
         return Err(err("dataset", "num_classes", "must be at least 1".into()));
@@ -205,7 +223,9 @@ pub fn parse_device(s: &str) -> std::result::Result<DeviceSpec, String> {
         "cuda" => Ok(DeviceSpec::Cuda(0)),
         _ => match s.strip_prefix("cuda:").map(|n| n.parse::<usize>()) {
             Some(Ok(n)) => Ok(DeviceSpec::Cuda(n)),
-            _ => Err(format!("unknown device {s:?}; expected auto, cpu, cuda or cuda:N")),
+            _ => Err(format!(
+                "unknown device {s:?}; expected auto, cpu, cuda or cuda:N"
+            )),
         },
     }
 }

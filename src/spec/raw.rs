@@ -84,6 +84,9 @@ pub struct RunSection {
 
 impl Default for RunSection {
     fn default() -> Self {
-        RunSection { device: "auto".into(), extract_batch: 64 }
+        RunSection {
+            device: "auto".into(),
+            extract_batch: 64,
+        }
     }
 }

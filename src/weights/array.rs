@@ -37,7 +37,9 @@ impl ArrayDtype {
             Some(ks) => ks,
             None => {
                 let mut chars = rest.chars();
-                let kind = chars.next().ok_or_else(|| "empty numpy dtype code".to_string())?;
+                let kind = chars
+                    .next()
+                    .ok_or_else(|| "empty numpy dtype code".to_string())?;
                 let size: usize = chars
                     .as_str()
                     .parse()
@@ -169,7 +171,12 @@ impl NdArray {
         let be = self.dtype.big_endian;
         match self.dtype.kind {
             'i' | 'u' | 'b' => {}
-            _ => return Err(format!("expected an integer array, found dtype {}", self.dtype.descr())),
+            _ => {
+                return Err(format!(
+                    "expected an integer array, found dtype {}",
+                    self.dtype.descr()
+                ))
+            }
         }
         self.data
             .chunks_exact(s)
@@ -223,14 +230,15 @@ impl NdArray {
         if self.dtype.is_object() {
             return Err("expected a numeric array, found an object array".into());
         }
-        let v: Vec<f32> = if self.dtype.kind == 'f' && self.dtype.size == 4 && !self.dtype.big_endian {
-            self.data
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect()
-        } else {
-            self.storage_f64().into_iter().map(|x| x as f32).collect()
-        };
+        let v: Vec<f32> =
+            if self.dtype.kind == 'f' && self.dtype.size == 4 && !self.dtype.big_endian {
+                self.data
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect()
+            } else {
+                self.storage_f64().into_iter().map(|x| x as f32).collect()
+            };
         Ok(self.to_c_order(v))
     }
 
@@ -243,7 +251,10 @@ impl NdArray {
     /// Bytes of a `uint8` array, C order.
     pub fn to_u8_c(&self) -> Result<Vec<u8>, String> {
         if self.dtype.kind != 'u' || self.dtype.size != 1 {
-            return Err(format!("expected a uint8 array, found dtype {}", self.dtype.descr()));
+            return Err(format!(
+                "expected a uint8 array, found dtype {}",
+                self.dtype.descr()
+            ));
         }
         Ok(self.to_c_order(self.data.clone()))
     }
@@ -254,7 +265,10 @@ impl NdArray {
             return self.to_u8_c();
         }
         if self.dtype.kind != 'u' || self.dtype.size != 1 {
-            return Err(format!("expected a uint8 array, found dtype {}", self.dtype.descr()));
+            return Err(format!(
+                "expected a uint8 array, found dtype {}",
+                self.dtype.descr()
+            ));
         }
         Ok(self.data)
     }
@@ -267,7 +281,9 @@ pub fn numel_checked(shape: &[usize], max: u64) -> Result<u64, String> {
         n = n
             .checked_mul(d as u64)
             .filter(|&n| n <= max)
-            .ok_or_else(|| format!("array of shape {shape:?} has more than {max} elements; refusing it"))?;
+            .ok_or_else(|| {
+                format!("array of shape {shape:?} has more than {max} elements; refusing it")
+            })?;
     }
     Ok(n)
 }
@@ -297,7 +313,14 @@ mod tests {
     fn fortran_to_c_order() {
         // a 2x3 array [[0,1,2],[3,4,5]] stored in Fortran order is 0,3,1,4,2,5
         let data: Vec<u8> = [0u8, 3, 1, 4, 2, 5].to_vec();
-        let a = NdArray::new(ArrayDtype::from_code("|u1").unwrap(), vec![2, 3], true, data, 100).unwrap();
+        let a = NdArray::new(
+            ArrayDtype::from_code("|u1").unwrap(),
+            vec![2, 3],
+            true,
+            data,
+            100,
+        )
+        .unwrap();
         assert_eq!(a.to_u8_c().unwrap(), vec![0, 1, 2, 3, 4, 5]);
     }
 

@@ -35,8 +35,12 @@ pub fn tf_layout(arch: Arch, seed: u64) -> Vec<(Vec<f32>, Vec<f32>)> {
             let fan_in: usize = shape[..shape.len() - 1].iter().product();
             let scale = (24.0 / fan_in as f64).sqrt();
             let k = k as u64;
-            let w = (0..n).map(|i| (unit(i, 2 * k + 1 + base) * scale) as f32).collect();
-            let b = (0..spec.bias_len()).map(|i| (unit(i, 2 * k + 2 + base) * 0.2) as f32).collect();
+            let w = (0..n)
+                .map(|i| (unit(i, 2 * k + 1 + base) * scale) as f32)
+                .collect();
+            let b = (0..spec.bias_len())
+                .map(|i| (unit(i, 2 * k + 2 + base) * 0.2) as f32)
+                .collect();
             (w, b)
         })
         .collect()

@@ -56,14 +56,21 @@ impl WeightSet {
             .iter()
             .map(|(k, t)| {
                 let bytes: &[u8] = bytemuck_f32(&t.data);
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, t.shape.clone(), bytes)
-                    .map(|v| (k.clone(), v))
-                    .map_err(|e| Error::Other(format!("cannot serialize {k}: {e}")))
+                safetensors::tensor::TensorView::new(
+                    safetensors::Dtype::F32,
+                    t.shape.clone(),
+                    bytes,
+                )
+                .map(|v| (k.clone(), v))
+                .map_err(|e| Error::Other(format!("cannot serialize {k}: {e}")))
             })
             .collect::<Result<_>>()?;
         let mut meta = std::collections::HashMap::new();
         meta.insert("layout".to_string(), "candle".to_string());
-        meta.insert("written_by".to_string(), format!("runner {}", env!("CARGO_PKG_VERSION")));
+        meta.insert(
+            "written_by".to_string(),
+            format!("runner {}", env!("CARGO_PKG_VERSION")),
+        );
         let bytes = safetensors::serialize(views, Some(meta))
             .map_err(|e| Error::Other(format!("cannot serialize weights: {e}")))?;
         crate::results::write_atomic(path, &bytes)
@@ -142,7 +149,10 @@ fn read_tf_layout(path: &Path, bytes: &[u8], kind: FileKind) -> Result<RawLayers
     let entries = dict.as_str_dict().ok_or_else(|| {
         Error::format(
             path,
-            format!("holds a {}, expected a dict of layer name -> [W, b]", dict.type_name()),
+            format!(
+                "holds a {}, expected a dict of layer name -> [W, b]",
+                dict.type_name()
+            ),
         )
     })?;
     let mut out = Vec::new();
@@ -150,7 +160,19 @@ fn read_tf_layout(path: &Path, bytes: &[u8], kind: FileKind) -> Result<RawLayers
         let params: Vec<(String, Value)> = if let Some(seq) = v.as_seq() {
             seq.into_iter()
                 .enumerate()
-                .map(|(i, x)| (if i == 0 { "W" } else if i == 1 { "b" } else { "extra" }.to_string(), x))
+                .map(|(i, x)| {
+                    (
+                        if i == 0 {
+                            "W"
+                        } else if i == 1 {
+                            "b"
+                        } else {
+                            "extra"
+                        }
+                        .to_string(),
+                        x,
+                    )
+                })
                 .collect()
         } else if let Some(d) = v.as_str_dict() {
             d
@@ -165,7 +187,13 @@ fn read_tf_layout(path: &Path, bytes: &[u8], kind: FileKind) -> Result<RawLayers
         let mut arrays = Vec::new();
         for (role, x) in params {
             let a = x.as_array().ok_or_else(|| {
-                Error::format(path, format!("layer {layer:?} entry {role:?} is a {}, expected an array", x.type_name()))
+                Error::format(
+                    path,
+                    format!(
+                        "layer {layer:?} entry {role:?} is a {}, expected an array",
+                        x.type_name()
+                    ),
+                )
             })?;
             arrays.push((role, a));
         }
@@ -175,7 +203,10 @@ fn read_tf_layout(path: &Path, bytes: &[u8], kind: FileKind) -> Result<RawLayers
 }
 
 fn unreachable_kind<T>(path: &Path) -> Result<T> {
-    Err(Error::format(path, "internal: safetensors passed to the TF-layout reader"))
+    Err(Error::format(
+        path,
+        "internal: safetensors passed to the TF-layout reader",
+    ))
 }
 
 /// `.npz` members named `<layer>/<role>`, `<layer>_<role>` or `<layer>.<role>`.
@@ -187,7 +218,10 @@ fn group_npz(path: &Path, members: Vec<(String, NdArray)>) -> Result<RawLayers> 
             .rfind(['/', '.', ':'])
             .or_else(|| clean.rfind('_'))
             .ok_or_else(|| {
-                Error::format(path, format!("member {name:?} is not named <layer>/<W|b|weights|biases>"))
+                Error::format(
+                    path,
+                    format!("member {name:?} is not named <layer>/<W|b|weights|biases>"),
+                )
             })?;
         let (layer, role) = (&clean[..split], &clean[split + 1..]);
         match out.iter_mut().find(|(l, _)| l == layer) {
@@ -216,7 +250,11 @@ pub fn read_stored(path: &Path) -> Result<Vec<(String, NdArray)>> {
     }
     Ok(read_tf_layout(path, &bytes, kind)?
         .into_iter()
-        .flat_map(|(layer, arrays)| arrays.into_iter().map(move |(role, a)| (format!("{layer}.{role}"), a)))
+        .flat_map(|(layer, arrays)| {
+            arrays
+                .into_iter()
+                .map(move |(role, a)| (format!("{layer}.{role}"), a))
+        })
         .collect())
 }
 
@@ -230,7 +268,11 @@ pub fn inspect(path: &Path) -> Result<Vec<StoredTensor>> {
         let mut out: Vec<StoredTensor> = st
             .tensors()
             .into_iter()
-            .map(|(n, v)| StoredTensor { name: n, shape: v.shape().to_vec(), dtype: format!("{:?}", v.dtype()) })
+            .map(|(n, v)| StoredTensor {
+                name: n,
+                shape: v.shape().to_vec(),
+                dtype: format!("{:?}", v.dtype()),
+            })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         return Ok(out);
@@ -296,29 +338,62 @@ fn from_tf_layout(path: &Path, raw: RawLayers, arch: Arch) -> Result<WeightSet> 
                 .ok_or_else(|| {
                     Error::weights(
                         path,
-                        format!("layer {} has no {}", spec.layer, if want_w { "weight (W)" } else { "bias (b)" }),
+                        format!(
+                            "layer {} has no {}",
+                            spec.layer,
+                            if want_w { "weight (W)" } else { "bias (b)" }
+                        ),
                     )
                 })
         };
         let w = pick(true)?;
         let b = pick(false)?;
         let name = |r: &str| format!("{}.{r}", spec.layer);
-        check_shape(path, &name("W"), &spec.seed_weight_shape(), &w.shape, "the seed's TF layout")?;
+        check_shape(
+            path,
+            &name("W"),
+            &spec.seed_weight_shape(),
+            &w.shape,
+            "the seed's TF layout",
+        )?;
         check_shape(path, &name("b"), &[spec.bias_len()], &b.shape, "")?;
-        let wdata = w.to_f32_c().map_err(|m| Error::weights(path, format!("{}: {m}", name("W"))))?;
-        let bdata = b.to_f32_c().map_err(|m| Error::weights(path, format!("{}: {m}", name("b"))))?;
+        let wdata = w
+            .to_f32_c()
+            .map_err(|m| Error::weights(path, format!("{}: {m}", name("W"))))?;
+        let bdata = b
+            .to_f32_c()
+            .map_err(|m| Error::weights(path, format!("{}: {m}", name("b"))))?;
         set.tensors.insert(
             format!("{}.weight", spec.layer),
-            HostTensor { shape: spec.weight_shape(), data: tf_to_candle(&spec, &wdata) },
+            HostTensor {
+                shape: spec.weight_shape(),
+                data: tf_to_candle(&spec, &wdata),
+            },
         );
-        set.tensors.insert(format!("{}.bias", spec.layer), HostTensor { shape: vec![spec.bias_len()], data: bdata });
+        set.tensors.insert(
+            format!("{}.bias", spec.layer),
+            HostTensor {
+                shape: vec![spec.bias_len()],
+                data: bdata,
+            },
+        );
     }
     Ok(set)
 }
 
-fn check_shape(path: &Path, name: &str, want: &[usize], found: &[usize], layout: &str) -> Result<()> {
+fn check_shape(
+    path: &Path,
+    name: &str,
+    want: &[usize],
+    found: &[usize],
+    layout: &str,
+) -> Result<()> {
     if want != found {
-        let layout = if layout.is_empty() { String::new() } else { format!(" ({layout})") };
+        let layout = if layout.is_empty() {
+            String::new()
+        } else {
+            format!(" ({layout})")
+        };
         return Err(Error::weights(
             path,
             format!("tensor {name} has shape {found:?}, expected {want:?}{layout}"),
@@ -332,7 +407,13 @@ fn check_shape(path: &Path, name: &str, want: &[usize], found: &[usize], layout:
 pub fn tf_to_candle(spec: &ParamSpec, w: &[f32]) -> Vec<f32> {
     let mut out = vec![0f32; w.len()];
     match spec.kind {
-        ParamKind::Conv { kh, kw, cin, cout, groups } => {
+        ParamKind::Conv {
+            kh,
+            kw,
+            cin,
+            cout,
+            groups,
+        } => {
             let ci = cin / groups;
             for h in 0..kh {
                 for x in 0..kw {
@@ -345,7 +426,11 @@ pub fn tf_to_candle(spec: &ParamSpec, w: &[f32]) -> Vec<f32> {
                 }
             }
         }
-        ParamKind::Fc { cin, cout, flatten_chw } => {
+        ParamKind::Fc {
+            cin,
+            cout,
+            flatten_chw,
+        } => {
             for r in 0..cin {
                 // r is the TF row; col is where that input sits in candle's flatten
                 let col = match flatten_chw {
@@ -372,7 +457,10 @@ fn load_safetensors(path: &Path, bytes: &[u8], arch: Arch) -> Result<WeightSet> 
     let names = st.names();
     let mut set = WeightSet::default();
     for spec in arch.params() {
-        for (suffix, want) in [("weight", spec.weight_shape()), ("bias", vec![spec.bias_len()])] {
+        for (suffix, want) in [
+            ("weight", spec.weight_shape()),
+            ("bias", vec![spec.bias_len()]),
+        ] {
             let name = format!("{}.{suffix}", spec.layer);
             let view = st.tensor(&name).map_err(|_| {
                 let mut found: Vec<&str> = names.iter().map(|s| s.as_ref()).collect();
@@ -388,7 +476,11 @@ fn load_safetensors(path: &Path, bytes: &[u8], arch: Arch) -> Result<WeightSet> 
                 )
             })?;
             if view.shape() != want.as_slice() {
-                let tf = if suffix == "weight" { spec.seed_weight_shape() } else { vec![] };
+                let tf = if suffix == "weight" {
+                    spec.seed_weight_shape()
+                } else {
+                    vec![]
+                };
                 let hint = if view.shape() == tf.as_slice() {
                     " — that is TensorFlow's layout; .safetensors are read in candle/PyTorch layout (OIHW, [out, in])"
                 } else {
@@ -396,26 +488,38 @@ fn load_safetensors(path: &Path, bytes: &[u8], arch: Arch) -> Result<WeightSet> 
                 };
                 return Err(Error::weights(
                     path,
-                    format!("tensor {name} has shape {:?}, expected {want:?}{hint}", view.shape()),
+                    format!(
+                        "tensor {name} has shape {:?}, expected {want:?}{hint}",
+                        view.shape()
+                    ),
                 ));
             }
-            let data = safetensor_f32(&view).map_err(|m| Error::weights(path, format!("{name}: {m}")))?;
+            let data =
+                safetensor_f32(&view).map_err(|m| Error::weights(path, format!("{name}: {m}")))?;
             set.tensors.insert(name, HostTensor { shape: want, data });
         }
     }
     Ok(set)
 }
 
-fn safetensor_f32(view: &safetensors::tensor::TensorView<'_>) -> std::result::Result<Vec<f32>, String> {
+fn safetensor_f32(
+    view: &safetensors::tensor::TensorView<'_>,
+) -> std::result::Result<Vec<f32>, String> {
     use safetensors::Dtype;
     let d = view.data();
     Ok(match view.dtype() {
-        Dtype::F32 => d.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        Dtype::F32 => d
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
         Dtype::F64 => d
             .chunks_exact(8)
             .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32)
             .collect(),
-        Dtype::BF16 => d.chunks_exact(2).map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16)).collect(),
+        Dtype::BF16 => d
+            .chunks_exact(2)
+            .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
+            .collect(),
         Dtype::F16 => {
             let a = NdArray::new(
                 array::ArrayDtype::from_code("<f2")?,
@@ -426,7 +530,11 @@ fn safetensor_f32(view: &safetensors::tensor::TensorView<'_>) -> std::result::Re
             )?;
             a.to_f32_c()?
         }
-        other => return Err(format!("unsupported dtype {other:?} (expected a float type)")),
+        other => {
+            return Err(format!(
+                "unsupported dtype {other:?} (expected a float type)"
+            ))
+        }
     })
 }
 
@@ -436,9 +544,20 @@ pub fn random(arch: Arch, seed: u64) -> WeightSet {
     let raw = formula::tf_layout(arch, seed);
     let mut set = WeightSet::default();
     for (spec, (w, b)) in arch.params().iter().zip(raw) {
-        set.tensors
-            .insert(format!("{}.weight", spec.layer), HostTensor { shape: spec.weight_shape(), data: tf_to_candle(spec, &w) });
-        set.tensors.insert(format!("{}.bias", spec.layer), HostTensor { shape: vec![spec.bias_len()], data: b });
+        set.tensors.insert(
+            format!("{}.weight", spec.layer),
+            HostTensor {
+                shape: spec.weight_shape(),
+                data: tf_to_candle(spec, &w),
+            },
+        );
+        set.tensors.insert(
+            format!("{}.bias", spec.layer),
+            HostTensor {
+                shape: vec![spec.bias_len()],
+                data: b,
+            },
+        );
     }
     set
 }
@@ -449,7 +568,14 @@ mod tests {
 
     #[test]
     fn fc6_rows_move_from_nhwc_to_nchw_flatten() {
-        let spec = ParamSpec { layer: "fc", kind: ParamKind::Fc { cin: 12, cout: 1, flatten_chw: Some((3, 2, 2)) } };
+        let spec = ParamSpec {
+            layer: "fc",
+            kind: ParamKind::Fc {
+                cin: 12,
+                cout: 1,
+                flatten_chw: Some((3, 2, 2)),
+            },
+        };
         // TF row r = (h*2 + w)*3 + c holds value r
         let w: Vec<f32> = (0..12).map(|r| r as f32).collect();
         let out = tf_to_candle(&spec, &w);
@@ -463,7 +589,16 @@ mod tests {
 
     #[test]
     fn conv_hwio_to_oihw() {
-        let spec = ParamSpec { layer: "c", kind: ParamKind::Conv { kh: 2, kw: 3, cin: 4, cout: 5, groups: 2 } };
+        let spec = ParamSpec {
+            layer: "c",
+            kind: ParamKind::Conv {
+                kh: 2,
+                kw: 3,
+                cin: 4,
+                cout: 5,
+                groups: 2,
+            },
+        };
         let n = 2 * 3 * 2 * 5;
         let w: Vec<f32> = (0..n).map(|i| i as f32).collect();
         let out = tf_to_candle(&spec, &w);
@@ -471,7 +606,10 @@ mod tests {
             for i in 0..2 {
                 for h in 0..2 {
                     for x in 0..3 {
-                        assert_eq!(out[((o * 2 + i) * 2 + h) * 3 + x], (((h * 3 + x) * 2 + i) * 5 + o) as f32);
+                        assert_eq!(
+                            out[((o * 2 + i) * 2 + h) * 3 + x],
+                            (((h * 3 + x) * 2 + i) * 5 + o) as f32
+                        );
                     }
                 }
             }

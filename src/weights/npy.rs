@@ -35,7 +35,10 @@ pub fn parse_npy(bytes: &[u8], limits: &Limits) -> std::result::Result<NpyConten
             if bytes.len() < 12 {
                 return Err("truncated .npy header".into());
             }
-            (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
+            (
+                u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+                12,
+            )
         }
         v => return Err(format!("unsupported .npy format version {v}")),
     };
@@ -98,9 +101,17 @@ fn parse_header(text: &str) -> std::result::Result<Header, String> {
         .split(',')
         .map(str::trim)
         .filter(|t| !t.is_empty())
-        .map(|t| t.trim_end_matches('L').parse::<usize>().map_err(|_| format!("bad .npy shape entry {t:?}")))
+        .map(|t| {
+            t.trim_end_matches('L')
+                .parse::<usize>()
+                .map_err(|_| format!("bad .npy shape entry {t:?}"))
+        })
         .collect::<std::result::Result<Vec<_>, _>>()?;
-    Ok(Header { descr, fortran, shape })
+    Ok(Header {
+        descr,
+        fortran,
+        shape,
+    })
 }
 
 /// The header bytes of a version-1 (or 2, when needed) `.npy` for a C-order array.
@@ -109,7 +120,11 @@ pub fn npy_header(descr: &str, shape: &[usize]) -> Vec<u8> {
         1 => format!("({},)", shape[0]),
         _ => format!(
             "({})",
-            shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+            shape
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     };
     let dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_s}, }}");
@@ -137,11 +152,17 @@ pub fn read_npz(path: &Path, limits: &Limits) -> Result<Vec<(String, NdArray)>> 
     read_npz_from(std::io::BufReader::new(file), limits).map_err(|m| Error::format(path, m))
 }
 
-pub fn read_npz_from<R: Read + Seek>(reader: R, limits: &Limits) -> std::result::Result<Vec<(String, NdArray)>, String> {
-    let mut zip = zip::ZipArchive::new(reader).map_err(|e| format!("not a readable .npz (zip) archive: {e}"))?;
+pub fn read_npz_from<R: Read + Seek>(
+    reader: R,
+    limits: &Limits,
+) -> std::result::Result<Vec<(String, NdArray)>, String> {
+    let mut zip = zip::ZipArchive::new(reader)
+        .map_err(|e| format!("not a readable .npz (zip) archive: {e}"))?;
     let mut out = Vec::new();
     for i in 0..zip.len() {
-        let mut f = zip.by_index(i).map_err(|e| format!("corrupt .npz member {i}: {e}"))?;
+        let mut f = zip
+            .by_index(i)
+            .map_err(|e| format!("corrupt .npz member {i}: {e}"))?;
         let name = f.name().trim_end_matches(".npy").to_string();
         let size = f.size();
         if size > limits.max_array_elements.saturating_mul(8) {
@@ -156,7 +177,9 @@ pub fn read_npz_from<R: Read + Seek>(reader: R, limits: &Limits) -> std::result:
         match parse_npy(&buf, limits).map_err(|e| format!("member {name}: {e}"))? {
             NpyContent::Array(a) => out.push((name, a)),
             NpyContent::Object(_) => {
-                return Err(format!("member {name} is a pickled object array; runner reads numeric .npz members only"))
+                return Err(format!(
+                "member {name} is a pickled object array; runner reads numeric .npz members only"
+            ))
             }
         }
     }
@@ -169,7 +192,12 @@ pub fn read_file(path: &Path) -> Result<Vec<u8>> {
 }
 
 /// Write `.npy` bytes for a C-order array to `w`.
-pub fn write_npy<W: Write>(w: &mut W, descr: &str, shape: &[usize], data: &[u8]) -> std::io::Result<()> {
+pub fn write_npy<W: Write>(
+    w: &mut W,
+    descr: &str,
+    shape: &[usize],
+    data: &[u8],
+) -> std::io::Result<()> {
     w.write_all(&npy_header(descr, shape))?;
     w.write_all(data)
 }

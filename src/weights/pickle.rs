@@ -73,7 +73,10 @@ pub enum PickledArray {
     /// Made by `_reconstruct`, waiting for `BUILD` to fill it.
     Empty,
     Numeric(NdArray),
-    Object { shape: Vec<usize>, items: Vec<Value> },
+    Object {
+        shape: Vec<usize>,
+        items: Vec<Value>,
+    },
 }
 
 impl Value {
@@ -312,19 +315,31 @@ impl<'a> Machine<'a> {
 
     fn pop(&mut self) -> Result<Value, String> {
         if self.marks.last().is_some_and(|&m| m >= self.stack.len()) {
-            return Err(format!("corrupt pickle: stack underflow at offset {}", self.pos));
+            return Err(format!(
+                "corrupt pickle: stack underflow at offset {}",
+                self.pos
+            ));
         }
         match self.stack.pop() {
             Some(Item::V(v)) => Ok(v),
-            Some(Item::Mark) => Err(format!("corrupt pickle: unexpected mark at offset {}", self.pos)),
-            None => Err(format!("corrupt pickle: stack underflow at offset {}", self.pos)),
+            Some(Item::Mark) => Err(format!(
+                "corrupt pickle: unexpected mark at offset {}",
+                self.pos
+            )),
+            None => Err(format!(
+                "corrupt pickle: stack underflow at offset {}",
+                self.pos
+            )),
         }
     }
 
     fn top(&self) -> Result<&Value, String> {
         match self.stack.last() {
             Some(Item::V(v)) => Ok(v),
-            _ => Err(format!("corrupt pickle: empty stack at offset {}", self.pos)),
+            _ => Err(format!(
+                "corrupt pickle: empty stack at offset {}",
+                self.pos
+            )),
         }
     }
 
@@ -372,7 +387,10 @@ impl<'a> Machine<'a> {
         loop {
             ops += 1;
             if ops > self.limits.max_ops {
-                return Err(format!("pickle has more than {} opcodes; refusing it", self.limits.max_ops));
+                return Err(format!(
+                    "pickle has more than {} opcodes; refusing it",
+                    self.limits.max_ops
+                ));
             }
             let at = self.pos;
             let code = self.u8()?;
@@ -656,7 +674,10 @@ impl<'a> Machine<'a> {
 
     fn reduce(&mut self, callable: Value, args: Value, at: usize) -> Result<Value, String> {
         let Value::Global(g) = &callable else {
-            return Err(format!("REDUCE of a {} at offset {at}", callable.type_name()));
+            return Err(format!(
+                "REDUCE of a {} at offset {at}",
+                callable.type_name()
+            ));
         };
         let args = args
             .as_seq()
@@ -678,14 +699,21 @@ impl<'a> Machine<'a> {
                     Some(Value::Str(s)) => s.clone(),
                     _ => return Err(format!("_codecs.encode without text at offset {at}")),
                 };
-                let enc = args.get(1).and_then(|e| e.as_text()).unwrap_or_else(|| "utf-8".into());
+                let enc = args
+                    .get(1)
+                    .and_then(|e| e.as_text())
+                    .unwrap_or_else(|| "utf-8".into());
                 let bytes: Vec<u8> = match enc.to_ascii_lowercase().replace('_', "-").as_str() {
                     "latin1" | "latin-1" | "iso-8859-1" => text
                         .chars()
                         .map(|c| u8::try_from(c as u32).map_err(|_| "non-latin-1 char".to_string()))
                         .collect::<Result<_, _>>()?,
                     "utf-8" | "utf8" => text.as_bytes().to_vec(),
-                    other => return Err(format!("_codecs.encode with unsupported encoding {other:?}")),
+                    other => {
+                        return Err(format!(
+                            "_codecs.encode with unsupported encoding {other:?}"
+                        ))
+                    }
                 };
                 Ok(Value::Bytes(Rc::from(bytes)))
             }
@@ -711,24 +739,44 @@ impl<'a> Machine<'a> {
                     return Err(format!("malformed numpy _frombuffer call at offset {at}"));
                 };
                 let shape = shape_of(shape)?;
-                let fortran = args.get(3).and_then(|o| o.as_text()).is_some_and(|o| o == "F");
-                let arr = NdArray::new(dt.borrow().clone(), shape, fortran, buf.to_vec(), self.limits.max_array_elements)?;
-                Ok(Value::Array(Rc::new(RefCell::new(PickledArray::Numeric(arr)))))
+                let fortran = args
+                    .get(3)
+                    .and_then(|o| o.as_text())
+                    .is_some_and(|o| o == "F");
+                let arr = NdArray::new(
+                    dt.borrow().clone(),
+                    shape,
+                    fortran,
+                    buf.to_vec(),
+                    self.limits.max_array_elements,
+                )?;
+                Ok(Value::Array(Rc::new(RefCell::new(PickledArray::Numeric(
+                    arr,
+                )))))
             }
             Global::Scalar => {
                 // numpy.core.multiarray.scalar(dtype, bytes)
-                let (Some(Value::Dtype(dt)), Some(Value::Bytes(b))) = (args.first(), args.get(1)) else {
+                let (Some(Value::Dtype(dt)), Some(Value::Bytes(b))) = (args.first(), args.get(1))
+                else {
                     return Err(format!("malformed numpy scalar at offset {at}"));
                 };
-                let arr = NdArray::new(dt.borrow().clone(), vec![], false, b.to_vec(), self.limits.max_array_elements)?;
-                Ok(Value::Array(Rc::new(RefCell::new(PickledArray::Numeric(arr)))))
+                let arr = NdArray::new(
+                    dt.borrow().clone(),
+                    vec![],
+                    false,
+                    b.to_vec(),
+                    self.limits.max_array_elements,
+                )?;
+                Ok(Value::Array(Rc::new(RefCell::new(PickledArray::Numeric(
+                    arr,
+                )))))
             }
         }
     }
 }
 
 fn pairs(items: Vec<Value>, at: usize) -> Result<Vec<(Value, Value)>, String> {
-    if items.len() % 2 != 0 {
+    if !items.len().is_multiple_of(2) {
         return Err(format!("odd number of dict items at offset {at}"));
     }
     let mut out = Vec::with_capacity(items.len() / 2);
@@ -741,7 +789,10 @@ fn pairs(items: Vec<Value>, at: usize) -> Result<Vec<(Value, Value)>, String> {
 
 fn set_item(d: &mut Vec<(Value, Value)>, k: Value, v: Value) {
     if let Some(key) = k.as_text() {
-        if let Some(slot) = d.iter_mut().find(|(ek, _)| ek.as_text().as_deref() == Some(&key)) {
+        if let Some(slot) = d
+            .iter_mut()
+            .find(|(ek, _)| ek.as_text().as_deref() == Some(&key))
+        {
             slot.1 = v;
             return;
         }
@@ -761,9 +812,8 @@ fn shape_of(v: &Value) -> Result<Vec<usize>, String> {
 }
 
 fn resolve_global(module: &str, name: &str) -> Result<Global, String> {
-    let numpy_core = |m: &str, sub: &str| {
-        m == format!("numpy.core.{sub}") || m == format!("numpy._core.{sub}")
-    };
+    let numpy_core =
+        |m: &str, sub: &str| m == format!("numpy.core.{sub}") || m == format!("numpy._core.{sub}");
     let g = match (module, name) {
         (m, "_reconstruct") if numpy_core(m, "multiarray") => Global::Reconstruct,
         (m, "scalar") if numpy_core(m, "multiarray") => Global::Scalar,
@@ -801,19 +851,27 @@ fn build(obj: &Value, state: Value, limits: &Limits) -> Result<(), String> {
             // (version, shape, dtype, is_fortran, data) or without the version
             let st = if st.len() == 5 { &st[1..] } else { &st[..] };
             if st.len() != 4 {
-                return Err(format!("numpy array state has {} fields, expected 4 or 5", st.len()));
+                return Err(format!(
+                    "numpy array state has {} fields, expected 4 or 5",
+                    st.len()
+                ));
             }
             let shape = shape_of(&st[0])?;
             let Value::Dtype(dt) = &st[1] else {
                 return Err("numpy array state has no dtype".into());
             };
             let dt = dt.borrow().clone();
-            let fortran = st[2].as_bool().ok_or("numpy array state: is_fortran is not a bool")?;
+            let fortran = st[2]
+                .as_bool()
+                .ok_or("numpy array state: is_fortran is not a bool")?;
             let arr = if dt.is_object() {
                 let items = st[3].as_seq().ok_or("object array state holds no list")?;
                 let n: usize = shape.iter().product();
                 if items.len() != n {
-                    return Err(format!("object array of shape {shape:?} holds {} items", items.len()));
+                    return Err(format!(
+                        "object array of shape {shape:?} holds {} items",
+                        items.len()
+                    ));
                 }
                 PickledArray::Object { shape, items }
             } else {
@@ -821,11 +879,20 @@ fn build(obj: &Value, state: Value, limits: &Limits) -> Result<(), String> {
                     Value::Bytes(b) => b.to_vec(),
                     Value::Str(s) => s
                         .chars()
-                        .map(|c| u8::try_from(c as u32).map_err(|_| "array data is not latin-1".to_string()))
+                        .map(|c| {
+                            u8::try_from(c as u32)
+                                .map_err(|_| "array data is not latin-1".to_string())
+                        })
                         .collect::<Result<_, _>>()?,
                     other => return Err(format!("numpy array data is a {}", other.type_name())),
                 };
-                PickledArray::Numeric(NdArray::new(dt, shape, fortran, bytes, limits.max_array_elements)?)
+                PickledArray::Numeric(NdArray::new(
+                    dt,
+                    shape,
+                    fortran,
+                    bytes,
+                    limits.max_array_elements,
+                )?)
             };
             *a.borrow_mut() = arr;
             Ok(())

@@ -67,7 +67,10 @@ impl<T: Write> W<'_, T> {
     fn text(&mut self, s: &str) -> std::io::Result<()> {
         match self.flavor {
             Flavor::Python2 => {
-                let latin1: Vec<u8> = s.chars().map(|c| if (c as u32) < 256 { c as u8 } else { b'?' }).collect();
+                let latin1: Vec<u8> = s
+                    .chars()
+                    .map(|c| if (c as u32) < 256 { c as u8 } else { b'?' })
+                    .collect();
                 self.binstring(&latin1)
             }
             Flavor::Python3 => {
@@ -87,8 +90,9 @@ impl<T: Write> W<'_, T> {
         if b.len() < 256 {
             self.raw(&[b'U', b.len() as u8])?;
         } else {
-            let n = i32::try_from(b.len())
-                .map_err(|_| std::io::Error::other("array too large for a Python 2 pickle string"))?;
+            let n = i32::try_from(b.len()).map_err(|_| {
+                std::io::Error::other("array too large for a Python 2 pickle string")
+            })?;
             self.raw(b"T")?;
             self.raw(&n.to_le_bytes())?;
         }
@@ -152,7 +156,13 @@ impl<T: Write> W<'_, T> {
     }
 
     /// `_reconstruct(ndarray, (0,), b'b')` then BUILD (1, shape, dtype, False, data).
-    fn array(&mut self, descr: &str, shape: &[usize], data: &[u8], items: Option<&[PyObj]>) -> std::io::Result<()> {
+    fn array(
+        &mut self,
+        descr: &str,
+        shape: &[usize],
+        data: &[u8],
+        items: Option<&[PyObj]>,
+    ) -> std::io::Result<()> {
         self.global("numpy.core.multiarray", "_reconstruct")?;
         self.global("numpy", "ndarray")?;
         self.int(0)?;

@@ -50,17 +50,28 @@ pub fn runner() -> Command {
 }
 
 pub fn run_in(dir: &Path, args: &[&str]) -> Output {
-    runner().current_dir(dir).args(args).env_remove("RUST_LOG").output().unwrap()
+    runner()
+        .current_dir(dir)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
 }
 
 pub fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(rel)
 }
 
 /// Relative L2 error ||a - b|| / ||b||.
 pub fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len(), "length mismatch");
-    let num: f64 = a.iter().zip(b).map(|(x, y)| ((*x as f64) - (*y as f64)).powi(2)).sum();
+    let num: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| ((*x as f64) - (*y as f64)).powi(2))
+        .sum();
     let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
     (num / den).sqrt()
 }
@@ -68,10 +79,20 @@ pub fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
 /// Assert the process failed with a one-paragraph error and no panic.
 pub fn assert_clean_failure(out: &Output, must_contain: &[&str]) {
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure, got success; stderr: {err}");
-    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "panic: {err}");
+    assert!(
+        !out.status.success(),
+        "expected failure, got success; stderr: {err}"
+    );
+    assert!(
+        !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
+        "panic: {err}"
+    );
     assert!(err.starts_with("error: "), "error line expected: {err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "one paragraph expected: {err}");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "one paragraph expected: {err}"
+    );
     for m in must_contain {
         assert!(err.contains(m), "stderr should mention {m:?}: {err}");
     }

@@ -1,0 +1,217 @@
+//! Every kind of bad input exits non-zero with a one-paragraph error naming the file and the
+//! cause, never a panic.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use runner::weights::pickle_write::{write_npy_object, Flavor, PyObj};
+
+fn spec(dir: &Path, body: &str) -> String {
+    let p = dir.join("s.toml");
+    std::fs::write(&p, body).unwrap();
+    p.to_string_lossy().to_string()
+}
+
+const RANDOM: &str =
+    "[backbone]\nweights = \"random\"\n[run]\ndevice = \"cpu\"\n[dataset]\npath = \"d.p\"\n";
+
+#[test]
+fn malformed_toml() {
+    let d = tempfile::tempdir().unwrap();
+    let s = spec(d.path(), "[backbone]\narch = \n");
+    assert_clean_failure(&run_in(d.path(), &["check", &s]), &["s.toml:2:"]);
+}
+
+#[test]
+fn misspelt_key_in_check() {
+    let d = tempfile::tempdir().unwrap();
+    let s = spec(d.path(), "[dataset]\npaht = \"x\"\n");
+    let out = run_in(d.path(), &["check", &s]);
+    assert_clean_failure(
+        &out,
+        &["s.toml:2:1", "unknown field `paht`", "did you mean `path`?"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn check_reports_missing_files_with_their_origin() {
+    let d = tempfile::tempdir().unwrap();
+    let s = spec(d.path(), "");
+    assert_clean_failure(
+        &run_in(d.path(), &["check", &s]),
+        &["bvlc-alexnet.npy", "train.p"],
+    );
+}
+
+#[test]
+fn missing_weights_file() {
+    let d = tempfile::tempdir().unwrap();
+    write_train_p(
+        &d.path().join("d.p"),
+        vec![0; 2 * 4 * 4 * 3],
+        2,
+        4,
+        4,
+        &[0, 1],
+    );
+    let s = spec(
+        d.path(),
+        "[backbone]\nweights = \"nope.npy\"\n[run]\ndevice = \"cpu\"\n[dataset]\npath = \"d.p\"\n",
+    );
+    assert_clean_failure(
+        &run_in(d.path(), &["extract", &s, "--out", "o.npz"]),
+        &["nope.npy", "bvlc-alexnet.npy"],
+    );
+    assert!(!d.path().join("o.npz").exists(), "no partial output");
+}
+
+#[test]
+fn truncated_and_garbage_weights() {
+    let d = tempfile::tempdir().unwrap();
+    write_train_p(
+        &d.path().join("d.p"),
+        vec![0; 2 * 4 * 4 * 3],
+        2,
+        4,
+        4,
+        &[0, 1],
+    );
+    let full = std::fs::read(fixture("pickles/py2_np1.npy")).unwrap();
+    std::fs::write(d.path().join("t.npy"), &full[..full.len() - 40]).unwrap();
+    let s = spec(
+        d.path(),
+        "[backbone]\nweights = \"t.npy\"\n[run]\ndevice = \"cpu\"\n[dataset]\npath = \"d.p\"\n",
+    );
+    assert_clean_failure(
+        &run_in(d.path(), &["extract", &s, "--out", "o.npz"]),
+        &["t.npy", "truncated"],
+    );
+    std::fs::write(d.path().join("t.npy"), b"hello, not weights").unwrap();
+    assert_clean_failure(
+        &run_in(d.path(), &["extract", &s, "--out", "o.npz"]),
+        &["t.npy", "not a weights file"],
+    );
+    assert_clean_failure(
+        &run_in(d.path(), &["weights", "inspect", "t.npy"]),
+        &["t.npy"],
+    );
+}
+
+#[test]
+fn wrong_tensor_shape_names_tensor_expected_and_found() {
+    let d = tempfile::tempdir().unwrap();
+    write_train_p(
+        &d.path().join("d.p"),
+        vec![0; 2 * 4 * 4 * 3],
+        2,
+        4,
+        4,
+        &[0, 1],
+    );
+    let obj = PyObj::Dict(vec![(
+        "conv1".into(),
+        PyObj::List(vec![
+            PyObj::f32_array(vec![96, 3, 11, 11], &vec![0.0; 96 * 363]),
+            PyObj::f32_array(vec![96], &[0.0; 96]),
+        ]),
+    )]);
+    let mut f = std::fs::File::create(d.path().join("w.npy")).unwrap();
+    write_npy_object(&mut f, &obj, Flavor::Python2).unwrap();
+    let s = spec(
+        d.path(),
+        "[backbone]\nweights = \"w.npy\"\n[run]\ndevice = \"cpu\"\n[dataset]\npath = \"d.p\"\n",
+    );
+    assert_clean_failure(
+        &run_in(d.path(), &["extract", &s, "--out", "o.npz"]),
+        &["w.npy", "conv1.W", "[96, 3, 11, 11]", "[11, 11, 3, 96]"],
+    );
+}
+
+#[test]
+fn labels_out_of_range_and_negative() {
+    let d = tempfile::tempdir().unwrap();
+    write_train_p(
+        &d.path().join("d.p"),
+        vec![0; 2 * 4 * 4 * 3],
+        2,
+        4,
+        4,
+        &[0, 5],
+    );
+    let s = spec(d.path(), &format!("{RANDOM}num_classes = 3\n"));
+    assert_clean_failure(
+        &run_in(d.path(), &["extract", &s, "--out", "o.npz"]),
+        &["d.p", "label 5", "out of range"],
+    );
+    write_train_p(
+        &d.path().join("d.p"),
+        vec![0; 2 * 4 * 4 * 3],
+        2,
+        4,
+        4,
+        &[0, -1],
+    );
+    let s = spec(d.path(), RANDOM);
+    assert_clean_failure(
+        &run_in(d.path(), &["extract", &s, "--out", "o.npz"]),
+        &["d.p", "negative"],
+    );
+}
+
+#[test]
+fn empty_dataset_and_missing_dataset() {
+    let d = tempfile::tempdir().unwrap();
+    write_train_p(&d.path().join("d.p"), vec![], 0, 4, 4, &[]);
+    let s = spec(d.path(), RANDOM);
+    assert_clean_failure(
+        &run_in(d.path(), &["extract", &s, "--out", "o.npz"]),
+        &["d.p", "empty"],
+    );
+    std::fs::remove_file(d.path().join("d.p")).unwrap();
+    assert_clean_failure(
+        &run_in(d.path(), &["extract", &s, "--out", "o.npz"]),
+        &["d.p", "Udacity"],
+    );
+}
+
+#[test]
+fn dataset_without_features_or_with_wrong_shape() {
+    let d = tempfile::tempdir().unwrap();
+    let obj = PyObj::Dict(vec![("labels".into(), PyObj::i64_array(vec![1], &[0]))]);
+    let mut f = std::fs::File::create(d.path().join("d.p")).unwrap();
+    runner::weights::pickle_write::write_pickle(&mut f, &obj, Flavor::Python3).unwrap();
+    let s = spec(d.path(), RANDOM);
+    assert_clean_failure(
+        &run_in(d.path(), &["extract", &s, "--out", "o.npz"]),
+        &["d.p", "'features'"],
+    );
+    let obj = PyObj::Dict(vec![
+        (
+            "features".into(),
+            PyObj::u8_array(vec![1, 4, 4], vec![0; 16]),
+        ),
+        ("labels".into(), PyObj::i64_array(vec![1], &[0])),
+    ]);
+    let mut f = std::fs::File::create(d.path().join("d.p")).unwrap();
+    runner::weights::pickle_write::write_pickle(&mut f, &obj, Flavor::Python3).unwrap();
+    assert_clean_failure(
+        &run_in(d.path(), &["extract", &s, "--out", "o.npz"]),
+        &["d.p", "N x H x W x 3"],
+    );
+}
+
+#[test]
+fn cuda_without_cuda_is_a_one_line_exit_2() {
+    let d = tempfile::tempdir().unwrap();
+    write_train_p(&d.path().join("d.p"), vec![0; 4 * 4 * 3], 1, 4, 4, &[0]);
+    let s = spec(d.path(), &RANDOM.replace("\"cpu\"", "\"cuda\""));
+    let out = run_in(d.path(), &["extract", &s, "--out", "o.npz"]);
+    if cfg!(feature = "cuda") {
+        return;
+    }
+    assert_clean_failure(&out, &["cuda", "without CUDA support"]);
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -1,0 +1,141 @@
+//! The experiment file: layering, defaults, and precise errors.
+
+use std::path::Path;
+
+use runner::spec::{load_str, DeviceSpec, WeightsSource};
+
+fn load(text: &str, sets: &[&str], env: &[(&str, &str)]) -> Result<runner::spec::Spec, String> {
+    let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    load_str(Path::new("experiments/x.toml"), text, &sets, env).map_err(|e| e.to_string())
+}
+
+const BASE: &str = "seed = 7\n[backbone]\narch = \"alexnet\"\nweights = \"random\"\nfreeze = \"fc6\"\n[dataset]\npath = \"d.p\"\n";
+
+#[test]
+fn defaults_fill_everything_and_name_is_the_file_stem() {
+    let s = load("", &[], &[]).unwrap();
+    assert_eq!(s.name, "x");
+    assert_eq!(s.seed, 42);
+    assert_eq!(s.freeze_name(), "fc7");
+    assert_eq!(
+        s.weights,
+        WeightsSource::File("weights/bvlc-alexnet.npy".into())
+    );
+    assert_eq!(s.device, DeviceSpec::Auto);
+    assert_eq!(s.resize.name(), "tf1");
+    // the resolved spec writes every default out
+    let t = toml::to_string(&s.raw).unwrap();
+    for key in [
+        "freeze = \"fc7\"",
+        "resize = \"tf1\"",
+        "device = \"auto\"",
+        "extract_batch = 64",
+    ] {
+        assert!(t.contains(key), "{key} missing from {t}");
+    }
+}
+
+#[test]
+fn layering_file_then_env_then_set() {
+    let s = load(BASE, &[], &[]).unwrap();
+    assert_eq!((s.seed, s.freeze_name()), (7, "fc6"));
+    let s = load(
+        BASE,
+        &[],
+        &[
+            ("RUNNER_BACKBONE__FREEZE", "pool5"),
+            ("RUNNER_RUN__EXTRACT_BATCH", "8"),
+        ],
+    )
+    .unwrap();
+    assert_eq!((s.freeze_name(), s.extract_batch), ("pool5", 8));
+    let s = load(
+        BASE,
+        &["backbone.freeze=fc7"],
+        &[("RUNNER_BACKBONE__FREEZE", "pool5")],
+    )
+    .unwrap();
+    assert_eq!(s.freeze_name(), "fc7", "--set wins over the environment");
+    let s = load(BASE, &["seed=3", "run.device=cuda:1"], &[]).unwrap();
+    assert_eq!((s.seed, s.device), (3, DeviceSpec::Cuda(1)));
+}
+
+#[test]
+fn unrelated_runner_variables_are_ignored() {
+    // CI systems set RUNNER_OS, RUNNER_NAME, RUNNER_TEMP...
+    let s = load(
+        BASE,
+        &[],
+        &[("RUNNER_NAME", "ci-box"), ("RUNNER_OS", "Linux")],
+    )
+    .unwrap();
+    assert_eq!(s.name, "x");
+}
+
+#[test]
+fn misspelt_key_names_line_column_and_suggestion() {
+    let e = load(
+        "[backbone]\narch = \"alexnet\"\nfreez = \"fc7\"\n",
+        &[],
+        &[],
+    )
+    .unwrap_err();
+    assert!(e.starts_with("experiments/x.toml:3:1:"), "{e}");
+    assert!(
+        e.contains("unknown field `freez`") && e.contains("did you mean `freeze`?"),
+        "{e}"
+    );
+}
+
+#[test]
+fn malformed_toml_names_line() {
+    let e = load("[backbone\narch = 1\n", &[], &[]).unwrap_err();
+    assert!(e.starts_with("experiments/x.toml:1:"), "{e}");
+}
+
+#[test]
+fn wrong_type_names_the_key_line() {
+    let e = load("seed = \"many\"\n", &[], &[]).unwrap_err();
+    assert!(e.starts_with("experiments/x.toml:1:8:"), "{e}");
+    assert!(e.contains("u64") || e.contains("integer"), "{e}");
+}
+
+#[test]
+fn unknown_layer_and_device_are_explained() {
+    let e = load(&BASE.replace("fc6", "fc_7"), &[], &[]).unwrap_err();
+    assert!(
+        e.contains("experiments/x.toml:5:1: key `backbone.freeze`"),
+        "{e}"
+    );
+    assert!(
+        e.contains("no layer \"fc_7\"") && e.contains("did you mean `fc7`?"),
+        "{e}"
+    );
+    let e = load(BASE, &["run.device=gpu"], &[]).unwrap_err();
+    assert!(
+        e.contains("key `run.device`") && e.contains("cuda:N"),
+        "{e}"
+    );
+    let e = load("[dataset]\nresize = \"tf2\"\n", &[], &[]).unwrap_err();
+    assert!(
+        e.contains("unknown variant `tf2`") && e.contains("did you mean `tf1`?"),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_overrides_name_the_key() {
+    let e = load(BASE, &["backbone.frieze=fc7"], &[]).unwrap_err();
+    assert!(
+        e.contains("frieze") && e.contains("did you mean `freeze`?"),
+        "{e}"
+    );
+    let e = load(BASE, &["run.extract_batch=lots"], &[]).unwrap_err();
+    assert!(e.contains("run.extract_batch"), "{e}");
+    let e = load(BASE, &["noequals"], &[]).unwrap_err();
+    assert!(e.contains("section.key=value"), "{e}");
+}
