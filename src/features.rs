@@ -26,10 +26,11 @@ pub fn load_network(spec: &Spec, device: &Device) -> Result<Network> {
     Network::new(spec.arch, &set, device)
 }
 
-/// Load the dataset a spec names.
+/// Load the main dataset a spec names (`dataset.path`, or the synthetic set).
 pub fn load_dataset(spec: &Spec) -> Result<Dataset> {
     match spec.dataset_kind {
         DatasetKind::Pickle => crate::data::pickle::load(&spec.dataset_path, spec.num_classes),
+        DatasetKind::Synthetic => Ok(crate::data::synthetic::generate(spec.seed, spec.per_class)),
     }
 }
 

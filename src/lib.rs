@@ -3,12 +3,16 @@
 //! Data flows one way: spec -> data -> frozen backbone -> features -> results.
 
 pub mod backbone;
+pub mod cache;
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod experiment;
 pub mod features;
+pub mod progress;
 pub mod results;
 pub mod spec;
+pub mod train;
 pub mod weights;
 
 pub use error::{Error, Result};

@@ -11,11 +11,16 @@ use runner::{features, spec, weights, Error};
 #[command(
     name = "runner",
     version,
-    about = "Transfer learning of image classifiers from TOML experiment files"
+    about = "Transfer learning of image classifiers from TOML experiment files",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
 )]
 struct Cli {
     #[command(subcommand)]
-    cmd: Cmd,
+    cmd: Option<Cmd>,
+    /// Experiment files to run (same as `runner run SPEC...`)
+    #[arg(required = true)]
+    specs: Vec<PathBuf>,
     /// Override a spec key, e.g. --set train.lr=0.01 (repeatable; wins over file and environment)
     #[arg(long = "set", value_name = "KEY=VALUE", global = true)]
     sets: Vec<String>,
@@ -29,6 +34,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run experiment files: extract (or reuse) frozen features, train, write results
+    Run {
+        #[arg(required = true)]
+        specs: Vec<PathBuf>,
+    },
     /// Validate experiment files without running them
     Check { specs: Vec<PathBuf> },
     /// Write the frozen backbone's features of every sample to an .npz (features, labels)
@@ -40,6 +50,25 @@ enum Cmd {
     /// Inspect or convert weight files
     #[command(subcommand)]
     Weights(WeightsCmd),
+    /// Make datasets
+    #[command(subcommand)]
+    Data(DataCmd),
+}
+
+#[derive(Subcommand)]
+enum DataCmd {
+    /// Write the synthetic traffic-sign set in the train.p format (43 classes, 32x32)
+    Synth {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 40)]
+        per_class: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Also save a PNG grid with 8 images of every class
+        #[arg(long)]
+        preview: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -89,8 +118,46 @@ fn init_logging(verbose: u8, quiet: bool) {
         .init();
 }
 
+fn run_specs(specs: &[PathBuf], sets: &[String], quiet: bool) -> Result<(), Error> {
+    let mode = runner::progress::Mode::detect(quiet);
+    // validate every file before running any
+    let loaded = specs.iter().map(|p| spec::load(p, sets)).collect::<Result<Vec<_>, _>>()?;
+    for s in &loaded {
+        let o = runner::experiment::run(s, mode)?;
+        if !quiet {
+            let test = o.test.map(|t| format!(", test acc {:.4}", t.acc())).unwrap_or_default();
+            eprintln!(
+                "{}: best val acc {:.4} at epoch {}{test}; {:.1} s{}; results in {}",
+                s.name,
+                o.best_val_acc,
+                o.best_epoch,
+                o.total_seconds,
+                if o.cache_hit { " (features from cache)" } else { "" },
+                o.dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<(), Error> {
-    match cli.cmd {
+    let Some(cmd) = cli.cmd else {
+        return run_specs(&cli.specs, &cli.sets, cli.quiet);
+    };
+    match cmd {
+        Cmd::Run { specs } => run_specs(&specs, &cli.sets, cli.quiet),
+        Cmd::Data(DataCmd::Synth { out, per_class, seed, preview }) => {
+            let n = runner::data::synthetic::write_pickle(&out, seed, per_class)?;
+            if let Some(p) = preview {
+                let d = runner::data::synthetic::generate(seed, per_class);
+                let idx: Vec<usize> = (0..d.n).filter(|i| i % per_class < 8).collect();
+                runner::data::save_grid(&d, &idx, 16, &p)?;
+            }
+            if !cli.quiet {
+                eprintln!("wrote {} ({n} images, 43 classes, 32x32)", out.display());
+            }
+            Ok(())
+        }
         Cmd::Check { specs } => {
             if specs.is_empty() {
                 return Err(Error::Other(

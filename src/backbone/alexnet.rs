@@ -5,7 +5,8 @@
 //!
 //! A conv/fc layer's output includes its ReLU; `pool1`/`pool2` include LRN + pooling.
 
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Tensor, Var};
+use rand_chacha::ChaCha8Rng;
 
 use super::layers::{conv2d, flatten, linear, lrn, max_pool_valid};
 use super::{ParamKind, ParamSpec};
@@ -88,6 +89,19 @@ pub fn output_shape(layer: usize) -> Vec<usize> {
 struct Param {
     w: Tensor,
     b: Tensor,
+    trainable: bool,
+}
+
+impl Param {
+    /// Turn the weights into optimizer variables (the tensors then share their storage).
+    fn make_trainable(&mut self, name: &str) -> Result<Vec<(String, Var)>> {
+        let w = Var::from_tensor(&self.w)?;
+        let b = Var::from_tensor(&self.b)?;
+        self.w = w.as_tensor().clone();
+        self.b = b.as_tensor().clone();
+        self.trainable = true;
+        Ok(vec![(format!("{name}.weight"), w), (format!("{name}.bias"), b)])
+    }
 }
 
 pub struct AlexNet {
@@ -107,6 +121,7 @@ impl AlexNet {
             Ok(Param {
                 w: weights.tensor(&format!("{name}.weight"), device)?,
                 b: weights.tensor(&format!("{name}.bias"), device)?,
+                trainable: false,
             })
         };
         Ok(AlexNet {
@@ -121,13 +136,39 @@ impl AlexNet {
         })
     }
 
-    /// Apply layer `i` (index into `LAYERS`, >= 1) to the output of layer `i - 1`.
-    fn layer(&self, i: usize, x: &Tensor) -> Result<Tensor> {
+    fn param_mut(&mut self, layer: usize) -> Option<(&'static str, &mut Param)> {
+        Some(match LAYERS.get(layer).copied()? {
+            "conv1" => ("conv1", &mut self.conv1),
+            "conv2" => ("conv2", &mut self.conv2),
+            "conv3" => ("conv3", &mut self.conv3),
+            "conv4" => ("conv4", &mut self.conv4),
+            "conv5" => ("conv5", &mut self.conv5),
+            "fc6" => ("fc6", &mut self.fc6),
+            "fc7" => ("fc7", &mut self.fc7),
+            "fc8" => ("fc8", &mut self.fc8),
+            _ => return None,
+        })
+    }
+
+    /// Make the parameters of layers `after+1 ..= until` trainable; returns them by name.
+    pub fn make_trainable(&mut self, after: usize, until: usize) -> Result<Vec<(String, Var)>> {
+        let mut out = Vec::new();
+        for i in after + 1..=until {
+            if let Some((name, p)) = self.param_mut(i) {
+                out.extend(p.make_trainable(name)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Apply layer `i` (index into `LAYERS`, >= 1) to the output of layer `i - 1`. With
+    /// `dropout`, a trainable fc6/fc7 drops units of its output (as AlexNet was trained).
+    fn layer(&self, i: usize, x: &Tensor, dropout: Option<(&mut ChaCha8Rng, f64)>) -> Result<Tensor> {
         let lrn_pool = |x: &Tensor| -> Result<Tensor> {
             let n = lrn(x, LRN_RADIUS, LRN_ALPHA, LRN_BETA, LRN_BIAS)?;
             max_pool_valid(&n, 3, 2)
         };
-        Ok(match i {
+        let y = match i {
             1 => conv2d(x, &self.conv1.w, &self.conv1.b, 4, true, 1)?.relu()?,
             2 => lrn_pool(x)?,
             3 => conv2d(x, &self.conv2.w, &self.conv2.b, 1, true, 2)?.relu()?,
@@ -139,13 +180,26 @@ impl AlexNet {
             9 => linear(&flatten(x)?, &self.fc6.w, &self.fc6.b)?.relu()?,
             10 => linear(x, &self.fc7.w, &self.fc7.b)?.relu()?,
             _ => linear(x, &self.fc8.w, &self.fc8.b)?,
-        })
+        };
+        let trains = (i == 9 && self.fc6.trainable) || (i == 10 && self.fc7.trainable);
+        match dropout {
+            Some((rng, p)) if trains => crate::train::head::dropout(&y, p, rng),
+            _ => Ok(y),
+        }
     }
 
-    pub fn forward_range(&self, x: &Tensor, from: usize, until: usize) -> Result<Tensor> {
+    /// Layers `from+1 ..= until`; `dropout` (generator, p) only while training.
+    pub fn forward_range(
+        &self,
+        x: &Tensor,
+        from: usize,
+        until: usize,
+        mut dropout: Option<(&mut ChaCha8Rng, f64)>,
+    ) -> Result<Tensor> {
         let mut x = x.clone();
         for i in from + 1..=until {
-            x = self.layer(i, &x)?;
+            let d = dropout.as_mut().map(|(r, p)| (&mut **r, *p));
+            x = self.layer(i, &x, d)?;
         }
         Ok(x)
     }

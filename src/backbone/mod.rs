@@ -5,7 +5,8 @@
 pub mod alexnet;
 pub mod layers;
 
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Tensor, Var};
+use rand_chacha::ChaCha8Rng;
 
 use crate::error::{Error, Result};
 use crate::weights::WeightSet;
@@ -119,6 +120,13 @@ impl Arch {
         }
     }
 
+    /// The last feature layer (the one before the ImageNet classifier): fc7.
+    pub fn feature_end(&self) -> usize {
+        match self {
+            Arch::AlexNet => alexnet::LAYERS.len() - 2,
+        }
+    }
+
     /// Output shape of a layer for one image, `[c, h, w]` or `[d]`.
     pub fn output_shape(&self, layer: usize) -> Vec<usize> {
         match self {
@@ -162,7 +170,22 @@ impl Network {
             )));
         }
         match self {
-            Network::AlexNet(n) => n.forward_range(x, from, until),
+            Network::AlexNet(n) => n.forward_range(x, from, until, None),
+        }
+    }
+
+    /// Forward through layers `from+1 ..= until` while training: trainable fc layers apply
+    /// dropout `p` with masks from `rng`.
+    pub fn forward_train(&self, x: &Tensor, from: usize, until: usize, rng: &mut ChaCha8Rng, p: f64) -> Result<Tensor> {
+        match self {
+            Network::AlexNet(n) => n.forward_range(x, from, until, Some((rng, p))),
+        }
+    }
+
+    /// Make layers `after+1 ..= until` trainable, initialised from their loaded weights.
+    pub fn make_trainable(&mut self, after: usize, until: usize) -> Result<Vec<(String, Var)>> {
+        match self {
+            Network::AlexNet(n) => n.make_trainable(after, until),
         }
     }
 

@@ -2,6 +2,8 @@
 
 pub mod pickle;
 pub mod preprocess;
+pub mod split;
+pub mod synthetic;
 
 /// Images (NHWC u8, all the same size) with integer labels.
 #[derive(Debug, Clone)]
@@ -26,4 +28,57 @@ impl Dataset {
         let l = self.image_len();
         &self.images[start * l..(start + count) * l]
     }
+}
+
+impl Dataset {
+    /// A new dataset holding the samples at `indices`, in that order.
+    pub fn subset(&self, indices: &[usize]) -> Dataset {
+        let l = self.image_len();
+        let mut images = Vec::with_capacity(indices.len() * l);
+        for &i in indices {
+            images.extend_from_slice(&self.images[i * l..(i + 1) * l]);
+        }
+        Dataset {
+            images,
+            n: indices.len(),
+            height: self.height,
+            width: self.width,
+            labels: indices.iter().map(|&i| self.labels[i]).collect(),
+            num_classes: self.num_classes,
+            class_names: self.class_names.clone(),
+        }
+    }
+
+    /// SHA-256 of the decoded content (shape, pixels, labels): the dataset's identity in the
+    /// feature cache, whatever file format it came from.
+    pub fn content_hash(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for d in [self.n, self.height, self.width] {
+            h.update((d as u64).to_le_bytes());
+        }
+        h.update(&self.images);
+        for l in &self.labels {
+            h.update(l.to_le_bytes());
+        }
+        format!("{:x}", h.finalize())
+    }
+}
+
+/// Save up to `cols * rows` images of a dataset as one PNG grid (for looking at data).
+pub fn save_grid(d: &Dataset, indices: &[usize], cols: usize, path: &std::path::Path) -> crate::Result<()> {
+    let rows = indices.len().div_ceil(cols.max(1));
+    let (h, w) = (d.height, d.width);
+    let mut img = image::RgbImage::new((cols * (w + 2)) as u32, (rows * (h + 2)) as u32);
+    for (k, &i) in indices.iter().enumerate() {
+        let (gx, gy) = ((k % cols) * (w + 2), (k / cols) * (h + 2));
+        let px = d.batch_pixels(i, 1);
+        for y in 0..h {
+            for x in 0..w {
+                let o = (y * w + x) * 3;
+                img.put_pixel((gx + x) as u32, (gy + y) as u32, image::Rgb([px[o], px[o + 1], px[o + 2]]));
+            }
+        }
+    }
+    img.save(path).map_err(|e| crate::Error::Other(format!("{}: {e}", path.display())))
 }

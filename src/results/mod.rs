@@ -70,3 +70,142 @@ pub fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<()> {
         .map_err(|e| Error::io(&tmp, e))?;
     f.commit()
 }
+
+/// The columns of `epochs.csv`, in order.
+pub const EPOCH_COLUMNS: &[&str] = &[
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "val_top5",
+    "lr",
+    "epoch_seconds",
+    "train_seconds",
+    "eval_seconds",
+    "samples_per_second",
+    "extract_seconds",
+    "cache_hit",
+    "device",
+    "device_name",
+    "train_top5",
+    "run_id",
+    "improved",
+];
+
+/// One row of `epochs.csv`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EpochRow {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub train_acc: f64,
+    pub val_loss: f64,
+    pub val_acc: f64,
+    pub val_top5: f64,
+    pub lr: f64,
+    pub epoch_seconds: f64,
+    pub train_seconds: f64,
+    pub eval_seconds: f64,
+    pub samples_per_second: f64,
+    pub extract_seconds: f64,
+    pub cache_hit: bool,
+    pub device: String,
+    pub device_name: String,
+    pub train_top5: f64,
+    pub run_id: String,
+    pub improved: bool,
+}
+
+/// A run's folder: `<results_dir>/<name>/<run_id>/`.
+pub struct RunDir {
+    pub dir: PathBuf,
+    rows: Vec<EpochRow>,
+}
+
+impl RunDir {
+    /// Create (or empty) the run folder.
+    pub fn create(results_dir: &Path, name: &str, run_id: &str) -> Result<RunDir> {
+        let dir = results_dir.join(name).join(run_id);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        Ok(RunDir { dir, rows: Vec::new() })
+    }
+
+    pub fn write_file(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        write_atomic(&self.dir.join(name), bytes)
+    }
+
+    /// Append a row to `epochs.csv`: the whole file is rewritten atomically, so at every moment
+    /// it is a valid CSV of the finished epochs.
+    pub fn push_epoch(&mut self, row: EpochRow) -> Result<()> {
+        self.rows.push(row);
+        let path = self.dir.join("epochs.csv");
+        let mut w = csv::Writer::from_writer(Vec::new());
+        for r in &self.rows {
+            w.serialize(r).map_err(|e| Error::Other(format!("epochs.csv: {e}")))?;
+        }
+        let bytes = w.into_inner().map_err(|e| Error::Other(format!("epochs.csv: {e}")))?;
+        write_atomic(&path, &bytes)
+    }
+
+    pub fn rows(&self) -> &[EpochRow] {
+        &self.rows
+    }
+}
+
+/// The row a finished run adds to `<results_dir>/<name>/summary.csv`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SummaryRow {
+    pub run_id: String,
+    pub finished_at: String,
+    pub arch: String,
+    pub freeze: String,
+    pub hidden: String,
+    pub optimizer: String,
+    pub lr: f64,
+    pub batch_size: usize,
+    pub epochs: usize,
+    pub best_epoch: usize,
+    pub best_val_acc: f64,
+    pub test_acc: Option<f64>,
+    pub median_epoch_seconds: f64,
+    pub total_seconds: f64,
+    pub cache_hit: bool,
+    pub device_name: String,
+}
+
+/// Append a row to `summary.csv` (header written when the file is new). The row is formatted in
+/// memory and written with one `write` on an append-mode file.
+pub fn append_summary(path: &Path, row: &SummaryRow) -> Result<()> {
+    let new = !path.exists();
+    let mut w = csv::WriterBuilder::new().has_headers(new).from_writer(Vec::new());
+    w.serialize(row).map_err(|e| Error::Other(format!("summary.csv: {e}")))?;
+    let bytes = w.into_inner().map_err(|e| Error::Other(format!("summary.csv: {e}")))?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    f.write_all(&bytes).map_err(|e| Error::io(path, e))?;
+    f.sync_data().map_err(|e| Error::io(path, e))
+}
+
+/// Median of a non-empty slice (0 for an empty one).
+pub fn median(v: &[f64]) -> f64 {
+    let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if s.is_empty() {
+        return 0.0;
+    }
+    s.sort_by(|a, b| a.total_cmp(b));
+    let m = s.len() / 2;
+    if s.len() % 2 == 1 {
+        s[m]
+    } else {
+        (s[m - 1] + s[m]) / 2.0
+    }
+}

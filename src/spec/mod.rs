@@ -29,6 +29,7 @@ pub enum WeightsSource {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DatasetKind {
     Pickle,
+    Synthetic,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,8 +54,18 @@ pub struct Spec {
     pub dataset_path: PathBuf,
     pub resize: ResizeMethod,
     pub num_classes: Option<usize>,
+    pub val_fraction: f64,
+    pub val_path: Option<PathBuf>,
+    pub test_path: Option<PathBuf>,
+    /// Samples per class kept from `dataset_path` (0 = all).
+    pub limit: usize,
+    pub per_class: usize,
+    pub head: HeadSection,
+    pub train: TrainSection,
     pub device: DeviceSpec,
     pub extract_batch: usize,
+    pub cache_dir: Option<PathBuf>,
+    pub results_dir: PathBuf,
     /// The fully resolved file, every default written out.
     pub raw: RawSpec,
 }
@@ -172,8 +183,9 @@ fn validate(path: &Path, text: &str, raw: RawSpec) -> Result<Spec> {
     };
     let dataset_kind = match raw.dataset.kind.as_str() {
         "pickle" => DatasetKind::Pickle,
+        "synthetic" => DatasetKind::Synthetic,
         other => {
-            let kinds = ["pickle"];
+            let kinds = ["pickle", "synthetic"];
             return Err(err(
                 "dataset",
                 "kind",
@@ -199,6 +211,60 @@ fn validate(path: &Path, text: &str, raw: RawSpec) -> Result<Spec> {
     if raw.run.extract_batch == 0 {
         return Err(err("run", "extract_batch", "must be at least 1".into()));
     }
+    let in_unit = |section: &str, key: &str, v: f64, hi_inclusive: bool| -> Result<()> {
+        let ok = v >= 0.0 && (v < 1.0 || (hi_inclusive && v <= 1.0)) && v.is_finite();
+        if ok {
+            Ok(())
+        } else {
+            Err(err(section, key, format!("is {v}; expected a number in [0, 1{}", if hi_inclusive { "]" } else { ")" })))
+        }
+    };
+    let d = &raw.dataset;
+    in_unit("dataset", "val_fraction", d.val_fraction, false)?;
+    if d.val_fraction == 0.0 && d.val_path.is_empty() {
+        return Err(err(
+            "dataset",
+            "val_fraction",
+            "is 0 and dataset.val_path is empty: training needs a validation set".into(),
+        ));
+    }
+    if dataset_kind == DatasetKind::Synthetic && d.per_class == 0 {
+        return Err(err("dataset", "per_class", "must be at least 1".into()));
+    }
+    in_unit("backbone", "dropout", raw.backbone.dropout, false)?;
+    let h = &raw.head;
+    in_unit("head", "dropout", h.dropout, false)?;
+    if let Some(i) = h.hidden.iter().position(|&w| w == 0) {
+        return Err(err("head", "hidden", format!("entry {i} is 0; hidden layers need at least 1 unit")));
+    }
+    if !(h.init_std > 0.0 && h.init_std.is_finite()) {
+        return Err(err("head", "init_std", format!("is {}; expected a positive number", h.init_std)));
+    }
+    let t = &raw.train;
+    if t.epochs == 0 {
+        return Err(err("train", "epochs", "must be at least 1".into()));
+    }
+    if t.batch_size == 0 {
+        return Err(err("train", "batch_size", "must be at least 1".into()));
+    }
+    for (key, v) in [("lr", t.lr), ("eps", t.eps)] {
+        if !(v > 0.0 && v.is_finite()) {
+            return Err(err("train", key, format!("is {v}; expected a positive number")));
+        }
+    }
+    for (key, v) in [("weight_decay", t.weight_decay), ("backbone_lr_mult", t.backbone_lr_mult), ("gamma", t.gamma)] {
+        if !(v >= 0.0 && v.is_finite()) {
+            return Err(err("train", key, format!("is {v}; expected a number >= 0")));
+        }
+    }
+    in_unit("train", "momentum", t.momentum, false)?;
+    in_unit("train", "beta1", t.beta1, false)?;
+    in_unit("train", "beta2", t.beta2, false)?;
+    in_unit("train", "label_smoothing", t.label_smoothing, false)?;
+    if t.step_size == 0 {
+        return Err(err("train", "step_size", "must be at least 1".into()));
+    }
+    let opt_path = |p: &str| if p.is_empty() { None } else { Some(PathBuf::from(p)) };
     Ok(Spec {
         file: path.to_path_buf(),
         name: raw.name.clone(),
@@ -210,8 +276,17 @@ fn validate(path: &Path, text: &str, raw: RawSpec) -> Result<Spec> {
         dataset_path: PathBuf::from(&raw.dataset.path),
         resize: raw.dataset.resize,
         num_classes: raw.dataset.num_classes,
+        val_fraction: raw.dataset.val_fraction,
+        val_path: opt_path(&raw.dataset.val_path),
+        test_path: opt_path(&raw.dataset.test_path),
+        limit: raw.dataset.limit,
+        per_class: raw.dataset.per_class,
+        head: raw.head.clone(),
+        train: raw.train.clone(),
         device,
         extract_batch: raw.run.extract_batch,
+        cache_dir: if raw.run.cache { Some(PathBuf::from(&raw.run.cache_dir)) } else { None },
+        results_dir: PathBuf::from(&raw.run.results_dir),
         raw,
     })
 }
@@ -242,11 +317,16 @@ pub fn check_files(spec: &Spec) -> Vec<String> {
             ));
         }
     }
-    if spec.dataset_kind == DatasetKind::Pickle && !spec.dataset_path.is_file() {
-        out.push(format!(
-            "dataset.path: {} does not exist (the seed's train.p comes from Udacity's traffic-signs-data.zip)",
-            spec.dataset_path.display()
-        ));
+    if spec.dataset_kind == DatasetKind::Pickle {
+        let named = [("dataset.path", Some(&spec.dataset_path)), ("dataset.val_path", spec.val_path.as_ref()), ("dataset.test_path", spec.test_path.as_ref())];
+        for (key, p) in named {
+            if let Some(p) = p.filter(|p| !p.is_file()) {
+                out.push(format!(
+                    "{key}: {} does not exist (the seed's train.p comes from Udacity's traffic-signs-data.zip; put it in data/)",
+                    p.display()
+                ));
+            }
+        }
     }
     out
 }

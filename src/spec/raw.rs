@@ -13,6 +13,8 @@ pub struct RawSpec {
     pub seed: u64,
     pub backbone: BackboneSection,
     pub dataset: DatasetSection,
+    pub head: HeadSection,
+    pub train: TrainSection,
     pub run: RunSection,
 }
 
@@ -23,7 +25,125 @@ impl Default for RawSpec {
             seed: 42,
             backbone: BackboneSection::default(),
             dataset: DatasetSection::default(),
+            head: HeadSection::default(),
+            train: TrainSection::default(),
             run: RunSection::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeadSection {
+    /// Hidden layer widths; `[]` is one linear layer (the seed's AlexNet head).
+    pub hidden: Vec<usize>,
+    /// `relu` | `tanh` | `sigmoid` | `gelu`, after each hidden layer.
+    pub activation: Activation,
+    /// Dropout probability before each linear layer of the head, while training.
+    pub dropout: f64,
+    /// Weights start from a normal truncated at 2 sd with this sd (the seed: 0.01); biases at 0.
+    pub init_std: f64,
+}
+
+impl Default for HeadSection {
+    fn default() -> Self {
+        HeadSection { hidden: vec![], activation: Activation::Relu, dropout: 0.0, init_std: 0.01 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    Relu,
+    Tanh,
+    Sigmoid,
+    Gelu,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Optimizer {
+    /// TensorFlow's Adam (epsilon outside the bias correction), no weight decay.
+    Adam,
+    /// Adam with decoupled weight decay (Loshchilov & Hutter).
+    Adamw,
+    /// SGD with (heavy-ball) momentum and L2 weight decay.
+    Sgd,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    Constant,
+    /// lr * gamma^(floor(epoch / step_size))
+    Step,
+    /// cosine decay from lr to 0 over the epochs
+    Cosine,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    ValAcc,
+    ValLoss,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EarlyStopping {
+    /// Stop after this many epochs without improvement; 0 disables.
+    pub patience: usize,
+    pub metric: Metric,
+}
+
+impl Default for EarlyStopping {
+    fn default() -> Self {
+        EarlyStopping { patience: 0, metric: Metric::ValAcc }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainSection {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub optimizer: Optimizer,
+    pub lr: f64,
+    pub weight_decay: f64,
+    /// SGD momentum.
+    pub momentum: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub schedule: Schedule,
+    /// `step` schedule: epochs between decays.
+    pub step_size: usize,
+    /// `step` schedule: decay factor.
+    pub gamma: f64,
+    pub label_smoothing: f64,
+    pub early_stopping: EarlyStopping,
+    /// Learning-rate multiplier for pretrained layers trained above the freeze point.
+    pub backbone_lr_mult: f64,
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        TrainSection {
+            epochs: 10,
+            batch_size: 128,
+            optimizer: Optimizer::Adam,
+            lr: 1e-3,
+            weight_decay: 0.0,
+            momentum: 0.9,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            schedule: Schedule::Constant,
+            step_size: 10,
+            gamma: 0.1,
+            label_smoothing: 0.0,
+            early_stopping: EarlyStopping::default(),
+            backbone_lr_mult: 1.0,
         }
     }
 }
@@ -37,6 +157,8 @@ pub struct BackboneSection {
     pub weights: String,
     /// Layer whose output is the stop-gradient boundary.
     pub freeze: String,
+    /// Dropout on the outputs of pretrained fc layers trained above the freeze point.
+    pub dropout: f64,
 }
 
 impl Default for BackboneSection {
@@ -45,6 +167,7 @@ impl Default for BackboneSection {
             arch: "alexnet".into(),
             weights: "weights/bvlc-alexnet.npy".into(),
             freeze: "fc7".into(),
+            dropout: 0.5,
         }
     }
 }
@@ -60,6 +183,16 @@ pub struct DatasetSection {
     /// Number of classes; default: largest label + 1.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub num_classes: Option<usize>,
+    /// Fraction of `path` held out (stratified, seeded) for validation when `val_path` is empty.
+    pub val_fraction: f64,
+    /// A separate validation file (e.g. Udacity's valid.p); empty = split `path`.
+    pub val_path: String,
+    /// A separate test file (e.g. test.p); empty = no test set.
+    pub test_path: String,
+    /// At most this many samples per class from `path` (0 = all), chosen with the seed.
+    pub limit: usize,
+    /// `synthetic`: images per class.
+    pub per_class: usize,
 }
 
 impl Default for DatasetSection {
@@ -69,6 +202,11 @@ impl Default for DatasetSection {
             path: "data/train.p".into(),
             resize: ResizeMethod::Tf1,
             num_classes: None,
+            val_fraction: 0.2,
+            val_path: String::new(),
+            test_path: String::new(),
+            limit: 0,
+            per_class: 40,
         }
     }
 }
@@ -80,6 +218,11 @@ pub struct RunSection {
     pub device: String,
     /// Images per batch through the frozen backbone.
     pub extract_batch: usize,
+    /// Reuse frozen features across runs.
+    pub cache: bool,
+    pub cache_dir: String,
+    /// Run folders go to `<results_dir>/<name>/<run_id>/`.
+    pub results_dir: String,
 }
 
 impl Default for RunSection {
@@ -87,6 +230,9 @@ impl Default for RunSection {
         RunSection {
             device: "auto".into(),
             extract_batch: 64,
+            cache: true,
+            cache_dir: "results/.cache".into(),
+            results_dir: "results".into(),
         }
     }
 }

@@ -539,9 +539,14 @@ fn safetensor_f32(
 }
 
 /// The seeded stand-in for pretrained weights (`weights = "random"`): the deterministic formula
-/// of `formula`, in the seed's layout, converted like a real file.
+/// of `formula` (He-scaled uniform), in the seed's layout, converted like a real file — with the
+/// first layer's weights divided by 128 so that activations stay of order 1 for raw 0..255
+/// pixels, as they do with the real pretrained weights.
 pub fn random(arch: Arch, seed: u64) -> WeightSet {
-    let raw = formula::tf_layout(arch, seed);
+    let mut raw = formula::tf_layout(arch, seed);
+    if let Some((w, _)) = raw.first_mut() {
+        w.iter_mut().for_each(|v| *v /= 128.0);
+    }
     let mut set = WeightSet::default();
     for (spec, (w, b)) in arch.params().iter().zip(raw) {
         set.tensors.insert(

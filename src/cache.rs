@@ -1,0 +1,204 @@
+//! The content-addressed feature cache. The frozen part of a backbone is a pure function of
+//! (weights, architecture, freeze layer, input pixels, preprocessing, dtype), so its outputs are
+//! stored once under a key hashed from exactly those, and reused by every later run and every
+//! point of a sweep. Files are safetensors (`features`, `labels`) with the full key and a
+//! SHA-256 of the payload in their metadata; a file whose key or checksum does not match is
+//! rebuilt, never trusted. Writes are atomic (temp file + rename).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// Bump when the stored layout or the meaning of features changes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// What identifies a frozen feature set.
+#[derive(Debug, Clone)]
+pub struct CacheKey {
+    pub weights: String,
+    pub arch: String,
+    pub freeze: String,
+    pub data: String,
+    pub preprocessing: String,
+    pub dtype: String,
+}
+
+impl CacheKey {
+    /// The full key (hex SHA-256 of every part, with the format version).
+    pub fn digest(&self) -> String {
+        let mut h = Sha256::new();
+        let text = format!(
+            "runner-feature-cache v{FORMAT_VERSION}\nweights={}\narch={}\nfreeze={}\ndata={}\npre={}\ndtype={}\n",
+            self.weights, self.arch, self.freeze, self.data, self.preprocessing, self.dtype
+        );
+        h.update(text.as_bytes());
+        format!("{:x}", h.finalize())
+    }
+}
+
+/// SHA-256 of a file's content, streamed.
+pub fn file_hash(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(format!("{:x}", h.finalize()))
+}
+
+/// Host features: `shape[0]` rows, row-major f32.
+#[derive(Debug, Clone)]
+pub struct HostFeatures {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+    pub labels: Vec<i64>,
+}
+
+fn payload_checksum(data: &[u8], labels: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(data);
+    h.update(labels);
+    format!("{:x}", h.finalize())
+}
+
+fn as_bytes_f32(v: &[f32]) -> &[u8] {
+    // SAFETY: f32 has no padding and u8 has alignment 1; same memory, same length in bytes.
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
+}
+
+fn as_bytes_i64(v: &[i64]) -> &[u8] {
+    // SAFETY: as above.
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
+}
+
+pub struct FeatureCache {
+    dir: PathBuf,
+}
+
+/// Why a cache file was not used.
+#[derive(Debug)]
+pub enum Miss {
+    Absent,
+    Corrupt(String),
+}
+
+impl FeatureCache {
+    pub fn new(dir: &Path) -> Self {
+        FeatureCache { dir: dir.to_path_buf() }
+    }
+
+    pub fn path_for(&self, digest: &str) -> PathBuf {
+        self.dir.join(format!("{}.safetensors", &digest[..32.min(digest.len())]))
+    }
+
+    /// The stored features for `digest`, if present and intact.
+    pub fn get(&self, digest: &str) -> std::result::Result<HostFeatures, Miss> {
+        let path = self.path_for(digest);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Miss::Absent),
+            Err(e) => return Err(Miss::Corrupt(e.to_string())),
+        };
+        let corrupt = |m: &str| Miss::Corrupt(format!("{}: {m}", path.display()));
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| corrupt(&e.to_string()))?;
+        let meta: HashMap<String, String> = meta.metadata().clone().unwrap_or_default();
+        if meta.get("key").map(String::as_str) != Some(digest) {
+            return Err(corrupt("key mismatch"));
+        }
+        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| corrupt(&e.to_string()))?;
+        let f = st.tensor("features").map_err(|e| corrupt(&e.to_string()))?;
+        let l = st.tensor("labels").map_err(|e| corrupt(&e.to_string()))?;
+        if f.dtype() != safetensors::Dtype::F32 || l.dtype() != safetensors::Dtype::I64 {
+            return Err(corrupt("unexpected dtypes"));
+        }
+        if meta.get("checksum").map(String::as_str) != Some(&payload_checksum(f.data(), l.data())) {
+            return Err(corrupt("checksum mismatch"));
+        }
+        let shape = f.shape().to_vec();
+        let data = f.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let labels = l
+            .data()
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+            .collect::<Vec<_>>();
+        if shape.first() != Some(&labels.len()) {
+            return Err(corrupt("row count mismatch"));
+        }
+        Ok(HostFeatures { shape, data, labels })
+    }
+
+    /// Store features atomically.
+    pub fn put(&self, digest: &str, key: &CacheKey, f: &HostFeatures) -> Result<PathBuf> {
+        let path = self.path_for(digest);
+        let fb = as_bytes_f32(&f.data);
+        let lb = as_bytes_i64(&f.labels);
+        let mut meta = HashMap::new();
+        meta.insert("key".to_string(), digest.to_string());
+        meta.insert("checksum".to_string(), payload_checksum(fb, lb));
+        meta.insert("arch".to_string(), key.arch.clone());
+        meta.insert("freeze".to_string(), key.freeze.clone());
+        meta.insert("format".to_string(), FORMAT_VERSION.to_string());
+        let views = vec![
+            (
+                "features".to_string(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, f.shape.clone(), fb)
+                    .map_err(|e| Error::Other(format!("cache: {e}")))?,
+            ),
+            (
+                "labels".to_string(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::I64, vec![f.labels.len()], lb)
+                    .map_err(|e| Error::Other(format!("cache: {e}")))?,
+            ),
+        ];
+        let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| Error::Other(format!("cache: {e}")))?;
+        crate::results::write_atomic(&path, &bytes)?;
+        Ok(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip_and_corruption_is_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = FeatureCache::new(dir.path());
+        let key = CacheKey {
+            weights: "w".into(),
+            arch: "alexnet".into(),
+            freeze: "fc7".into(),
+            data: "d".into(),
+            preprocessing: "tf1".into(),
+            dtype: "f32".into(),
+        };
+        let d = key.digest();
+        assert!(matches!(c.get(&d), Err(Miss::Absent)));
+        let f = HostFeatures { shape: vec![2, 3], data: vec![1., 2., 3., 4., 5., 6.], labels: vec![0, 1] };
+        let p = c.put(&d, &key, &f).unwrap();
+        let g = c.get(&d).unwrap();
+        assert_eq!((g.shape, g.data, g.labels), (f.shape.clone(), f.data.clone(), f.labels.clone()));
+        // flip one payload byte: the checksum catches it
+        let mut b = std::fs::read(&p).unwrap();
+        let n = b.len();
+        b[n - 20] ^= 0x40;
+        std::fs::write(&p, &b).unwrap();
+        assert!(matches!(c.get(&d), Err(Miss::Corrupt(_))));
+        // a truncated file too
+        std::fs::write(&p, &b[..n / 2]).unwrap();
+        assert!(matches!(c.get(&d), Err(Miss::Corrupt(_))));
+        // any change of a key part changes the digest
+        let mut k2 = key.clone();
+        k2.freeze = "fc6".into();
+        assert_ne!(k2.digest(), d);
+    }
+}

@@ -1,0 +1,405 @@
+//! One experiment run, end to end: data -> frozen features (cached) -> trainable tail + head ->
+//! epochs -> results. This is the "plan" step of the pipeline: it decides what to load, what the
+//! cache already has, and what to train, then hands each piece to its module.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use sha2::{Digest, Sha256};
+
+use crate::backbone::Network;
+use crate::cache::{self, CacheKey, FeatureCache, HostFeatures, Miss};
+use crate::data::{split, Dataset};
+use crate::error::{Error, Result};
+use crate::features::{load_dataset, load_network, Extractor};
+use crate::progress::{Mode, Task};
+use crate::results::{self, EpochRow, RunDir, SummaryRow};
+use crate::spec::{Spec, WeightsSource};
+use crate::train::{self, head::Head, metrics::Sums, Model, Split};
+
+/// A stable id for a fully resolved spec: the same config gets the same id on any machine.
+pub fn run_id(spec: &Spec) -> String {
+    let text = toml::to_string(&spec.raw).unwrap_or_default();
+    let h = Sha256::digest(text.as_bytes());
+    format!("{:x}", h)[..10].to_string()
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub run_id: String,
+    pub dir: PathBuf,
+    pub best_epoch: usize,
+    pub best_val_acc: f64,
+    pub test: Option<Sums>,
+    pub cache_hit: bool,
+    pub total_seconds: f64,
+}
+
+/// Supplies frozen features: from the cache when it has them, else by running the backbone
+/// (loaded on first need) and storing the result.
+struct FeatureSource<'a> {
+    spec: &'a Spec,
+    device: &'a Device,
+    net: Option<Network>,
+    weights_id: Option<String>,
+    cache: Option<FeatureCache>,
+    mode: Mode,
+}
+
+struct Extracted {
+    features: HostFeatures,
+    hit: bool,
+    seconds: f64,
+}
+
+impl FeatureSource<'_> {
+    fn network(&mut self) -> Result<&mut Network> {
+        if self.net.is_none() {
+            let t = Instant::now();
+            self.net = Some(load_network(self.spec, self.device)?);
+            tracing::info!("loaded {} weights in {:.1} s", self.spec.arch.name(), t.elapsed().as_secs_f64());
+        }
+        self.net.as_mut().ok_or_else(|| Error::Other("backbone not loaded".into()))
+    }
+
+    fn weights_id(&mut self) -> Result<String> {
+        if let Some(w) = &self.weights_id {
+            return Ok(w.clone());
+        }
+        let id = match &self.spec.weights {
+            WeightsSource::Random => format!("random-v2:{}:{}", self.spec.arch.name(), self.spec.seed),
+            WeightsSource::File(p) => format!("sha256:{}", cache::file_hash(p)?),
+        };
+        self.weights_id = Some(id.clone());
+        Ok(id)
+    }
+
+    fn key(&mut self, data: &Dataset) -> Result<CacheKey> {
+        Ok(CacheKey {
+            weights: self.weights_id()?,
+            arch: self.spec.arch.name().to_string(),
+            freeze: self.spec.freeze_name().to_string(),
+            data: data.content_hash(),
+            preprocessing: format!("resize={};size={}", self.spec.resize.name(), self.spec.arch.input_size()),
+            dtype: "f32".to_string(),
+        })
+    }
+
+    fn features(&mut self, data: &Dataset, what: &str) -> Result<Extracted> {
+        let digest = match &self.cache {
+            Some(_) => Some((self.key(data)?, self.key(data)?.digest())),
+            None => None,
+        };
+        if let (Some(c), Some((_, d))) = (&self.cache, &digest) {
+            match c.get(d) {
+                Ok(f) => {
+                    tracing::info!("{what}: feature cache hit {}", c.path_for(d).display());
+                    return Ok(Extracted { features: f, hit: true, seconds: 0.0 });
+                }
+                Err(Miss::Absent) => tracing::info!("{what}: feature cache miss"),
+                Err(Miss::Corrupt(m)) => tracing::warn!("{what}: ignoring a damaged cache file ({m}); recomputing"),
+            }
+        }
+        let (spec, device, mode) = (self.spec, self.device, self.mode);
+        let net: &Network = self.network()?;
+        device.synchronize()?;
+        let t0 = Instant::now();
+        let ex = Extractor { net, until: spec.freeze, resize: spec.resize, batch: spec.extract_batch, device };
+        let per: usize = spec.arch.output_shape(spec.freeze).iter().product();
+        let mut out = Vec::with_capacity(data.n * per);
+        let mut task = Task::new(mode, &format!("extract {what}"), data.n as u64, "img");
+        ex.for_each(data, |_, f| {
+            let b = f.dim(0)?;
+            out.extend(f.flatten_all()?.to_vec1::<f32>()?);
+            task.advance(b as u64, "");
+            Ok(())
+        })?;
+        task.finish();
+        device.synchronize()?;
+        let seconds = t0.elapsed().as_secs_f64();
+        let mut shape = vec![data.n];
+        shape.extend(spec.arch.output_shape(spec.freeze));
+        let features = HostFeatures { shape, data: out, labels: data.labels.clone() };
+        if let (Some(c), Some((key, d))) = (&self.cache, &digest) {
+            let p = c.put(d, key, &features)?;
+            tracing::info!("{what}: stored features in {}", p.display());
+        }
+        Ok(Extracted { features, hit: false, seconds })
+    }
+}
+
+fn to_device(f: &HostFeatures, rows: Option<&[usize]>, device: &Device) -> Result<Split> {
+    let per: usize = f.shape[1..].iter().product();
+    let (data, labels): (Vec<f32>, Vec<i64>) = match rows {
+        None => (f.data.clone(), f.labels.clone()),
+        Some(r) => {
+            let mut d = Vec::with_capacity(r.len() * per);
+            for &i in r {
+                d.extend_from_slice(&f.data[i * per..(i + 1) * per]);
+            }
+            (d, r.iter().map(|&i| f.labels[i]).collect())
+        }
+    };
+    let mut shape = vec![labels.len()];
+    shape.extend_from_slice(&f.shape[1..]);
+    Split::new(Tensor::from_vec(data, shape, device)?, &labels, device)
+}
+
+fn check_labels(d: &Dataset, classes: usize, path: &std::path::Path) -> Result<()> {
+    if let Some((i, l)) = d.labels.iter().enumerate().find(|(_, &l)| l as u64 >= classes as u64) {
+        return Err(Error::data(
+            path,
+            format!("label {l} of sample {i} is out of range for the training set's {classes} classes"),
+        ));
+    }
+    Ok(())
+}
+
+fn save_vars(path: &std::path::Path, named: &[(String, Tensor)], meta: std::collections::HashMap<String, String>) -> Result<()> {
+    let host: Vec<(String, Vec<usize>, Vec<f32>)> = named
+        .iter()
+        .map(|(n, t)| Ok((n.clone(), t.dims().to_vec(), t.flatten_all()?.to_vec1::<f32>()?)))
+        .collect::<Result<_>>()?;
+    let bytes_of = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let raw: Vec<(String, Vec<usize>, Vec<u8>)> = host.into_iter().map(|(n, s, v)| (n, s, bytes_of(&v))).collect();
+    let views = raw
+        .iter()
+        .map(|(n, s, b)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| Error::Other(format!("{}: {e}", path.display())))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| Error::Other(format!("{}: {e}", path.display())))?;
+    results::write_atomic(path, &bytes)
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+/// Run one experiment.
+pub fn run(spec: &Spec, mode: Mode) -> Result<Outcome> {
+    let started = Instant::now();
+    let started_at = now_rfc3339();
+    let device = crate::device::select(spec.device)?;
+    let device_name = crate::device::describe(&device);
+    let run_id = run_id(spec);
+
+    // data
+    let full = load_dataset(spec)?;
+    let pool = if spec.limit > 0 {
+        full.subset(&split::limit_per_class(&full.labels, full.num_classes, spec.limit, spec.seed))
+    } else {
+        full
+    };
+    let val_file = match &spec.val_path {
+        Some(p) => Some((crate::data::pickle::load(p, spec.num_classes)?, p.clone())),
+        None => None,
+    };
+    let test_file = match &spec.test_path {
+        Some(p) => Some((crate::data::pickle::load(p, spec.num_classes)?, p.clone())),
+        None => None,
+    };
+    let classes = spec.num_classes.unwrap_or(pool.num_classes);
+    for (d, p) in val_file.iter().chain(test_file.iter()) {
+        check_labels(d, classes, p)?;
+    }
+
+    // frozen features
+    let mut src = FeatureSource {
+        spec,
+        device: &device,
+        net: None,
+        weights_id: None,
+        cache: spec.cache_dir.as_deref().map(FeatureCache::new),
+        mode,
+    };
+    let pool_f = src.features(&pool, "train")?;
+    let mut extract_seconds = pool_f.seconds;
+    let mut cache_hit = pool_f.hit;
+    let (train_split, val_split) = match &val_file {
+        Some((vd, _)) => {
+            let vf = src.features(vd, "val")?;
+            extract_seconds += vf.seconds;
+            cache_hit &= vf.hit;
+            (to_device(&pool_f.features, None, &device)?, to_device(&vf.features, None, &device)?)
+        }
+        None => {
+            let all: Vec<usize> = (0..pool.n).collect();
+            let (tr, va) = split::stratified(&pool.labels, &all, classes, spec.val_fraction, spec.seed);
+            (to_device(&pool_f.features, Some(&tr), &device)?, to_device(&pool_f.features, Some(&va), &device)?)
+        }
+    };
+    let test_split = match &test_file {
+        Some((td, _)) => {
+            let tf = src.features(td, "test")?;
+            extract_seconds += tf.seconds;
+            cache_hit &= tf.hit;
+            Some(to_device(&tf.features, None, &device)?)
+        }
+        None => None,
+    };
+    drop(pool_f);
+    tracing::info!(
+        "{}: {} train, {} val{} samples, {classes} classes, on {device_name}",
+        spec.name,
+        train_split.n,
+        val_split.n,
+        test_split.as_ref().map(|t| format!(", {} test", t.n)).unwrap_or_default()
+    );
+
+    // model: trainable tail above the freeze point, then the head
+    let feature_end = spec.arch.feature_end().max(spec.freeze);
+    let (tail, tail_vars, head_in) = if spec.freeze < feature_end {
+        let mut net = match src.net.take() {
+            Some(n) => n,
+            None => load_network(spec, &device)?,
+        };
+        let vars = net.make_trainable(spec.freeze, feature_end)?;
+        let dim: usize = spec.arch.output_shape(feature_end).iter().product();
+        (Some((net, spec.freeze, feature_end)), vars, dim)
+    } else {
+        (None, Vec::new(), spec.arch.output_shape(spec.freeze).iter().product())
+    };
+    drop(src);
+    let mut init_rng = ChaCha8Rng::seed_from_u64(spec.seed);
+    let head = Head::new(
+        head_in,
+        &spec.head.hidden,
+        classes,
+        spec.head.activation,
+        spec.head.dropout,
+        spec.head.init_std,
+        &mut init_rng,
+        &device,
+    )?;
+    let model = Model { tail, tail_vars, head, backbone_dropout: spec.raw.backbone.dropout };
+
+    // results folder
+    let mut rd = RunDir::create(&spec.results_dir, &spec.name, &run_id)?;
+    let config = toml::to_string(&spec.raw).map_err(|e| Error::Other(format!("config.toml: {e}")))?;
+    rd.write_file("config.toml", config.as_bytes())?;
+    let mut head_meta = std::collections::HashMap::new();
+    head_meta.insert("classes".to_string(), classes.to_string());
+    head_meta.insert("input_dim".to_string(), head_in.to_string());
+    head_meta.insert("run_id".to_string(), run_id.clone());
+
+    let mut task = Task::new(mode, "train", spec.train.epochs as u64, "epochs");
+    let kind = crate::device::kind(&device).to_string();
+    let head_path = rd.dir.join("head.safetensors");
+    let outcome = train::fit(spec, &model, &train_split, &val_split, &device, |s, m| {
+        let extract = if s.epoch == 1 { extract_seconds } else { 0.0 };
+        let row = EpochRow {
+            epoch: s.epoch,
+            train_loss: s.train.loss(),
+            train_acc: s.train.acc(),
+            val_loss: s.val.loss(),
+            val_acc: s.val.acc(),
+            val_top5: s.val.top5(),
+            lr: s.lr,
+            epoch_seconds: extract + s.train_seconds + s.eval_seconds,
+            train_seconds: s.train_seconds,
+            eval_seconds: s.eval_seconds,
+            samples_per_second: train_split.n as f64 / s.train_seconds.max(1e-9),
+            extract_seconds: extract,
+            cache_hit,
+            device: kind.clone(),
+            device_name: device_name.clone(),
+            train_top5: s.train.top5(),
+            run_id: run_id.clone(),
+            improved: s.improved,
+        };
+        rd.push_epoch(row)?;
+        if s.improved {
+            save_vars(&head_path, &m.snapshot()?, head_meta.clone())?;
+        }
+        task.advance(
+            1,
+            &format!(
+                "epoch {}: loss {:.4} acc {:.3} | val loss {:.4} acc {:.3} | {:.2} s",
+                s.epoch,
+                s.train.loss(),
+                s.train.acc(),
+                s.val.loss(),
+                s.val.acc(),
+                s.train_seconds + s.eval_seconds
+            ),
+        );
+        Ok(true)
+    })?;
+    task.finish();
+
+    // test with the best epoch's weights
+    model.restore(&outcome.best_snapshot)?;
+    let test = match &test_split {
+        Some(t) => Some(model.evaluate(t, spec.train.batch_size.max(512))?),
+        None => None,
+    };
+    let total_seconds = started.elapsed().as_secs_f64();
+    let epoch_secs: Vec<f64> = rd.rows().iter().map(|r| r.epoch_seconds).collect();
+    let finished_at = now_rfc3339();
+    let summary = serde_json::json!({
+        "run_id": run_id,
+        "name": spec.name,
+        "status": "finished",
+        "started_at": started_at,
+        "finished_at": finished_at,
+        "arch": spec.arch.name(),
+        "freeze": spec.freeze_name(),
+        "classes": classes,
+        "n_train": train_split.n,
+        "n_val": val_split.n,
+        "n_test": test_split.as_ref().map(|t| t.n),
+        "epochs_run": outcome.epochs_run,
+        "stopped_early": outcome.stopped_early,
+        "best_epoch": outcome.best_epoch,
+        "best_val_acc": outcome.best_val.acc(),
+        "best_val_loss": outcome.best_val.loss(),
+        "best_val_top5": outcome.best_val.top5(),
+        "test_acc": test.map(|t| t.acc()),
+        "test_loss": test.map(|t| t.loss()),
+        "test_top5": test.map(|t| t.top5()),
+        "cache_hit": cache_hit,
+        "extract_seconds": extract_seconds,
+        "median_epoch_seconds": results::median(&epoch_secs),
+        "total_seconds": total_seconds,
+        "device": kind,
+        "device_name": device_name,
+        "runner_version": env!("CARGO_PKG_VERSION"),
+        "candle_version": "0.11.1",
+    });
+    rd.write_file("summary.json", serde_json::to_string_pretty(&summary).unwrap_or_default().as_bytes())?;
+    let row = SummaryRow {
+        run_id: run_id.clone(),
+        finished_at,
+        arch: spec.arch.name().to_string(),
+        freeze: spec.freeze_name().to_string(),
+        hidden: format!("{:?}", spec.head.hidden),
+        optimizer: format!("{:?}", spec.train.optimizer).to_lowercase(),
+        lr: spec.train.lr,
+        batch_size: spec.train.batch_size,
+        epochs: outcome.epochs_run,
+        best_epoch: outcome.best_epoch,
+        best_val_acc: outcome.best_val.acc(),
+        test_acc: test.map(|t| t.acc()),
+        median_epoch_seconds: results::median(&epoch_secs),
+        total_seconds,
+        cache_hit,
+        device_name,
+    };
+    results::append_summary(&spec.results_dir.join(&spec.name).join("summary.csv"), &row)?;
+    Ok(Outcome {
+        run_id,
+        dir: rd.dir.clone(),
+        best_epoch: outcome.best_epoch,
+        best_val_acc: outcome.best_val.acc(),
+        test,
+        cache_hit,
+        total_seconds,
+    })
+}

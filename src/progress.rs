@@ -1,0 +1,81 @@
+//! Progress on stderr: bars on a terminal, plain lines otherwise, nothing with `-q`.
+
+use std::io::IsTerminal;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Bars,
+    Lines,
+    Quiet,
+}
+
+impl Mode {
+    /// Bars when stderr is a terminal, else lines; `quiet` wins.
+    pub fn detect(quiet: bool) -> Mode {
+        if quiet {
+            Mode::Quiet
+        } else if std::io::stderr().is_terminal() {
+            Mode::Bars
+        } else {
+            Mode::Lines
+        }
+    }
+}
+
+/// One phase of work with a known number of units (images, epochs).
+pub struct Task {
+    mode: Mode,
+    bar: Option<ProgressBar>,
+    label: String,
+    total: u64,
+    done: u64,
+    started: std::time::Instant,
+    last_line: std::time::Instant,
+}
+
+impl Task {
+    pub fn new(mode: Mode, label: &str, total: u64, unit: &str) -> Task {
+        let bar = (mode == Mode::Bars).then(|| {
+            let b = ProgressBar::new(total);
+            let style = ProgressStyle::with_template(&format!(
+                "{{prefix:>12}} [{{bar:30}}] {{pos}}/{{len}} {unit} {{per_sec}} eta {{eta}} {{msg}}"
+            ))
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+            b.set_style(style);
+            b.set_prefix(label.to_string());
+            b
+        });
+        let now = std::time::Instant::now();
+        Task { mode, bar, label: label.to_string(), total, done: 0, started: now, last_line: now }
+    }
+
+    pub fn advance(&mut self, n: u64, msg: &str) {
+        self.done += n;
+        match self.mode {
+            Mode::Bars => {
+                if let Some(b) = &self.bar {
+                    b.inc(n);
+                    b.set_message(msg.to_string());
+                }
+            }
+            Mode::Lines => {
+                // at most one line every 2 s, plus the last one
+                if self.last_line.elapsed().as_secs_f64() > 2.0 || self.done >= self.total || !msg.is_empty() {
+                    let rate = self.done as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
+                    eprintln!("{}: {}/{} ({rate:.1}/s) {msg}", self.label, self.done, self.total);
+                    self.last_line = std::time::Instant::now();
+                }
+            }
+            Mode::Quiet => {}
+        }
+    }
+
+    pub fn finish(self) {
+        if let Some(b) = self.bar {
+            b.finish();
+        }
+    }
+}

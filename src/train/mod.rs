@@ -1,0 +1,236 @@
+//! Training a head (and any trainable backbone tail) on frozen features: the epoch loop,
+//! seeded shuffling, evaluation, early stopping and best-epoch tracking.
+
+pub mod head;
+pub mod metrics;
+pub mod optim;
+pub mod schedule;
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, Var};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::backbone::Network;
+use crate::error::Result;
+use crate::spec::{Metric, Spec};
+use head::Head;
+use metrics::Sums;
+
+/// Features and labels of one split, on the device.
+pub struct Split {
+    pub x: Tensor,
+    /// u32 labels
+    pub y: Tensor,
+    pub n: usize,
+}
+
+impl Split {
+    pub fn new(x: Tensor, labels: &[i64], device: &Device) -> Result<Split> {
+        let y: Vec<u32> = labels.iter().map(|&l| l as u32).collect();
+        let n = y.len();
+        Ok(Split { x, y: Tensor::from_vec(y, n, device)?, n })
+    }
+}
+
+/// The trainable model: an optional backbone tail (layers `from+1 ..= until`) and the head.
+pub struct Model {
+    pub tail: Option<(Network, usize, usize)>,
+    pub tail_vars: Vec<(String, Var)>,
+    pub head: Head,
+    pub backbone_dropout: f64,
+}
+
+impl Model {
+    fn forward(&self, x: &Tensor, train: Option<&mut ChaCha8Rng>) -> Result<Tensor> {
+        match (&self.tail, train) {
+            (Some((net, from, until)), Some(rng)) => {
+                let f = net.forward_train(x, *from, *until, rng, self.backbone_dropout)?;
+                self.head.forward(&f.flatten_from(1)?, Some(rng))
+            }
+            (Some((net, from, until)), None) => {
+                let f = net.forward_range(x, *from, *until)?;
+                self.head.forward(&f.flatten_from(1)?, None)
+            }
+            (None, train) => self.head.forward(&x.flatten_from(1)?, train),
+        }
+    }
+
+    /// Every trainable variable by name (tail first, then head).
+    pub fn named_vars(&self) -> Vec<(String, Var)> {
+        let mut v = self.tail_vars.clone();
+        v.extend(self.head.named());
+        v
+    }
+
+    /// Host copies of all trainable variables (for keeping the best epoch).
+    pub fn snapshot(&self) -> Result<Vec<(String, Tensor)>> {
+        self.named_vars()
+            .into_iter()
+            .map(|(n, v)| Ok((n, v.as_tensor().copy()?)))
+            .collect()
+    }
+
+    pub fn restore(&self, snap: &[(String, Tensor)]) -> Result<()> {
+        for ((_, v), (_, t)) in self.named_vars().iter().zip(snap) {
+            v.set(t)?;
+        }
+        Ok(())
+    }
+
+    /// Loss/accuracy/top-5 sums over a split, in batches, without dropout.
+    pub fn evaluate(&self, s: &Split, batch: usize) -> Result<Sums> {
+        let mut acc: Option<(Tensor, Tensor, Tensor)> = None;
+        let mut start = 0;
+        while start < s.n {
+            let b = batch.min(s.n - start);
+            let logits = self.forward(&s.x.narrow(0, start, b)?, None)?;
+            let (l, c, t) = metrics::batch_sums(&logits, &s.y.narrow(0, start, b)?)?;
+            acc = Some(match acc {
+                None => (l, c, t),
+                Some((a, b2, c2)) => ((a + l)?, (b2 + c)?, (c2 + t)?),
+            });
+            start += b;
+        }
+        let (l, c, t) = match acc {
+            Some(v) => v,
+            None => return Ok(Sums::default()),
+        };
+        Ok(Sums {
+            n: s.n,
+            loss: l.to_scalar::<f32>()? as f64,
+            correct: c.to_scalar::<f32>()? as f64,
+            top5: t.to_scalar::<f32>()? as f64,
+        })
+    }
+}
+
+/// What one epoch produced.
+#[derive(Debug, Clone)]
+pub struct EpochStats {
+    pub epoch: usize,
+    pub lr: f64,
+    pub train: Sums,
+    pub val: Sums,
+    pub train_seconds: f64,
+    pub eval_seconds: f64,
+    pub improved: bool,
+}
+
+pub struct FitOutcome {
+    pub best_epoch: usize,
+    pub best_val: Sums,
+    pub epochs_run: usize,
+    pub stopped_early: bool,
+    pub best_snapshot: Vec<(String, Tensor)>,
+}
+
+/// Train for `spec.train.epochs` epochs (or until early stopping); `on_epoch` sees each epoch
+/// as it ends (the results writer flushes a CSV row there) and may stop the run by returning false.
+pub fn fit(
+    spec: &Spec,
+    model: &Model,
+    train: &Split,
+    val: &Split,
+    device: &Device,
+    mut on_epoch: impl FnMut(&EpochStats, &Model) -> Result<bool>,
+) -> Result<FitOutcome> {
+    let t = &spec.train;
+    let mut groups = vec![(model.head.vars(), 1.0)];
+    if !model.tail_vars.is_empty() {
+        groups.push((model.tail_vars.iter().map(|(_, v)| v.clone()).collect(), t.backbone_lr_mult));
+    }
+    let mut opt = optim::Optimizer::new(
+        optim::Settings {
+            kind: t.optimizer,
+            beta1: t.beta1,
+            beta2: t.beta2,
+            eps: t.eps,
+            weight_decay: t.weight_decay,
+            momentum: t.momentum,
+        },
+        groups,
+    );
+    let mut shuffle_rng = ChaCha8Rng::seed_from_u64(spec.seed ^ 0x5af_f1e);
+    let mut dropout_rng = ChaCha8Rng::seed_from_u64(spec.seed ^ 0xd_0d0);
+    let eval_batch = t.batch_size.max(512);
+    let mut best: Option<(usize, Sums, Vec<(String, Tensor)>)> = None;
+    let mut since_best = 0;
+    let mut epochs_run = 0;
+    let mut stopped_early = false;
+    for epoch in 0..t.epochs {
+        let lr = schedule::lr_at(t.schedule, t.lr, epoch, t.epochs, t.step_size, t.gamma);
+        device.synchronize()?;
+        let t0 = Instant::now();
+        let mut order: Vec<u32> = (0..train.n as u32).collect();
+        order.shuffle(&mut shuffle_rng);
+        let mut sums: Option<(Tensor, Tensor, Tensor)> = None;
+        for chunk in order.chunks(t.batch_size) {
+            let idx = Tensor::from_slice(chunk, chunk.len(), device)?;
+            let xb = train.x.index_select(&idx, 0)?;
+            let yb = train.y.index_select(&idx, 0)?;
+            let logits = model.forward(&xb, Some(&mut dropout_rng))?;
+            let loss = metrics::cross_entropy(&logits, &yb, t.label_smoothing)?;
+            let grads = loss.backward()?;
+            opt.step(&grads, lr)?;
+            let (l, c, k) = metrics::batch_sums(&logits.detach(), &yb)?;
+            sums = Some(match sums {
+                None => (l, c, k),
+                Some((a, b, d)) => ((a + l)?, (b + c)?, (d + k)?),
+            });
+        }
+        let train_sums = match sums {
+            Some((l, c, k)) => Sums {
+                n: train.n,
+                loss: l.to_dtype(DType::F64)?.to_scalar::<f64>()?,
+                correct: c.to_dtype(DType::F64)?.to_scalar::<f64>()?,
+                top5: k.to_dtype(DType::F64)?.to_scalar::<f64>()?,
+            },
+            None => Sums::default(),
+        };
+        device.synchronize()?;
+        let train_seconds = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        let val_sums = model.evaluate(val, eval_batch)?;
+        device.synchronize()?;
+        let eval_seconds = t1.elapsed().as_secs_f64();
+        epochs_run = epoch + 1;
+
+        let better = match (&best, t.early_stopping.metric) {
+            (None, _) => true,
+            (Some((_, b, _)), Metric::ValAcc) => val_sums.acc() > b.acc(),
+            (Some((_, b, _)), Metric::ValLoss) => val_sums.loss() < b.loss(),
+        };
+        if better {
+            best = Some((epoch + 1, val_sums, model.snapshot()?));
+            since_best = 0;
+        } else {
+            since_best += 1;
+        }
+        let stats = EpochStats {
+            epoch: epoch + 1,
+            lr,
+            train: train_sums,
+            val: val_sums,
+            train_seconds,
+            eval_seconds,
+            improved: better,
+        };
+        if !on_epoch(&stats, model)? {
+            stopped_early = true;
+            break;
+        }
+        if t.early_stopping.patience > 0 && since_best >= t.early_stopping.patience {
+            tracing::info!("early stopping after epoch {}: no improvement for {since_best} epochs", epoch + 1);
+            stopped_early = true;
+            break;
+        }
+    }
+    let (best_epoch, best_val, best_snapshot) = match best {
+        Some(b) => b,
+        None => (0, Sums::default(), model.snapshot()?),
+    };
+    Ok(FitOutcome { best_epoch, best_val, epochs_run, stopped_early, best_snapshot })
+}
