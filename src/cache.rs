@@ -93,11 +93,14 @@ pub enum Miss {
 
 impl FeatureCache {
     pub fn new(dir: &Path) -> Self {
-        FeatureCache { dir: dir.to_path_buf() }
+        FeatureCache {
+            dir: dir.to_path_buf(),
+        }
     }
 
     pub fn path_for(&self, digest: &str) -> PathBuf {
-        self.dir.join(format!("{}.safetensors", &digest[..32.min(digest.len())]))
+        self.dir
+            .join(format!("{}.safetensors", &digest[..32.min(digest.len())]))
     }
 
     /// The stored features for `digest`, if present and intact.
@@ -109,12 +112,14 @@ impl FeatureCache {
             Err(e) => return Err(Miss::Corrupt(e.to_string())),
         };
         let corrupt = |m: &str| Miss::Corrupt(format!("{}: {m}", path.display()));
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| corrupt(&e.to_string()))?;
+        let (_, meta) =
+            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| corrupt(&e.to_string()))?;
         let meta: HashMap<String, String> = meta.metadata().clone().unwrap_or_default();
         if meta.get("key").map(String::as_str) != Some(digest) {
             return Err(corrupt("key mismatch"));
         }
-        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| corrupt(&e.to_string()))?;
+        let st =
+            safetensors::SafeTensors::deserialize(&bytes).map_err(|e| corrupt(&e.to_string()))?;
         let f = st.tensor("features").map_err(|e| corrupt(&e.to_string()))?;
         let l = st.tensor("labels").map_err(|e| corrupt(&e.to_string()))?;
         if f.dtype() != safetensors::Dtype::F32 || l.dtype() != safetensors::Dtype::I64 {
@@ -124,7 +129,11 @@ impl FeatureCache {
             return Err(corrupt("checksum mismatch"));
         }
         let shape = f.shape().to_vec();
-        let data = f.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let data = f
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
         let labels = l
             .data()
             .chunks_exact(8)
@@ -133,7 +142,11 @@ impl FeatureCache {
         if shape.first() != Some(&labels.len()) {
             return Err(corrupt("row count mismatch"));
         }
-        Ok(HostFeatures { shape, data, labels })
+        Ok(HostFeatures {
+            shape,
+            data,
+            labels,
+        })
     }
 
     /// Store features atomically.
@@ -155,11 +168,16 @@ impl FeatureCache {
             ),
             (
                 "labels".to_string(),
-                safetensors::tensor::TensorView::new(safetensors::Dtype::I64, vec![f.labels.len()], lb)
-                    .map_err(|e| Error::Other(format!("cache: {e}")))?,
+                safetensors::tensor::TensorView::new(
+                    safetensors::Dtype::I64,
+                    vec![f.labels.len()],
+                    lb,
+                )
+                .map_err(|e| Error::Other(format!("cache: {e}")))?,
             ),
         ];
-        let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| Error::Other(format!("cache: {e}")))?;
+        let bytes = safetensors::serialize(views, Some(meta))
+            .map_err(|e| Error::Other(format!("cache: {e}")))?;
         crate::results::write_atomic(&path, &bytes)?;
         Ok(path)
     }
@@ -183,10 +201,17 @@ mod tests {
         };
         let d = key.digest();
         assert!(matches!(c.get(&d), Err(Miss::Absent)));
-        let f = HostFeatures { shape: vec![2, 3], data: vec![1., 2., 3., 4., 5., 6.], labels: vec![0, 1] };
+        let f = HostFeatures {
+            shape: vec![2, 3],
+            data: vec![1., 2., 3., 4., 5., 6.],
+            labels: vec![0, 1],
+        };
         let p = c.put(&d, &key, &f).unwrap();
         let g = c.get(&d).unwrap();
-        assert_eq!((g.shape, g.data, g.labels), (f.shape.clone(), f.data.clone(), f.labels.clone()));
+        assert_eq!(
+            (g.shape, g.data, g.labels),
+            (f.shape.clone(), f.data.clone(), f.labels.clone())
+        );
         // flip one payload byte: the checksum catches it
         let mut b = std::fs::read(&p).unwrap();
         let n = b.len();

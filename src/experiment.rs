@@ -61,9 +61,15 @@ impl FeatureSource<'_> {
         if self.net.is_none() {
             let t = Instant::now();
             self.net = Some(load_network(self.spec, self.device)?);
-            tracing::info!("loaded {} weights in {:.1} s", self.spec.arch.name(), t.elapsed().as_secs_f64());
+            tracing::info!(
+                "loaded {} weights in {:.1} s",
+                self.spec.arch.name(),
+                t.elapsed().as_secs_f64()
+            );
         }
-        self.net.as_mut().ok_or_else(|| Error::Other("backbone not loaded".into()))
+        self.net
+            .as_mut()
+            .ok_or_else(|| Error::Other("backbone not loaded".into()))
     }
 
     fn weights_id(&mut self) -> Result<String> {
@@ -71,7 +77,9 @@ impl FeatureSource<'_> {
             return Ok(w.clone());
         }
         let id = match &self.spec.weights {
-            WeightsSource::Random => format!("random-v2:{}:{}", self.spec.arch.name(), self.spec.seed),
+            WeightsSource::Random => {
+                format!("random-v2:{}:{}", self.spec.arch.name(), self.spec.seed)
+            }
             WeightsSource::File(p) => format!("sha256:{}", cache::file_hash(p)?),
         };
         self.weights_id = Some(id.clone());
@@ -84,7 +92,11 @@ impl FeatureSource<'_> {
             arch: self.spec.arch.name().to_string(),
             freeze: self.spec.freeze_name().to_string(),
             data: data.content_hash(),
-            preprocessing: format!("resize={};size={}", self.spec.resize.name(), self.spec.arch.input_size()),
+            preprocessing: format!(
+                "resize={};size={}",
+                self.spec.resize.name(),
+                self.spec.arch.input_size()
+            ),
             dtype: "f32".to_string(),
         })
     }
@@ -98,17 +110,29 @@ impl FeatureSource<'_> {
             match c.get(d) {
                 Ok(f) => {
                     tracing::info!("{what}: feature cache hit {}", c.path_for(d).display());
-                    return Ok(Extracted { features: f, hit: true, seconds: 0.0 });
+                    return Ok(Extracted {
+                        features: f,
+                        hit: true,
+                        seconds: 0.0,
+                    });
                 }
                 Err(Miss::Absent) => tracing::info!("{what}: feature cache miss"),
-                Err(Miss::Corrupt(m)) => tracing::warn!("{what}: ignoring a damaged cache file ({m}); recomputing"),
+                Err(Miss::Corrupt(m)) => {
+                    tracing::warn!("{what}: ignoring a damaged cache file ({m}); recomputing")
+                }
             }
         }
         let (spec, device, mode) = (self.spec, self.device, self.mode);
         let net: &Network = self.network()?;
         device.synchronize()?;
         let t0 = Instant::now();
-        let ex = Extractor { net, until: spec.freeze, resize: spec.resize, batch: spec.extract_batch, device };
+        let ex = Extractor {
+            net,
+            until: spec.freeze,
+            resize: spec.resize,
+            batch: spec.extract_batch,
+            device,
+        };
         let per: usize = spec.arch.output_shape(spec.freeze).iter().product();
         let mut out = Vec::with_capacity(data.n * per);
         let mut task = Task::new(mode, &format!("extract {what}"), data.n as u64, "img");
@@ -123,12 +147,20 @@ impl FeatureSource<'_> {
         let seconds = t0.elapsed().as_secs_f64();
         let mut shape = vec![data.n];
         shape.extend(spec.arch.output_shape(spec.freeze));
-        let features = HostFeatures { shape, data: out, labels: data.labels.clone() };
+        let features = HostFeatures {
+            shape,
+            data: out,
+            labels: data.labels.clone(),
+        };
         if let (Some(c), Some((key, d))) = (&self.cache, &digest) {
             let p = c.put(d, key, &features)?;
             tracing::info!("{what}: stored features in {}", p.display());
         }
-        Ok(Extracted { features, hit: false, seconds })
+        Ok(Extracted {
+            features,
+            hit: false,
+            seconds,
+        })
     }
 }
 
@@ -150,22 +182,42 @@ fn to_device(f: &HostFeatures, rows: Option<&[usize]>, device: &Device) -> Resul
 }
 
 fn check_labels(d: &Dataset, classes: usize, path: &std::path::Path) -> Result<()> {
-    if let Some((i, l)) = d.labels.iter().enumerate().find(|(_, &l)| l as u64 >= classes as u64) {
+    if let Some((i, l)) = d
+        .labels
+        .iter()
+        .enumerate()
+        .find(|(_, &l)| l as u64 >= classes as u64)
+    {
         return Err(Error::data(
             path,
-            format!("label {l} of sample {i} is out of range for the training set's {classes} classes"),
+            format!(
+                "label {l} of sample {i} is out of range for the training set's {classes} classes"
+            ),
         ));
     }
     Ok(())
 }
 
-fn save_vars(path: &std::path::Path, named: &[(String, Tensor)], meta: std::collections::HashMap<String, String>) -> Result<()> {
+fn save_vars(
+    path: &std::path::Path,
+    named: &[(String, Tensor)],
+    meta: std::collections::HashMap<String, String>,
+) -> Result<()> {
     let host: Vec<(String, Vec<usize>, Vec<f32>)> = named
         .iter()
-        .map(|(n, t)| Ok((n.clone(), t.dims().to_vec(), t.flatten_all()?.to_vec1::<f32>()?)))
+        .map(|(n, t)| {
+            Ok((
+                n.clone(),
+                t.dims().to_vec(),
+                t.flatten_all()?.to_vec1::<f32>()?,
+            ))
+        })
         .collect::<Result<_>>()?;
     let bytes_of = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-    let raw: Vec<(String, Vec<usize>, Vec<u8>)> = host.into_iter().map(|(n, s, v)| (n, s, bytes_of(&v))).collect();
+    let raw: Vec<(String, Vec<usize>, Vec<u8>)> = host
+        .into_iter()
+        .map(|(n, s, v)| (n, s, bytes_of(&v)))
+        .collect();
     let views = raw
         .iter()
         .map(|(n, s, b)| {
@@ -174,7 +226,8 @@ fn save_vars(path: &std::path::Path, named: &[(String, Tensor)], meta: std::coll
                 .map_err(|e| Error::Other(format!("{}: {e}", path.display())))
         })
         .collect::<Result<Vec<_>>>()?;
-    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| Error::Other(format!("{}: {e}", path.display())))?;
+    let bytes = safetensors::serialize(views, Some(meta))
+        .map_err(|e| Error::Other(format!("{}: {e}", path.display())))?;
     results::write_atomic(path, &bytes)
 }
 
@@ -193,7 +246,12 @@ pub fn run(spec: &Spec, mode: Mode) -> Result<Outcome> {
     // data
     let full = load_dataset(spec)?;
     let pool = if spec.limit > 0 {
-        full.subset(&split::limit_per_class(&full.labels, full.num_classes, spec.limit, spec.seed))
+        full.subset(&split::limit_per_class(
+            &full.labels,
+            full.num_classes,
+            spec.limit,
+            spec.seed,
+        ))
     } else {
         full
     };
@@ -227,12 +285,19 @@ pub fn run(spec: &Spec, mode: Mode) -> Result<Outcome> {
             let vf = src.features(vd, "val")?;
             extract_seconds += vf.seconds;
             cache_hit &= vf.hit;
-            (to_device(&pool_f.features, None, &device)?, to_device(&vf.features, None, &device)?)
+            (
+                to_device(&pool_f.features, None, &device)?,
+                to_device(&vf.features, None, &device)?,
+            )
         }
         None => {
             let all: Vec<usize> = (0..pool.n).collect();
-            let (tr, va) = split::stratified(&pool.labels, &all, classes, spec.val_fraction, spec.seed);
-            (to_device(&pool_f.features, Some(&tr), &device)?, to_device(&pool_f.features, Some(&va), &device)?)
+            let (tr, va) =
+                split::stratified(&pool.labels, &all, classes, spec.val_fraction, spec.seed);
+            (
+                to_device(&pool_f.features, Some(&tr), &device)?,
+                to_device(&pool_f.features, Some(&va), &device)?,
+            )
         }
     };
     let test_split = match &test_file {
@@ -250,7 +315,10 @@ pub fn run(spec: &Spec, mode: Mode) -> Result<Outcome> {
         spec.name,
         train_split.n,
         val_split.n,
-        test_split.as_ref().map(|t| format!(", {} test", t.n)).unwrap_or_default()
+        test_split
+            .as_ref()
+            .map(|t| format!(", {} test", t.n))
+            .unwrap_or_default()
     );
 
     // model: trainable tail above the freeze point, then the head
@@ -264,25 +332,26 @@ pub fn run(spec: &Spec, mode: Mode) -> Result<Outcome> {
         let dim: usize = spec.arch.output_shape(feature_end).iter().product();
         (Some((net, spec.freeze, feature_end)), vars, dim)
     } else {
-        (None, Vec::new(), spec.arch.output_shape(spec.freeze).iter().product())
+        (
+            None,
+            Vec::new(),
+            spec.arch.output_shape(spec.freeze).iter().product(),
+        )
     };
     drop(src);
     let mut init_rng = ChaCha8Rng::seed_from_u64(spec.seed);
-    let head = Head::new(
-        head_in,
-        &spec.head.hidden,
-        classes,
-        spec.head.activation,
-        spec.head.dropout,
-        spec.head.init_std,
-        &mut init_rng,
-        &device,
-    )?;
-    let model = Model { tail, tail_vars, head, backbone_dropout: spec.raw.backbone.dropout };
+    let head = Head::new(head_in, classes, &spec.head, &mut init_rng, &device)?;
+    let model = Model {
+        tail,
+        tail_vars,
+        head,
+        backbone_dropout: spec.raw.backbone.dropout,
+    };
 
     // results folder
     let mut rd = RunDir::create(&spec.results_dir, &spec.name, &run_id)?;
-    let config = toml::to_string(&spec.raw).map_err(|e| Error::Other(format!("config.toml: {e}")))?;
+    let config =
+        toml::to_string(&spec.raw).map_err(|e| Error::Other(format!("config.toml: {e}")))?;
     rd.write_file("config.toml", config.as_bytes())?;
     let mut head_meta = std::collections::HashMap::new();
     head_meta.insert("classes".to_string(), classes.to_string());
@@ -310,7 +379,6 @@ pub fn run(spec: &Spec, mode: Mode) -> Result<Outcome> {
             cache_hit,
             device: kind.clone(),
             device_name: device_name.clone(),
-            train_top5: s.train.top5(),
             run_id: run_id.clone(),
             improved: s.improved,
         };
@@ -373,7 +441,12 @@ pub fn run(spec: &Spec, mode: Mode) -> Result<Outcome> {
         "runner_version": env!("CARGO_PKG_VERSION"),
         "candle_version": "0.11.1",
     });
-    rd.write_file("summary.json", serde_json::to_string_pretty(&summary).unwrap_or_default().as_bytes())?;
+    rd.write_file(
+        "summary.json",
+        serde_json::to_string_pretty(&summary)
+            .unwrap_or_default()
+            .as_bytes(),
+    )?;
     let row = SummaryRow {
         run_id: run_id.clone(),
         finished_at,

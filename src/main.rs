@@ -121,18 +121,28 @@ fn init_logging(verbose: u8, quiet: bool) {
 fn run_specs(specs: &[PathBuf], sets: &[String], quiet: bool) -> Result<(), Error> {
     let mode = runner::progress::Mode::detect(quiet);
     // validate every file before running any
-    let loaded = specs.iter().map(|p| spec::load(p, sets)).collect::<Result<Vec<_>, _>>()?;
+    let loaded = specs
+        .iter()
+        .map(|p| spec::load(p, sets))
+        .collect::<Result<Vec<_>, _>>()?;
     for s in &loaded {
         let o = runner::experiment::run(s, mode)?;
         if !quiet {
-            let test = o.test.map(|t| format!(", test acc {:.4}", t.acc())).unwrap_or_default();
+            let test = o
+                .test
+                .map(|t| format!(", test acc {:.4}", t.acc()))
+                .unwrap_or_default();
             eprintln!(
                 "{}: best val acc {:.4} at epoch {}{test}; {:.1} s{}; results in {}",
                 s.name,
                 o.best_val_acc,
                 o.best_epoch,
                 o.total_seconds,
-                if o.cache_hit { " (features from cache)" } else { "" },
+                if o.cache_hit {
+                    " (features from cache)"
+                } else {
+                    ""
+                },
                 o.dir.display()
             );
         }
@@ -146,7 +156,12 @@ fn run(cli: Cli) -> Result<(), Error> {
     };
     match cmd {
         Cmd::Run { specs } => run_specs(&specs, &cli.sets, cli.quiet),
-        Cmd::Data(DataCmd::Synth { out, per_class, seed, preview }) => {
+        Cmd::Data(DataCmd::Synth {
+            out,
+            per_class,
+            seed,
+            preview,
+        }) => {
             let n = runner::data::synthetic::write_pickle(&out, seed, per_class)?;
             if let Some(p) = preview {
                 let d = runner::data::synthetic::generate(seed, per_class);

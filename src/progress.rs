@@ -49,7 +49,15 @@ impl Task {
             b
         });
         let now = std::time::Instant::now();
-        Task { mode, bar, label: label.to_string(), total, done: 0, started: now, last_line: now }
+        Task {
+            mode,
+            bar,
+            label: label.to_string(),
+            total,
+            done: 0,
+            started: now,
+            last_line: now,
+        }
     }
 
     pub fn advance(&mut self, n: u64, msg: &str) {
@@ -63,9 +71,15 @@ impl Task {
             }
             Mode::Lines => {
                 // at most one line every 2 s, plus the last one
-                if self.last_line.elapsed().as_secs_f64() > 2.0 || self.done >= self.total || !msg.is_empty() {
+                if self.last_line.elapsed().as_secs_f64() > 2.0
+                    || self.done >= self.total
+                    || !msg.is_empty()
+                {
                     let rate = self.done as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
-                    eprintln!("{}: {}/{} ({rate:.1}/s) {msg}", self.label, self.done, self.total);
+                    eprintln!(
+                        "{}: {}/{} ({rate:.1}/s) {msg}",
+                        self.label, self.done, self.total
+                    );
                     self.last_line = std::time::Instant::now();
                 }
             }

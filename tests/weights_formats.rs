@@ -21,7 +21,11 @@ fn npy_npz_and_converted_safetensors_agree() {
     // "random" is the same formula (seed 0) converted the same way, first layer scaled by 1/128
     let r = weights::random(Arch::AlexNet, 0);
     assert_eq!(r.tensors["fc6.weight"].data, a.tensors["fc6.weight"].data);
-    let scaled: Vec<f32> = a.tensors["conv1.weight"].data.iter().map(|v| v / 128.0).collect();
+    let scaled: Vec<f32> = a.tensors["conv1.weight"]
+        .data
+        .iter()
+        .map(|v| v / 128.0)
+        .collect();
     assert_eq!(r.tensors["conv1.weight"].data, scaled);
 
     // .npz with <layer>/W and <layer>/b members, TF layout

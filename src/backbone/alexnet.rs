@@ -100,7 +100,10 @@ impl Param {
         self.w = w.as_tensor().clone();
         self.b = b.as_tensor().clone();
         self.trainable = true;
-        Ok(vec![(format!("{name}.weight"), w), (format!("{name}.bias"), b)])
+        Ok(vec![
+            (format!("{name}.weight"), w),
+            (format!("{name}.bias"), b),
+        ])
     }
 }
 
@@ -150,6 +153,22 @@ impl AlexNet {
         })
     }
 
+    /// The current (weight, bias) of a parameterised layer.
+    pub fn param(&self, layer: &str) -> Option<(Tensor, Tensor)> {
+        let p = match layer {
+            "conv1" => &self.conv1,
+            "conv2" => &self.conv2,
+            "conv3" => &self.conv3,
+            "conv4" => &self.conv4,
+            "conv5" => &self.conv5,
+            "fc6" => &self.fc6,
+            "fc7" => &self.fc7,
+            "fc8" => &self.fc8,
+            _ => return None,
+        };
+        Some((p.w.clone(), p.b.clone()))
+    }
+
     /// Make the parameters of layers `after+1 ..= until` trainable; returns them by name.
     pub fn make_trainable(&mut self, after: usize, until: usize) -> Result<Vec<(String, Var)>> {
         let mut out = Vec::new();
@@ -163,7 +182,12 @@ impl AlexNet {
 
     /// Apply layer `i` (index into `LAYERS`, >= 1) to the output of layer `i - 1`. With
     /// `dropout`, a trainable fc6/fc7 drops units of its output (as AlexNet was trained).
-    fn layer(&self, i: usize, x: &Tensor, dropout: Option<(&mut ChaCha8Rng, f64)>) -> Result<Tensor> {
+    fn layer(
+        &self,
+        i: usize,
+        x: &Tensor,
+        dropout: Option<(&mut ChaCha8Rng, f64)>,
+    ) -> Result<Tensor> {
         let lrn_pool = |x: &Tensor| -> Result<Tensor> {
             let n = lrn(x, LRN_RADIUS, LRN_ALPHA, LRN_BETA, LRN_BIAS)?;
             max_pool_valid(&n, 3, 2)

@@ -176,9 +176,23 @@ impl Network {
 
     /// Forward through layers `from+1 ..= until` while training: trainable fc layers apply
     /// dropout `p` with masks from `rng`.
-    pub fn forward_train(&self, x: &Tensor, from: usize, until: usize, rng: &mut ChaCha8Rng, p: f64) -> Result<Tensor> {
+    pub fn forward_train(
+        &self,
+        x: &Tensor,
+        from: usize,
+        until: usize,
+        rng: &mut ChaCha8Rng,
+        p: f64,
+    ) -> Result<Tensor> {
         match self {
             Network::AlexNet(n) => n.forward_range(x, from, until, Some((rng, p))),
+        }
+    }
+
+    /// The current (weight, bias) of a parameterised layer, by name.
+    pub fn param(&self, layer: &str) -> Option<(Tensor, Tensor)> {
+        match self {
+            Network::AlexNet(n) => n.param(layer),
         }
     }
 

@@ -66,7 +66,12 @@ impl Dataset {
 }
 
 /// Save up to `cols * rows` images of a dataset as one PNG grid (for looking at data).
-pub fn save_grid(d: &Dataset, indices: &[usize], cols: usize, path: &std::path::Path) -> crate::Result<()> {
+pub fn save_grid(
+    d: &Dataset,
+    indices: &[usize],
+    cols: usize,
+    path: &std::path::Path,
+) -> crate::Result<()> {
     let rows = indices.len().div_ceil(cols.max(1));
     let (h, w) = (d.height, d.width);
     let mut img = image::RgbImage::new((cols * (w + 2)) as u32, (rows * (h + 2)) as u32);
@@ -76,9 +81,14 @@ pub fn save_grid(d: &Dataset, indices: &[usize], cols: usize, path: &std::path::
         for y in 0..h {
             for x in 0..w {
                 let o = (y * w + x) * 3;
-                img.put_pixel((gx + x) as u32, (gy + y) as u32, image::Rgb([px[o], px[o + 1], px[o + 2]]));
+                img.put_pixel(
+                    (gx + x) as u32,
+                    (gy + y) as u32,
+                    image::Rgb([px[o], px[o + 1], px[o + 2]]),
+                );
             }
         }
     }
-    img.save(path).map_err(|e| crate::Error::Other(format!("{}: {e}", path.display())))
+    img.save(path)
+        .map_err(|e| crate::Error::Other(format!("{}: {e}", path.display())))
 }

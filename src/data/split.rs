@@ -9,7 +9,10 @@ use rand_chacha::ChaCha8Rng;
 fn by_class(labels: &[i64], indices: &[usize], classes: usize) -> Vec<Vec<usize>> {
     let mut groups = vec![Vec::new(); classes];
     for &i in indices {
-        if let Some(g) = usize::try_from(labels[i]).ok().and_then(|c| groups.get_mut(c)) {
+        if let Some(g) = usize::try_from(labels[i])
+            .ok()
+            .and_then(|c| groups.get_mut(c))
+        {
             g.push(i);
         }
     }
@@ -35,7 +38,13 @@ pub fn limit_per_class(labels: &[i64], classes: usize, limit: usize, seed: u64) 
 
 /// Split `indices` into (train, val), holding out `fraction` of every class (rounded, at least
 /// one sample of each class with two or more). Both lists ascending.
-pub fn stratified(labels: &[i64], indices: &[usize], classes: usize, fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
+pub fn stratified(
+    labels: &[i64],
+    indices: &[usize],
+    classes: usize,
+    fraction: f64,
+    seed: u64,
+) -> (Vec<usize>, Vec<usize>) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5b11_7000);
     let (mut train, mut val) = (Vec::new(), Vec::new());
     for mut g in by_class(labels, indices, classes) {

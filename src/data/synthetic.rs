@@ -23,18 +23,51 @@ enum Shape {
     Diamond,
 }
 
-const SHAPES: [Shape; 5] = [Shape::Circle, Shape::Triangle, Shape::InvTriangle, Shape::Octagon, Shape::Diamond];
+const SHAPES: [Shape; 5] = [
+    Shape::Circle,
+    Shape::Triangle,
+    Shape::InvTriangle,
+    Shape::Octagon,
+    Shape::Diamond,
+];
 
 /// (name, border, fill, glyph) colours.
 type Scheme = (&'static str, [f32; 3], [f32; 3], [f32; 3]);
 const SCHEMES: [Scheme; 3] = [
-    ("red-white", [200.0, 25.0, 30.0], [235.0, 235.0, 230.0], [20.0, 20.0, 25.0]),
-    ("blue", [235.0, 235.0, 240.0], [30.0, 70.0, 190.0], [240.0, 240.0, 240.0]),
-    ("yellow", [25.0, 25.0, 25.0], [245.0, 200.0, 30.0], [20.0, 20.0, 20.0]),
+    (
+        "red-white",
+        [200.0, 25.0, 30.0],
+        [235.0, 235.0, 230.0],
+        [20.0, 20.0, 25.0],
+    ),
+    (
+        "blue",
+        [235.0, 235.0, 240.0],
+        [30.0, 70.0, 190.0],
+        [240.0, 240.0, 240.0],
+    ),
+    (
+        "yellow",
+        [25.0, 25.0, 25.0],
+        [245.0, 200.0, 30.0],
+        [20.0, 20.0, 20.0],
+    ),
 ];
 
-const GLYPHS: [&str; 12] =
-    ["none", "hbar", "vbar", "plus", "cross", "dot", "ring", "arrow_up", "arrow_left", "arrow_right", "two_bars", "slash"];
+const GLYPHS: [&str; 12] = [
+    "none",
+    "hbar",
+    "vbar",
+    "plus",
+    "cross",
+    "dot",
+    "ring",
+    "arrow_up",
+    "arrow_left",
+    "arrow_right",
+    "two_bars",
+    "slash",
+];
 
 #[derive(Debug, Clone, Copy)]
 struct ClassDef {
@@ -49,7 +82,11 @@ fn class_defs() -> Vec<ClassDef> {
     for g in 0..GLYPHS.len() {
         for (s, _) in SCHEMES.iter().enumerate() {
             for &shape in &SHAPES {
-                all.push(ClassDef { shape, scheme: s, glyph: g });
+                all.push(ClassDef {
+                    shape,
+                    scheme: s,
+                    glyph: g,
+                });
             }
         }
     }
@@ -80,13 +117,18 @@ fn gauge(shape: Shape, u: f32, v: f32) -> f32 {
         Shape::Diamond => (u.abs() + v.abs()) * 0.95,
         Shape::Octagon => {
             let c = (std::f32::consts::PI / 8.0).cos();
-            u.abs().max(v.abs()).max((u.abs() + v.abs()) / std::f32::consts::SQRT_2) / c
+            u.abs()
+                .max(v.abs())
+                .max((u.abs() + v.abs()) / std::f32::consts::SQRT_2)
+                / c
         }
         Shape::Triangle | Shape::InvTriangle => {
             // equilateral triangle, apex up (image v grows downwards) or down
             let v = if shape == Shape::Triangle { v } else { -v };
             let n = [(0.0f32, 1.0f32), (0.866, -0.5), (-0.866, -0.5)];
-            n.iter().map(|(a, b)| (a * u + b * v) / 0.5).fold(f32::MIN, f32::max)
+            n.iter()
+                .map(|(a, b)| (a * u + b * v) / 0.5)
+                .fold(f32::MIN, f32::max)
         }
     }
 }
@@ -103,9 +145,18 @@ fn glyph(g: usize, u: f32, v: f32) -> bool {
         "cross" => ((u - v).abs() < 0.18 || (u + v).abs() < 0.18) && r < 0.6,
         "dot" => r < 0.25,
         "ring" => r > 0.3 && r < 0.5,
-        "arrow_up" => (u.abs() < 0.12 && v > -0.2 && v < 0.55) || (v >= -0.6 && v <= -0.1 && u.abs() < (v + 0.6) * 0.8),
-        "arrow_left" => (v.abs() < 0.12 && u > -0.2 && u < 0.55) || (u >= -0.6 && u <= -0.1 && v.abs() < (u + 0.6) * 0.8),
-        "arrow_right" => (v.abs() < 0.12 && u < 0.2 && u > -0.55) || (u <= 0.6 && u >= 0.1 && v.abs() < (0.6 - u) * 0.8),
+        "arrow_up" => {
+            (u.abs() < 0.12 && v > -0.2 && v < 0.55)
+                || ((-0.6..=-0.1).contains(&v) && u.abs() < (v + 0.6) * 0.8)
+        }
+        "arrow_left" => {
+            (v.abs() < 0.12 && u > -0.2 && u < 0.55)
+                || ((-0.6..=-0.1).contains(&u) && v.abs() < (u + 0.6) * 0.8)
+        }
+        "arrow_right" => {
+            (v.abs() < 0.12 && u < 0.2 && u > -0.55)
+                || ((0.1..=0.6).contains(&u) && v.abs() < (0.6 - u) * 0.8)
+        }
         "two_bars" => ((u - 0.22).abs() < 0.1 || (u + 0.22).abs() < 0.1) && v.abs() < 0.5,
         "slash" => (u + v).abs() < 0.16 && r < 0.65,
         _ => false,
@@ -180,7 +231,11 @@ fn draw(def: &ClassDef, rng: &mut ChaCha8Rng) -> Vec<u8> {
         Shape::InvTriangle => -0.18,
         _ => 0.0,
     };
-    let glyph_scale = if matches!(def.shape, Shape::Triangle | Shape::InvTriangle) { 0.42 } else { inner };
+    let glyph_scale = if matches!(def.shape, Shape::Triangle | Shape::InvTriangle) {
+        0.42
+    } else {
+        inner
+    };
     const SUB: [f32; 2] = [0.25, 0.75];
     for y in 0..n {
         for x in 0..n {
@@ -249,7 +304,9 @@ fn draw(def: &ClassDef, rng: &mut ChaCha8Rng) -> Vec<u8> {
     for (i, p) in img.iter_mut().enumerate() {
         *p = *p * gain * tint[i % 3] + bias + sigma * normal(rng);
     }
-    img.into_iter().map(|v| v.round().clamp(0.0, 255.0) as u8).collect()
+    img.into_iter()
+        .map(|v| v.round().clamp(0.0, 255.0) as u8)
+        .collect()
 }
 
 /// `per_class` images of each of the 43 classes, class-major order, from `seed`.
@@ -260,7 +317,8 @@ pub fn generate(seed: u64, per_class: usize) -> Dataset {
         .into_par_iter()
         .map(|i| {
             let c = i / per_class;
-            let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let mut rng =
+                ChaCha8Rng::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
             draw(&defs[c], &mut rng)
         })
         .collect();
@@ -268,7 +326,9 @@ pub fn generate(seed: u64, per_class: usize) -> Dataset {
     for im in images {
         flat.extend(im);
     }
-    let labels = (0..CLASSES * per_class).map(|i| (i / per_class) as i64).collect();
+    let labels = (0..CLASSES * per_class)
+        .map(|i| (i / per_class) as i64)
+        .collect();
     Dataset {
         images: flat,
         n: CLASSES * per_class,
@@ -278,6 +338,26 @@ pub fn generate(seed: u64, per_class: usize) -> Dataset {
         num_classes: CLASSES,
         class_names: Some(class_names()),
     }
+}
+
+/// `runner data synth`: write the set as a Udacity-style `train.p` (Python 3 pickle with
+/// `features`, `labels`), atomically. Returns the number of images.
+pub fn write_pickle(path: &std::path::Path, seed: u64, per_class: usize) -> crate::Result<usize> {
+    use crate::weights::pickle_write::{write_pickle, Flavor, PyObj};
+    let d = generate(seed, per_class);
+    let n = d.n;
+    let obj = PyObj::Dict(vec![
+        (
+            "features".into(),
+            PyObj::u8_array(vec![n, SIZE, SIZE, 3], d.images),
+        ),
+        ("labels".into(), PyObj::i64_array(vec![n], &d.labels)),
+    ]);
+    let mut f = crate::results::AtomicFile::create(path)?;
+    let tmp = f.path().to_path_buf();
+    write_pickle(f.writer(), &obj, Flavor::Python3).map_err(|e| crate::Error::io(&tmp, e))?;
+    f.commit()?;
+    Ok(n)
 }
 
 #[cfg(test)]
@@ -313,21 +393,4 @@ mod tests {
         let var = im.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / im.len() as f64;
         assert!(var.sqrt() > 15.0, "image too flat: sd {}", var.sqrt());
     }
-}
-
-/// `runner data synth`: write the set as a Udacity-style `train.p` (Python 3 pickle with
-/// `features`, `labels`), atomically. Returns the number of images.
-pub fn write_pickle(path: &std::path::Path, seed: u64, per_class: usize) -> crate::Result<usize> {
-    use crate::weights::pickle_write::{write_pickle, Flavor, PyObj};
-    let d = generate(seed, per_class);
-    let n = d.n;
-    let obj = PyObj::Dict(vec![
-        ("features".into(), PyObj::u8_array(vec![n, SIZE, SIZE, 3], d.images)),
-        ("labels".into(), PyObj::i64_array(vec![n], &d.labels)),
-    ]);
-    let mut f = crate::results::AtomicFile::create(path)?;
-    let tmp = f.path().to_path_buf();
-    write_pickle(f.writer(), &obj, Flavor::Python3).map_err(|e| crate::Error::io(&tmp, e))?;
-    f.commit()?;
-    Ok(n)
 }

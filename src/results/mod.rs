@@ -88,7 +88,6 @@ pub const EPOCH_COLUMNS: &[&str] = &[
     "cache_hit",
     "device",
     "device_name",
-    "train_top5",
     "run_id",
     "improved",
 ];
@@ -111,7 +110,6 @@ pub struct EpochRow {
     pub cache_hit: bool,
     pub device: String,
     pub device_name: String,
-    pub train_top5: f64,
     pub run_id: String,
     pub improved: bool,
 }
@@ -130,7 +128,10 @@ impl RunDir {
             std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         }
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        Ok(RunDir { dir, rows: Vec::new() })
+        Ok(RunDir {
+            dir,
+            rows: Vec::new(),
+        })
     }
 
     pub fn write_file(&self, name: &str, bytes: &[u8]) -> Result<()> {
@@ -144,9 +145,12 @@ impl RunDir {
         let path = self.dir.join("epochs.csv");
         let mut w = csv::Writer::from_writer(Vec::new());
         for r in &self.rows {
-            w.serialize(r).map_err(|e| Error::Other(format!("epochs.csv: {e}")))?;
+            w.serialize(r)
+                .map_err(|e| Error::Other(format!("epochs.csv: {e}")))?;
         }
-        let bytes = w.into_inner().map_err(|e| Error::Other(format!("epochs.csv: {e}")))?;
+        let bytes = w
+            .into_inner()
+            .map_err(|e| Error::Other(format!("epochs.csv: {e}")))?;
         write_atomic(&path, &bytes)
     }
 
@@ -180,9 +184,14 @@ pub struct SummaryRow {
 /// memory and written with one `write` on an append-mode file.
 pub fn append_summary(path: &Path, row: &SummaryRow) -> Result<()> {
     let new = !path.exists();
-    let mut w = csv::WriterBuilder::new().has_headers(new).from_writer(Vec::new());
-    w.serialize(row).map_err(|e| Error::Other(format!("summary.csv: {e}")))?;
-    let bytes = w.into_inner().map_err(|e| Error::Other(format!("summary.csv: {e}")))?;
+    let mut w = csv::WriterBuilder::new()
+        .has_headers(new)
+        .from_writer(Vec::new());
+    w.serialize(row)
+        .map_err(|e| Error::Other(format!("summary.csv: {e}")))?;
+    let bytes = w
+        .into_inner()
+        .map_err(|e| Error::Other(format!("summary.csv: {e}")))?;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }

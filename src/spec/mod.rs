@@ -216,7 +216,14 @@ fn validate(path: &Path, text: &str, raw: RawSpec) -> Result<Spec> {
         if ok {
             Ok(())
         } else {
-            Err(err(section, key, format!("is {v}; expected a number in [0, 1{}", if hi_inclusive { "]" } else { ")" })))
+            Err(err(
+                section,
+                key,
+                format!(
+                    "is {v}; expected a number in [0, 1{}",
+                    if hi_inclusive { "]" } else { ")" }
+                ),
+            ))
         }
     };
     let d = &raw.dataset;
@@ -235,10 +242,18 @@ fn validate(path: &Path, text: &str, raw: RawSpec) -> Result<Spec> {
     let h = &raw.head;
     in_unit("head", "dropout", h.dropout, false)?;
     if let Some(i) = h.hidden.iter().position(|&w| w == 0) {
-        return Err(err("head", "hidden", format!("entry {i} is 0; hidden layers need at least 1 unit")));
+        return Err(err(
+            "head",
+            "hidden",
+            format!("entry {i} is 0; hidden layers need at least 1 unit"),
+        ));
     }
     if !(h.init_std > 0.0 && h.init_std.is_finite()) {
-        return Err(err("head", "init_std", format!("is {}; expected a positive number", h.init_std)));
+        return Err(err(
+            "head",
+            "init_std",
+            format!("is {}; expected a positive number", h.init_std),
+        ));
     }
     let t = &raw.train;
     if t.epochs == 0 {
@@ -249,10 +264,18 @@ fn validate(path: &Path, text: &str, raw: RawSpec) -> Result<Spec> {
     }
     for (key, v) in [("lr", t.lr), ("eps", t.eps)] {
         if !(v > 0.0 && v.is_finite()) {
-            return Err(err("train", key, format!("is {v}; expected a positive number")));
+            return Err(err(
+                "train",
+                key,
+                format!("is {v}; expected a positive number"),
+            ));
         }
     }
-    for (key, v) in [("weight_decay", t.weight_decay), ("backbone_lr_mult", t.backbone_lr_mult), ("gamma", t.gamma)] {
+    for (key, v) in [
+        ("weight_decay", t.weight_decay),
+        ("backbone_lr_mult", t.backbone_lr_mult),
+        ("gamma", t.gamma),
+    ] {
         if !(v >= 0.0 && v.is_finite()) {
             return Err(err("train", key, format!("is {v}; expected a number >= 0")));
         }
@@ -264,7 +287,13 @@ fn validate(path: &Path, text: &str, raw: RawSpec) -> Result<Spec> {
     if t.step_size == 0 {
         return Err(err("train", "step_size", "must be at least 1".into()));
     }
-    let opt_path = |p: &str| if p.is_empty() { None } else { Some(PathBuf::from(p)) };
+    let opt_path = |p: &str| {
+        if p.is_empty() {
+            None
+        } else {
+            Some(PathBuf::from(p))
+        }
+    };
     Ok(Spec {
         file: path.to_path_buf(),
         name: raw.name.clone(),
@@ -285,7 +314,11 @@ fn validate(path: &Path, text: &str, raw: RawSpec) -> Result<Spec> {
         train: raw.train.clone(),
         device,
         extract_batch: raw.run.extract_batch,
-        cache_dir: if raw.run.cache { Some(PathBuf::from(&raw.run.cache_dir)) } else { None },
+        cache_dir: if raw.run.cache {
+            Some(PathBuf::from(&raw.run.cache_dir))
+        } else {
+            None
+        },
         results_dir: PathBuf::from(&raw.run.results_dir),
         raw,
     })
@@ -318,7 +351,11 @@ pub fn check_files(spec: &Spec) -> Vec<String> {
         }
     }
     if spec.dataset_kind == DatasetKind::Pickle {
-        let named = [("dataset.path", Some(&spec.dataset_path)), ("dataset.val_path", spec.val_path.as_ref()), ("dataset.test_path", spec.test_path.as_ref())];
+        let named = [
+            ("dataset.path", Some(&spec.dataset_path)),
+            ("dataset.val_path", spec.val_path.as_ref()),
+            ("dataset.test_path", spec.test_path.as_ref()),
+        ];
         for (key, p) in named {
             if let Some(p) = p.filter(|p| !p.is_file()) {
                 out.push(format!(

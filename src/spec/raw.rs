@@ -47,7 +47,12 @@ pub struct HeadSection {
 
 impl Default for HeadSection {
     fn default() -> Self {
-        HeadSection { hidden: vec![], activation: Activation::Relu, dropout: 0.0, init_std: 0.01 }
+        HeadSection {
+            hidden: vec![],
+            activation: Activation::Relu,
+            dropout: 0.0,
+            init_std: 0.01,
+        }
     }
 }
 
@@ -98,7 +103,10 @@ pub struct EarlyStopping {
 
 impl Default for EarlyStopping {
     fn default() -> Self {
-        EarlyStopping { patience: 0, metric: Metric::ValAcc }
+        EarlyStopping {
+            patience: 0,
+            metric: Metric::ValAcc,
+        }
     }
 }
 

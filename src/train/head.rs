@@ -8,7 +8,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::error::Result;
-use crate::spec::Activation;
+use crate::spec::{Activation, HeadSection};
 
 pub struct Head {
     /// (weight `[out, in]`, bias `[out]`) per linear layer, input to output.
@@ -37,7 +37,9 @@ pub fn dropout(x: &Tensor, p: f64, rng: &mut ChaCha8Rng) -> Result<Tensor> {
         return Ok(x.clone());
     }
     let scale = (1.0 / (1.0 - p)) as f32;
-    let mask: Vec<f32> = (0..x.elem_count()).map(|_| if rng.gen_bool(1.0 - p) { scale } else { 0.0 }).collect();
+    let mask: Vec<f32> = (0..x.elem_count())
+        .map(|_| if rng.gen_bool(1.0 - p) { scale } else { 0.0 })
+        .collect();
     let m = Tensor::from_vec(mask, x.shape(), x.device())?;
     Ok(x.mul(&m)?)
 }
@@ -52,18 +54,17 @@ pub fn activate(x: &Tensor, a: Activation) -> Result<Tensor> {
 }
 
 impl Head {
+    /// A new head from `input` features to `classes` logits, shaped by `cfg`.
     pub fn new(
         input: usize,
-        hidden: &[usize],
         classes: usize,
-        activation: Activation,
-        dropout: f64,
-        init_std: f64,
+        cfg: &HeadSection,
         rng: &mut ChaCha8Rng,
         device: &Device,
     ) -> Result<Head> {
+        let (activation, dropout, init_std) = (cfg.activation, cfg.dropout, cfg.init_std);
         let mut dims = vec![input];
-        dims.extend_from_slice(hidden);
+        dims.extend_from_slice(&cfg.hidden);
         dims.push(classes);
         let mut layers = Vec::new();
         for w in dims.windows(2) {
@@ -72,7 +73,11 @@ impl Head {
             let b = Tensor::zeros(o, DType::F32, device)?;
             layers.push((Var::from_tensor(&wt)?, Var::from_tensor(&b)?));
         }
-        Ok(Head { layers, activation, dropout })
+        Ok(Head {
+            layers,
+            activation,
+            dropout,
+        })
     }
 
     /// Logits for a batch of flattened features; dropout only when `train` carries a generator.
@@ -83,7 +88,9 @@ impl Head {
             if let Some(rng) = train.as_deref_mut() {
                 x = dropout(&x, self.dropout, rng)?;
             }
-            x = x.matmul(&w.as_tensor().t()?)?.broadcast_add(b.as_tensor())?;
+            x = x
+                .matmul(&w.as_tensor().t()?)?
+                .broadcast_add(b.as_tensor())?;
             if k != last {
                 x = activate(&x, self.activation)?;
             }
@@ -92,7 +99,10 @@ impl Head {
     }
 
     pub fn vars(&self) -> Vec<Var> {
-        self.layers.iter().flat_map(|(w, b)| [w.clone(), b.clone()]).collect()
+        self.layers
+            .iter()
+            .flat_map(|(w, b)| [w.clone(), b.clone()])
+            .collect()
     }
 
     /// Names for saving: `head.0.weight`, `head.0.bias`, ...
@@ -100,7 +110,12 @@ impl Head {
         self.layers
             .iter()
             .enumerate()
-            .flat_map(|(k, (w, b))| [(format!("head.{k}.weight"), w.clone()), (format!("head.{k}.bias"), b.clone())])
+            .flat_map(|(k, (w, b))| {
+                [
+                    (format!("head.{k}.weight"), w.clone()),
+                    (format!("head.{k}.bias"), b.clone()),
+                ]
+            })
             .collect()
     }
 }

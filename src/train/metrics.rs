@@ -46,7 +46,10 @@ pub fn batch_sums(logits: &Tensor, labels: &Tensor) -> Result<(Tensor, Tensor, T
     let loss = logp.gather(&lab, 1)?.sum_all()?.neg()?;
     let true_logit = logits.gather(&lab, 1)?;
     // rank of the true class = number of classes with a strictly larger logit
-    let above = logits.broadcast_gt(&true_logit)?.to_dtype(DType::F32)?.sum(D::Minus1)?;
+    let above = logits
+        .broadcast_gt(&true_logit)?
+        .to_dtype(DType::F32)?
+        .sum(D::Minus1)?;
     let correct = above.eq(0f64)?.to_dtype(DType::F32)?.sum_all()?;
     let top5 = above.lt(5f64)?.to_dtype(DType::F32)?.sum_all()?;
     Ok((loss, correct, top5))
@@ -62,12 +65,18 @@ mod tests {
         let dev = Device::Cpu;
         let logits = Tensor::new(&[[2.0f32, 1.0, 0.0], [0.0, 0.0, 3.0]], &dev).unwrap();
         let labels = Tensor::new(&[0u32, 1], &dev).unwrap();
-        let l: f32 = cross_entropy(&logits, &labels, 0.0).unwrap().to_scalar().unwrap();
+        let l: f32 = cross_entropy(&logits, &labels, 0.0)
+            .unwrap()
+            .to_scalar()
+            .unwrap();
         let lse1 = (2f32.exp() + 1f32.exp() + 1.0).ln();
         let lse2 = (2.0 + 3f32.exp()).ln();
         let want = ((lse1 - 2.0) + lse2) / 2.0;
         assert!((l - want).abs() < 1e-5);
-        let ls: f32 = cross_entropy(&logits, &labels, 0.3).unwrap().to_scalar().unwrap();
+        let ls: f32 = cross_entropy(&logits, &labels, 0.3)
+            .unwrap()
+            .to_scalar()
+            .unwrap();
         let uni = ((lse1 * 3.0 - 3.0) / 3.0 + (lse2 * 3.0 - 3.0) / 3.0) / 2.0;
         assert!((ls - (0.7 * want + 0.3 * uni)).abs() < 1e-5);
         let (s, c, t5) = batch_sums(&logits, &labels).unwrap();

@@ -5,6 +5,7 @@ pub mod head;
 pub mod metrics;
 pub mod optim;
 pub mod schedule;
+pub mod step;
 
 use std::time::Instant;
 
@@ -19,6 +20,9 @@ use crate::spec::{Metric, Spec};
 use head::Head;
 use metrics::Sums;
 
+/// Host-independent copies of every trainable tensor, by name.
+pub type Snapshot = Vec<(String, Tensor)>;
+
 /// Features and labels of one split, on the device.
 pub struct Split {
     pub x: Tensor,
@@ -31,7 +35,11 @@ impl Split {
     pub fn new(x: Tensor, labels: &[i64], device: &Device) -> Result<Split> {
         let y: Vec<u32> = labels.iter().map(|&l| l as u32).collect();
         let n = y.len();
-        Ok(Split { x, y: Tensor::from_vec(y, n, device)?, n })
+        Ok(Split {
+            x,
+            y: Tensor::from_vec(y, n, device)?,
+            n,
+        })
     }
 }
 
@@ -140,7 +148,10 @@ pub fn fit(
     let t = &spec.train;
     let mut groups = vec![(model.head.vars(), 1.0)];
     if !model.tail_vars.is_empty() {
-        groups.push((model.tail_vars.iter().map(|(_, v)| v.clone()).collect(), t.backbone_lr_mult));
+        groups.push((
+            model.tail_vars.iter().map(|(_, v)| v.clone()).collect(),
+            t.backbone_lr_mult,
+        ));
     }
     let mut opt = optim::Optimizer::new(
         optim::Settings {
@@ -156,7 +167,8 @@ pub fn fit(
     let mut shuffle_rng = ChaCha8Rng::seed_from_u64(spec.seed ^ 0x5af_f1e);
     let mut dropout_rng = ChaCha8Rng::seed_from_u64(spec.seed ^ 0xd_0d0);
     let eval_batch = t.batch_size.max(512);
-    let mut best: Option<(usize, Sums, Vec<(String, Tensor)>)> = None;
+    let manual = model.tail.is_none() && step::supported(&model.head);
+    let mut best: Option<(usize, Sums, Snapshot)> = None;
     let mut since_best = 0;
     let mut epochs_run = 0;
     let mut stopped_early = false;
@@ -166,27 +178,42 @@ pub fn fit(
         let t0 = Instant::now();
         let mut order: Vec<u32> = (0..train.n as u32).collect();
         order.shuffle(&mut shuffle_rng);
-        let mut sums: Option<(Tensor, Tensor, Tensor)> = None;
+        let mut sums: Option<(Tensor, Tensor)> = None;
         for chunk in order.chunks(t.batch_size) {
             let idx = Tensor::from_slice(chunk, chunk.len(), device)?;
             let xb = train.x.index_select(&idx, 0)?;
             let yb = train.y.index_select(&idx, 0)?;
-            let logits = model.forward(&xb, Some(&mut dropout_rng))?;
-            let loss = metrics::cross_entropy(&logits, &yb, t.label_smoothing)?;
-            let grads = loss.backward()?;
-            opt.step(&grads, lr)?;
-            let (l, c, k) = metrics::batch_sums(&logits.detach(), &yb)?;
+            let (l, c) = if manual {
+                let out =
+                    step::head_step(&model.head, &xb, &yb, t.label_smoothing, &mut dropout_rng)?;
+                opt.step_with(&out.grads, lr)?;
+                (out.loss_sum, out.correct)
+            } else {
+                let logits = model.forward(&xb, Some(&mut dropout_rng))?;
+                let loss = metrics::cross_entropy(&logits, &yb, t.label_smoothing)?;
+                let grads = loss.backward()?;
+                opt.step(&grads, lr)?;
+                let l = (loss.detach() * chunk.len() as f64)?;
+                let c = logits
+                    .detach()
+                    .argmax(1)?
+                    .eq(&yb)?
+                    .to_dtype(DType::F32)?
+                    .sum_all()?;
+                (l, c)
+            };
+            // running sums stay on the device: no sync per step
             sums = Some(match sums {
-                None => (l, c, k),
-                Some((a, b, d)) => ((a + l)?, (b + c)?, (d + k)?),
+                None => (l, c),
+                Some((a, b)) => ((a + l)?, (b + c)?),
             });
         }
         let train_sums = match sums {
-            Some((l, c, k)) => Sums {
+            Some((l, c)) => Sums {
                 n: train.n,
                 loss: l.to_dtype(DType::F64)?.to_scalar::<f64>()?,
                 correct: c.to_dtype(DType::F64)?.to_scalar::<f64>()?,
-                top5: k.to_dtype(DType::F64)?.to_scalar::<f64>()?,
+                top5: f64::NAN,
             },
             None => Sums::default(),
         };
@@ -223,7 +250,10 @@ pub fn fit(
             break;
         }
         if t.early_stopping.patience > 0 && since_best >= t.early_stopping.patience {
-            tracing::info!("early stopping after epoch {}: no improvement for {since_best} epochs", epoch + 1);
+            tracing::info!(
+                "early stopping after epoch {}: no improvement for {since_best} epochs",
+                epoch + 1
+            );
             stopped_early = true;
             break;
         }
@@ -232,5 +262,11 @@ pub fn fit(
         Some(b) => b,
         None => (0, Sums::default(), model.snapshot()?),
     };
-    Ok(FitOutcome { best_epoch, best_val, epochs_run, stopped_early, best_snapshot })
+    Ok(FitOutcome {
+        best_epoch,
+        best_val,
+        epochs_run,
+        stopped_early,
+        best_snapshot,
+    })
 }

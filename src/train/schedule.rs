@@ -2,7 +2,14 @@
 
 use crate::spec::Schedule;
 
-pub fn lr_at(schedule: Schedule, base: f64, epoch: usize, epochs: usize, step_size: usize, gamma: f64) -> f64 {
+pub fn lr_at(
+    schedule: Schedule,
+    base: f64,
+    epoch: usize,
+    epochs: usize,
+    step_size: usize,
+    gamma: f64,
+) -> f64 {
     match schedule {
         Schedule::Constant => base,
         Schedule::Step => base * gamma.powi((epoch / step_size.max(1)) as i32),

@@ -1,0 +1,273 @@
+//! The training step of a head on frozen features, with its gradients written out by hand
+//! instead of taken from candle's autograd: a handful of large ops per step (two matmuls per
+//! layer, one fused softmax-cross-entropy pass, one fused optimizer pass per tensor) rather than
+//! dozens of small ones. It computes exactly what the autograd path computes (a test holds the
+//! two to each other); the autograd path remains for trainable backbone tails and GELU heads.
+//!
+//! For linear layers `z_k = u_k W_k^T + b_k` with `u_k = dropout(a_k)`:
+//! `dW_k = dZ_k^T u_k`, `db_k = sum_rows dZ_k`, `dU_k = dZ_k W_k`, `dA_k = dU_k * mask_k`,
+//! `dZ_{k-1} = dA_k * act'(z_{k-1})`; and at the top `dZ = (softmax(z) - q) / B` with the
+//! label-smoothed targets `q = (1 - eps) onehot + eps / K`.
+
+use candle_core::{CpuStorage, DType, Layout, Shape, Tensor, D};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+use super::head::{activate, Head};
+use crate::error::Result;
+use crate::spec::Activation;
+
+/// Whether a head can use the hand-written step.
+pub fn supported(head: &Head) -> bool {
+    head.activation != Activation::Gelu
+}
+
+/// Softmax cross-entropy over logits (B, K) with u32 labels (B,): returns a (B, K + 2) tensor:
+/// columns 0..K hold dLoss/dlogits for the mean loss, column K the per-sample loss (smoothed),
+/// column K+1 whether the argmax is the label.
+struct SoftmaxXent {
+    eps: f32,
+}
+
+impl candle_core::CustomOp2 for SoftmaxXent {
+    fn name(&self) -> &'static str {
+        "softmax-xent-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(z), CpuStorage::U32(y)) = (s1, s2) else {
+            candle_core::bail!("softmax-xent-grad: f32 logits and u32 labels expected")
+        };
+        let (Some((z0, z1)), Some((y0, y1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            candle_core::bail!("softmax-xent-grad: contiguous inputs expected")
+        };
+        let (b, k) = l1.shape().dims2()?;
+        let (z, y) = (&z[z0..z1], &y[y0..y1]);
+        if y.len() != b {
+            candle_core::bail!("softmax-xent-grad: {} labels for {b} rows", y.len())
+        }
+        let mut out = vec![0f32; b * (k + 2)];
+        let (eps, inv_b) = (self.eps, 1.0 / b as f32);
+        for r in 0..b {
+            let zr = &z[r * k..(r + 1) * k];
+            let o = &mut out[r * (k + 2)..(r + 1) * (k + 2)];
+            let label = y[r] as usize;
+            if label >= k {
+                candle_core::bail!("softmax-xent-grad: label {label} >= {k} classes")
+            }
+            let (mut max, mut arg) = (f32::NEG_INFINITY, 0usize);
+            for (j, &v) in zr.iter().enumerate() {
+                if v > max {
+                    max = v;
+                    arg = j;
+                }
+            }
+            let mut sum = 0f32;
+            for j in 0..k {
+                let e = (zr[j] - max).exp();
+                o[j] = e;
+                sum += e;
+            }
+            let lse = max + sum.ln();
+            let mut loss = (1.0 - eps) * (lse - zr[label]);
+            if eps > 0.0 {
+                let mean_logp: f32 = zr.iter().map(|v| v - lse).sum::<f32>() / k as f32;
+                loss -= eps * mean_logp;
+            }
+            for (j, oj) in o.iter_mut().take(k).enumerate() {
+                let q = eps / k as f32 + if j == label { 1.0 - eps } else { 0.0 };
+                *oj = (*oj / sum - q) * inv_b;
+            }
+            o[k] = loss;
+            o[k + 1] = if arg == label { 1.0 } else { 0.0 };
+        }
+        Ok((CpuStorage::F32(out), Shape::from((b, k + 2))))
+    }
+}
+
+/// (dZ, per-sample loss, correct) of the mean smoothed cross-entropy; fused on CPU, tensor ops
+/// elsewhere.
+fn xent_grad(z: &Tensor, y: &Tensor, eps: f64) -> Result<(Tensor, Tensor, Tensor)> {
+    let (b, k) = z.dims2()?;
+    if z.device().is_cpu() {
+        let o = z
+            .contiguous()?
+            .apply_op2_no_bwd(&y.contiguous()?, &SoftmaxXent { eps: eps as f32 })?;
+        return Ok((
+            o.narrow(1, 0, k)?.contiguous()?,
+            o.narrow(1, k, 1)?,
+            o.narrow(1, k + 1, 1)?,
+        ));
+    }
+    let logp = candle_nn::ops::log_softmax(z, D::Minus1)?;
+    let onehot = candle_nn::encoding::one_hot(y.clone(), k, 1f32, 0f32)?;
+    let q = ((onehot * (1.0 - eps))? + eps / k as f64)?;
+    let dz = ((logp.exp()? - &q)? / b as f64)?;
+    let loss = (q * &logp)?.sum_keepdim(1)?.neg()?;
+    let correct = z
+        .argmax_keepdim(1)?
+        .eq(&y.unsqueeze(1)?)?
+        .to_dtype(DType::F32)?;
+    Ok((dz, loss, correct))
+}
+
+/// Derivative of the activation, from its input `z` and output `a`.
+fn activation_grad(a: &Tensor, z: &Tensor, act: Activation) -> Result<Tensor> {
+    Ok(match act {
+        Activation::Relu => z.gt(0f64)?.to_dtype(DType::F32)?,
+        Activation::Tanh => (1.0 - a.sqr()?)?,
+        Activation::Sigmoid => (a * (1.0 - a)?)?,
+        Activation::Gelu => {
+            return Err(crate::Error::Other(
+                "no hand-written gradient for gelu".into(),
+            ));
+        }
+    })
+}
+
+/// A dropout mask drawn exactly as `head::dropout` draws it (same generator consumption).
+fn mask(
+    shape: &[usize],
+    p: f64,
+    rng: &mut ChaCha8Rng,
+    dev: &candle_core::Device,
+) -> Result<Option<Tensor>> {
+    if p <= 0.0 {
+        return Ok(None);
+    }
+    let n: usize = shape.iter().product();
+    let scale = (1.0 / (1.0 - p)) as f32;
+    let m: Vec<f32> = (0..n)
+        .map(|_| if rng.gen_bool(1.0 - p) { scale } else { 0.0 })
+        .collect();
+    Ok(Some(Tensor::from_vec(m, shape, dev)?))
+}
+
+/// Gradients of one batch, in `head.vars()` order (w0, b0, w1, b1, ...), plus the batch's summed
+/// loss and correct count (device scalars).
+pub struct StepOut {
+    pub grads: Vec<Tensor>,
+    pub loss_sum: Tensor,
+    pub correct: Tensor,
+}
+
+pub fn head_step(
+    head: &Head,
+    x: &Tensor,
+    y: &Tensor,
+    eps: f64,
+    rng: &mut ChaCha8Rng,
+) -> Result<StepOut> {
+    let x = x.flatten_from(1)?;
+    let dev = x.device().clone();
+    let last = head.layers.len() - 1;
+    // forward, keeping what the backward pass needs
+    let mut us = Vec::new(); // layer inputs after dropout
+    let mut masks = Vec::new();
+    let mut zs = Vec::new(); // pre-activations of hidden layers
+    let mut acts = Vec::new(); // activations of hidden layers
+    let mut a = x;
+    for (k, (w, b)) in head.layers.iter().enumerate() {
+        let m = mask(a.dims(), head.dropout, rng, &dev)?;
+        let u = match &m {
+            Some(m) => a.mul(m)?,
+            None => a.clone(),
+        };
+        let z = u
+            .matmul(&w.as_tensor().t()?)?
+            .broadcast_add(b.as_tensor())?;
+        us.push(u);
+        masks.push(m);
+        if k != last {
+            let act = activate(&z, head.activation)?;
+            zs.push(z);
+            acts.push(act.clone());
+            a = act;
+        } else {
+            a = z;
+        }
+    }
+    let (mut dz, loss, correct) = xent_grad(&a, y, eps)?;
+    let mut grads = vec![None; 2 * head.layers.len()];
+    for k in (0..=last).rev() {
+        let (w, _) = &head.layers[k];
+        grads[2 * k] = Some(dz.t()?.matmul(&us[k])?);
+        grads[2 * k + 1] = Some(dz.sum(0)?);
+        if k > 0 {
+            let mut da = dz.matmul(w.as_tensor())?;
+            if let Some(m) = &masks[k] {
+                da = da.mul(m)?;
+            }
+            dz = da.mul(&activation_grad(&acts[k - 1], &zs[k - 1], head.activation)?)?;
+        }
+    }
+    Ok(StepOut {
+        grads: grads
+            .into_iter()
+            .map(|g| g.ok_or_else(|| crate::Error::Other("missing gradient".into())))
+            .collect::<Result<_>>()?,
+        loss_sum: loss.sum_all()?,
+        correct: correct.sum_all()?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use rand::SeedableRng;
+
+    #[test]
+    fn hand_written_gradients_equal_autograd() {
+        let dev = Device::Cpu;
+        for act in [Activation::Relu, Activation::Tanh, Activation::Sigmoid] {
+            for (hidden, dropout, eps) in [(vec![], 0.0, 0.0), (vec![16, 8], 0.3, 0.1)] {
+                let mut rng = ChaCha8Rng::seed_from_u64(5);
+                let head = Head::new(
+                    12,
+                    5,
+                    &crate::spec::HeadSection {
+                        hidden: hidden.clone(),
+                        activation: act,
+                        dropout,
+                        init_std: 0.5,
+                    },
+                    &mut rng,
+                    &dev,
+                )
+                .unwrap();
+                let x = Tensor::randn(0f32, 1.0, (7, 12), &dev).unwrap();
+                let y = Tensor::new(&[0u32, 4, 2, 2, 1, 3, 0], &dev).unwrap();
+                let mut r1 = ChaCha8Rng::seed_from_u64(9);
+                let out = head_step(&head, &x, &y, eps, &mut r1).unwrap();
+                let mut r2 = ChaCha8Rng::seed_from_u64(9);
+                let logits = head.forward(&x, Some(&mut r2)).unwrap();
+                let loss = super::super::metrics::cross_entropy(&logits, &y, eps).unwrap();
+                let gs = loss.backward().unwrap();
+                for (v, g) in head.vars().iter().zip(&out.grads) {
+                    let want: Vec<f32> = gs
+                        .get(v.as_tensor())
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1()
+                        .unwrap();
+                    let got: Vec<f32> = g.flatten_all().unwrap().to_vec1().unwrap();
+                    for (a, b) in got.iter().zip(&want) {
+                        assert!((a - b).abs() < 1e-5, "{act:?} {hidden:?}: {a} vs {b}");
+                    }
+                }
+                let l: f32 = loss.to_scalar().unwrap();
+                let ls: f32 = out.loss_sum.to_scalar().unwrap();
+                assert!((ls / 7.0 - l).abs() < 1e-5, "loss {ls} / 7 vs {l}");
+            }
+        }
+    }
+}
