@@ -14,7 +14,7 @@ use crate::backbone::Network;
 use crate::cache::{self, CacheKey, FeatureCache, HostFeatures, Miss};
 use crate::data::{split, Dataset};
 use crate::error::{Error, Result};
-use crate::features::{load_dataset, load_network, Extractor};
+use crate::features::{load_dataset, load_extra, load_network, Extractor};
 use crate::progress::{Mode, Task};
 use crate::results::{self, EpochRow, RunDir, SummaryRow};
 use crate::spec::{Spec, WeightsSource};
@@ -256,11 +256,11 @@ pub fn run(spec: &Spec, mode: Mode) -> Result<Outcome> {
         full
     };
     let val_file = match &spec.val_path {
-        Some(p) => Some((crate::data::pickle::load(p, spec.num_classes)?, p.clone())),
+        Some(p) => Some((load_extra(spec, p, false)?, p.clone())),
         None => None,
     };
     let test_file = match &spec.test_path {
-        Some(p) => Some((crate::data::pickle::load(p, spec.num_classes)?, p.clone())),
+        Some(p) => Some((load_extra(spec, p, true)?, p.clone())),
         None => None,
     };
     let classes = spec.num_classes.unwrap_or(pool.num_classes);
@@ -280,25 +280,47 @@ pub fn run(spec: &Spec, mode: Mode) -> Result<Outcome> {
     let pool_f = src.features(&pool, "train")?;
     let mut extract_seconds = pool_f.seconds;
     let mut cache_hit = pool_f.hit;
-    let (train_split, val_split) = match &val_file {
+    // Held-out parts of the pool: validation (unless a file is given) and test (unless a file
+    // is given), drawn together per class (or per track) and then divided, as the seed did.
+    let all: Vec<usize> = (0..pool.n).collect();
+    let val_frac = if val_file.is_some() {
+        0.0
+    } else {
+        spec.val_fraction
+    };
+    let test_frac = if test_file.is_some() {
+        0.0
+    } else {
+        spec.test_fraction
+    };
+    let hold = |idx: &[usize], frac: f64, salt: u64| -> (Vec<usize>, Vec<usize>) {
+        if frac <= 0.0 {
+            return (idx.to_vec(), Vec::new());
+        }
+        match (&pool.groups, spec.track_split) {
+            (Some(g), true) => {
+                split::by_group(&pool.labels, g, idx, classes, frac, spec.seed ^ salt)
+            }
+            _ => split::stratified(&pool.labels, idx, classes, frac, spec.seed ^ salt),
+        }
+    };
+    let (train_idx, held) = hold(&all, val_frac + test_frac, 0);
+    let (val_idx, test_idx) = if test_frac > 0.0 && val_frac > 0.0 {
+        hold(&held, test_frac / (val_frac + test_frac), 1)
+    } else if test_frac > 0.0 {
+        (Vec::new(), held)
+    } else {
+        (held, Vec::new())
+    };
+    let train_split = to_device(&pool_f.features, Some(&train_idx), &device)?;
+    let val_split = match &val_file {
         Some((vd, _)) => {
             let vf = src.features(vd, "val")?;
             extract_seconds += vf.seconds;
             cache_hit &= vf.hit;
-            (
-                to_device(&pool_f.features, None, &device)?,
-                to_device(&vf.features, None, &device)?,
-            )
+            to_device(&vf.features, None, &device)?
         }
-        None => {
-            let all: Vec<usize> = (0..pool.n).collect();
-            let (tr, va) =
-                split::stratified(&pool.labels, &all, classes, spec.val_fraction, spec.seed);
-            (
-                to_device(&pool_f.features, Some(&tr), &device)?,
-                to_device(&pool_f.features, Some(&va), &device)?,
-            )
-        }
+        None => to_device(&pool_f.features, Some(&val_idx), &device)?,
     };
     let test_split = match &test_file {
         Some((td, _)) => {
@@ -306,6 +328,9 @@ pub fn run(spec: &Spec, mode: Mode) -> Result<Outcome> {
             extract_seconds += tf.seconds;
             cache_hit &= tf.hit;
             Some(to_device(&tf.features, None, &device)?)
+        }
+        None if !test_idx.is_empty() => {
+            Some(to_device(&pool_f.features, Some(&test_idx), &device)?)
         }
         None => None,
     };
@@ -404,10 +429,24 @@ pub fn run(spec: &Spec, mode: Mode) -> Result<Outcome> {
 
     // test with the best epoch's weights
     model.restore(&outcome.best_snapshot)?;
+    let eval_batch = spec.train.batch_size.max(512);
     let test = match &test_split {
-        Some(t) => Some(model.evaluate(t, spec.train.batch_size.max(512))?),
+        Some(t) => Some(model.evaluate(t, eval_batch)?),
         None => None,
     };
+    let mut reports = Vec::new();
+    for (name, split) in [("val", Some(&val_split)), ("test", test_split.as_ref())] {
+        if let Some(s) = split {
+            let truth = s.y.to_vec1::<u32>()?;
+            reports.push(results::ClassReport::new(
+                name,
+                classes,
+                &truth,
+                &model.predict(s, eval_batch)?,
+            ));
+        }
+    }
+    results::write_class_reports(&rd.dir, &reports, pool.class_names.as_deref())?;
     let total_seconds = started.elapsed().as_secs_f64();
     let epoch_secs: Vec<f64> = rd.rows().iter().map(|r| r.epoch_seconds).collect();
     let finished_at = now_rfc3339();

@@ -26,12 +26,27 @@ pub fn load_network(spec: &Spec, device: &Device) -> Result<Network> {
     Network::new(spec.arch, &set, device)
 }
 
+pub fn load_options(spec: &Spec) -> crate::data::LoadOptions {
+    crate::data::LoadOptions {
+        num_classes: spec.num_classes,
+        image_size: spec.image_size,
+        resize: spec.resize,
+        on_bad: spec.raw.dataset.on_bad_image,
+        crop: spec.raw.dataset.crop,
+    }
+}
+
 /// Load the main dataset a spec names (`dataset.path`, or the synthetic set).
 pub fn load_dataset(spec: &Spec) -> Result<Dataset> {
     match spec.dataset_kind {
-        DatasetKind::Pickle => crate::data::pickle::load(&spec.dataset_path, spec.num_classes),
         DatasetKind::Synthetic => Ok(crate::data::synthetic::generate(spec.seed, spec.per_class)),
+        kind => crate::data::load(kind, &spec.dataset_path, &load_options(spec), false),
     }
+}
+
+/// Load a separate validation or test set named by the spec.
+pub fn load_extra(spec: &Spec, path: &Path, test: bool) -> Result<Dataset> {
+    crate::data::load(spec.dataset_kind, path, &load_options(spec), test)
 }
 
 /// Runs images through the network up to a layer, batch by batch.

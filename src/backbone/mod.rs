@@ -4,6 +4,7 @@
 
 pub mod alexnet;
 pub mod layers;
+pub mod vgg;
 
 use candle_core::{Device, Tensor, Var};
 use rand_chacha::ChaCha8Rng;
@@ -15,6 +16,8 @@ use crate::weights::WeightSet;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Arch {
     AlexNet,
+    Vgg16,
+    Vgg19,
 }
 
 /// Shape of one parameterised layer, in runner's (candle) layout.
@@ -80,18 +83,30 @@ impl ParamSpec {
 }
 
 impl Arch {
-    pub const ALL: &'static [Arch] = &[Arch::AlexNet];
+    pub const ALL: &'static [Arch] = &[Arch::AlexNet, Arch::Vgg16, Arch::Vgg19];
 
     pub fn name(&self) -> &'static str {
         match self {
             Arch::AlexNet => "alexnet",
+            Arch::Vgg16 => "vgg16",
+            Arch::Vgg19 => "vgg19",
         }
     }
 
     pub fn parse(s: &str) -> Option<Arch> {
         match s.to_ascii_lowercase().as_str() {
             "alexnet" => Some(Arch::AlexNet),
+            "vgg16" => Some(Arch::Vgg16),
+            "vgg19" => Some(Arch::Vgg19),
             _ => None,
+        }
+    }
+
+    fn vgg_depth(&self) -> usize {
+        if *self == Arch::Vgg19 {
+            19
+        } else {
+            16
         }
     }
 
@@ -99,17 +114,25 @@ impl Arch {
     pub fn layers(&self) -> &'static [&'static str] {
         match self {
             Arch::AlexNet => alexnet::LAYERS,
+            _ => vgg::layers(self.vgg_depth()),
         }
     }
 
-    /// Resolve a layer name (or alias) to its index in `layers()`.
+    /// Resolve a layer name (or alias: the seed's `relu6`/`relu7` are `fc6`/`fc7`, whose
+    /// outputs include the ReLU) to its index in `layers()`.
     pub fn layer_index(&self, name: &str) -> Option<usize> {
+        let name = match name {
+            "relu6" => "fc6",
+            "relu7" => "fc7",
+            n => n,
+        };
         self.layers().iter().position(|l| *l == name)
     }
 
     pub fn params(&self) -> Vec<ParamSpec> {
         match self {
             Arch::AlexNet => alexnet::params(),
+            _ => vgg::params(self.vgg_depth()),
         }
     }
 
@@ -117,20 +140,28 @@ impl Arch {
     pub fn input_size(&self) -> usize {
         match self {
             Arch::AlexNet => alexnet::INPUT_SIZE,
+            _ => vgg::INPUT_SIZE,
         }
     }
 
     /// The last feature layer (the one before the ImageNet classifier): fc7.
     pub fn feature_end(&self) -> usize {
-        match self {
-            Arch::AlexNet => alexnet::LAYERS.len() - 2,
-        }
+        self.layers().len() - 2
     }
 
     /// Output shape of a layer for one image, `[c, h, w]` or `[d]`.
     pub fn output_shape(&self, layer: usize) -> Vec<usize> {
         match self {
             Arch::AlexNet => alexnet::output_shape(layer),
+            _ => vgg::output_shape(self.vgg_depth(), layer),
+        }
+    }
+
+    /// Another name a `.safetensors` file may use for a runner tensor name (torchvision's VGG).
+    pub fn alt_name(&self, runner: &str) -> Option<String> {
+        match self {
+            Arch::AlexNet => None,
+            _ => vgg::torchvision_name(self.vgg_depth(), runner),
         }
     }
 
@@ -138,6 +169,8 @@ impl Arch {
     pub fn weights_hint(&self) -> &'static str {
         match self {
             Arch::AlexNet => "bvlc-alexnet.npy (Caffe's bvlc_alexnet converted by caffe-tensorflow; the seed downloads it from Udacity's CarND-Alexnet-Feature-Extraction lab); put it in weights/",
+            Arch::Vgg16 => "vgg16.npy from machrisaa/tensorflow-vgg (the seed's flowers notebook); put it in weights/",
+            Arch::Vgg19 => "vgg19.npy from machrisaa/tensorflow-vgg; put it in weights/",
         }
     }
 }
@@ -145,18 +178,24 @@ impl Arch {
 /// A backbone with its weights on a device.
 pub enum Network {
     AlexNet(alexnet::AlexNet),
+    Vgg(Arch, vgg::Vgg),
 }
 
 impl Network {
     pub fn new(arch: Arch, weights: &WeightSet, device: &Device) -> Result<Network> {
         match arch {
             Arch::AlexNet => Ok(Network::AlexNet(alexnet::AlexNet::new(weights, device)?)),
+            a => Ok(Network::Vgg(
+                a,
+                vgg::Vgg::new(a.vgg_depth(), weights, device)?,
+            )),
         }
     }
 
     pub fn arch(&self) -> Arch {
         match self {
             Network::AlexNet(_) => Arch::AlexNet,
+            Network::Vgg(a, _) => *a,
         }
     }
 
@@ -171,6 +210,7 @@ impl Network {
         }
         match self {
             Network::AlexNet(n) => n.forward_range(x, from, until, None),
+            Network::Vgg(_, n) => n.forward_range(x, from, until, None),
         }
     }
 
@@ -186,6 +226,7 @@ impl Network {
     ) -> Result<Tensor> {
         match self {
             Network::AlexNet(n) => n.forward_range(x, from, until, Some((rng, p))),
+            Network::Vgg(_, n) => n.forward_range(x, from, until, Some((rng, p))),
         }
     }
 
@@ -193,6 +234,7 @@ impl Network {
     pub fn param(&self, layer: &str) -> Option<(Tensor, Tensor)> {
         match self {
             Network::AlexNet(n) => n.param(layer),
+            Network::Vgg(_, n) => n.param(layer),
         }
     }
 
@@ -200,6 +242,7 @@ impl Network {
     pub fn make_trainable(&mut self, after: usize, until: usize) -> Result<Vec<(String, Var)>> {
         match self {
             Network::AlexNet(n) => n.make_trainable(after, until),
+            Network::Vgg(_, n) => n.make_trainable(after, until),
         }
     }
 

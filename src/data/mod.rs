@@ -1,5 +1,8 @@
 //! Datasets as decoded u8 images + labels, and preprocessing onto the device.
 
+pub mod folder;
+pub mod gtsrb;
+pub mod images;
 pub mod pickle;
 pub mod preprocess;
 pub mod split;
@@ -16,6 +19,8 @@ pub struct Dataset {
     /// Number of classes (labels are `0..num_classes`).
     pub num_classes: usize,
     pub class_names: Option<Vec<String>>,
+    /// Group of each sample (GTSRB: its track); splits can keep groups whole.
+    pub groups: Option<Vec<u64>>,
 }
 
 impl Dataset {
@@ -46,6 +51,10 @@ impl Dataset {
             labels: indices.iter().map(|&i| self.labels[i]).collect(),
             num_classes: self.num_classes,
             class_names: self.class_names.clone(),
+            groups: self
+                .groups
+                .as_ref()
+                .map(|g| indices.iter().map(|&i| g[i]).collect()),
         }
     }
 
@@ -91,4 +100,43 @@ pub fn save_grid(
     }
     img.save(path)
         .map_err(|e| crate::Error::Other(format!("{}: {e}", path.display())))
+}
+
+/// How to load a dataset file or folder.
+pub struct LoadOptions {
+    pub num_classes: Option<usize>,
+    pub image_size: usize,
+    pub resize: preprocess::ResizeMethod,
+    pub on_bad: images::OnBad,
+    pub crop: gtsrb::Crop,
+}
+
+/// Load a dataset of `kind` from `path`; `test` selects GTSRB's test layout.
+pub fn load(
+    kind: crate::spec::DatasetKind,
+    path: &std::path::Path,
+    o: &LoadOptions,
+    test: bool,
+) -> crate::Result<Dataset> {
+    use crate::spec::DatasetKind as K;
+    let d = match kind {
+        K::Pickle | K::Synthetic => pickle::load(path, o.num_classes)?,
+        K::Folder => folder::load(path, o.image_size, o.resize, o.on_bad)?,
+        K::Gtsrb if test => gtsrb::load_test(path, o.crop, o.image_size, o.resize, o.on_bad)?,
+        K::Gtsrb => gtsrb::load_train(path, o.crop, o.image_size, o.resize, o.on_bad)?,
+    };
+    if let Some(c) = o.num_classes {
+        if let Some((i, l)) = d
+            .labels
+            .iter()
+            .enumerate()
+            .find(|(_, &l)| l as u64 >= c as u64)
+        {
+            return Err(crate::Error::data(
+                path,
+                format!("label {l} of sample {i} is out of range: dataset.num_classes = {c}"),
+            ));
+        }
+    }
+    Ok(d)
 }

@@ -145,5 +145,6 @@ pub fn from_parts(
         labels,
         num_classes: classes,
         class_names: None,
+        groups: None,
     })
 }

@@ -100,3 +100,64 @@ mod tests {
         assert!(v.iter().all(|&x| (x - 77.0).abs() < 1e-4));
     }
 }
+
+/// Resize one u8 HWC RGB image to `out_h x out_w` on the host (bilinear, `method`), rounding to
+/// u8. Used where decoded images differ in size (folders, GTSRB) and must be stored uniformly.
+pub fn resize_u8(
+    src: &[u8],
+    h: usize,
+    w: usize,
+    out_h: usize,
+    out_w: usize,
+    method: ResizeMethod,
+) -> Vec<u8> {
+    if h == out_h && w == out_w {
+        return src.to_vec();
+    }
+    let taps = |inp: usize, out: usize| -> Vec<(usize, usize, f32)> {
+        let m = interp_matrix(inp, out, method);
+        (0..out)
+            .map(|o| {
+                let row = &m[o * inp..(o + 1) * inp];
+                let lo = row.iter().position(|&v| v != 0.0).unwrap_or(0);
+                let hi = row.iter().rposition(|&v| v != 0.0).unwrap_or(lo);
+                (lo, hi, if hi == lo { 0.0 } else { row[hi] })
+            })
+            .collect()
+    };
+    let (ty, tx) = (taps(h, out_h), taps(w, out_w));
+    // along x: h x out_w x 3
+    let mut tmp = vec![0f32; h * out_w * 3];
+    for y in 0..h {
+        for (x, &(lo, hi, f)) in tx.iter().enumerate() {
+            for c in 0..3 {
+                let a = src[(y * w + lo) * 3 + c] as f32;
+                let b = src[(y * w + hi) * 3 + c] as f32;
+                tmp[(y * out_w + x) * 3 + c] = a + (b - a) * f;
+            }
+        }
+    }
+    let mut out = vec![0u8; out_h * out_w * 3];
+    for (y, &(lo, hi, f)) in ty.iter().enumerate() {
+        for x in 0..out_w {
+            for c in 0..3 {
+                let a = tmp[(lo * out_w + x) * 3 + c];
+                let b = tmp[(hi * out_w + x) * 3 + c];
+                out[(y * out_w + x) * 3 + c] = (a + (b - a) * f).round().clamp(0.0, 255.0) as u8;
+            }
+        }
+    }
+    out
+}
+
+/// The centred square crop of an HWC image (tensorflow-vgg's `utils.load_image`:
+/// `yy = (h - s) / 2`, `xx = (w - s) / 2`, s = the short side).
+pub fn center_crop(src: &[u8], h: usize, w: usize) -> (Vec<u8>, usize) {
+    let s = h.min(w);
+    let (yy, xx) = ((h - s) / 2, (w - s) / 2);
+    let mut out = Vec::with_capacity(s * s * 3);
+    for y in yy..yy + s {
+        out.extend_from_slice(&src[(y * w + xx) * 3..(y * w + xx + s) * 3]);
+    }
+    (out, s)
+}

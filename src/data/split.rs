@@ -62,6 +62,43 @@ pub fn stratified(
     (train, val)
 }
 
+/// Split `indices` into (train, held) by whole groups (GTSRB tracks): in every class, about
+/// `fraction` of its groups go to `held` (at least one when the class has two or more). A group
+/// never appears on both sides. Both lists ascending.
+pub fn by_group(
+    labels: &[i64],
+    groups: &[u64],
+    indices: &[usize],
+    classes: usize,
+    fraction: f64,
+    seed: u64,
+) -> (Vec<usize>, Vec<usize>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7ac_0000);
+    let (mut train, mut held) = (Vec::new(), Vec::new());
+    for members in by_class(labels, indices, classes) {
+        let mut ids: Vec<u64> = members.iter().map(|&i| groups[i]).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids.shuffle(&mut rng);
+        let mut k = (ids.len() as f64 * fraction).round() as usize;
+        if fraction > 0.0 && k == 0 && ids.len() >= 2 {
+            k = 1;
+        }
+        let k = k.min(ids.len().saturating_sub(1));
+        let held_ids: std::collections::HashSet<u64> = ids[..k].iter().copied().collect();
+        for i in members {
+            if held_ids.contains(&groups[i]) {
+                held.push(i);
+            } else {
+                train.push(i);
+            }
+        }
+    }
+    train.sort_unstable();
+    held.sort_unstable();
+    (train, held)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

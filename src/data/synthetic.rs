@@ -337,6 +337,7 @@ pub fn generate(seed: u64, per_class: usize) -> Dataset {
         labels,
         num_classes: CLASSES,
         class_names: Some(class_names()),
+        groups: None,
     }
 }
 

@@ -218,3 +218,75 @@ pub fn median(v: &[f64]) -> f64 {
         (s[m - 1] + s[m]) / 2.0
     }
 }
+
+/// Per-class accuracy and the confusion matrix of one split, in long form.
+pub struct ClassReport {
+    pub split: String,
+    /// counts[true][predicted]
+    pub counts: Vec<Vec<u64>>,
+}
+
+impl ClassReport {
+    pub fn new(split: &str, classes: usize, truth: &[u32], predicted: &[u32]) -> ClassReport {
+        let mut counts = vec![vec![0u64; classes]; classes];
+        for (&t, &p) in truth.iter().zip(predicted) {
+            if let Some(c) = counts
+                .get_mut(t as usize)
+                .and_then(|r| r.get_mut(p as usize))
+            {
+                *c += 1;
+            }
+        }
+        ClassReport {
+            split: split.to_string(),
+            counts,
+        }
+    }
+}
+
+/// Write `per_class.csv` (split, class, name, support, correct, accuracy) and `confusion.csv`
+/// (split, true, predicted, count; non-zero cells only) for the given reports.
+pub fn write_class_reports(
+    dir: &Path,
+    reports: &[ClassReport],
+    names: Option<&[String]>,
+) -> Result<()> {
+    let mut pc = csv::Writer::from_writer(Vec::new());
+    let mut cm = csv::Writer::from_writer(Vec::new());
+    let err = |e: csv::Error| Error::Other(format!("class reports: {e}"));
+    pc.write_record(["split", "class", "name", "support", "correct", "accuracy"])
+        .map_err(err)?;
+    cm.write_record(["split", "true", "predicted", "count"])
+        .map_err(err)?;
+    for r in reports {
+        for (t, row) in r.counts.iter().enumerate() {
+            let support: u64 = row.iter().sum();
+            let correct = row.get(t).copied().unwrap_or(0);
+            let acc = if support > 0 {
+                correct as f64 / support as f64
+            } else {
+                f64::NAN
+            };
+            let name = names.and_then(|n| n.get(t)).cloned().unwrap_or_default();
+            pc.write_record([
+                r.split.clone(),
+                t.to_string(),
+                name,
+                support.to_string(),
+                correct.to_string(),
+                acc.to_string(),
+            ])
+            .map_err(err)?;
+            for (p, &c) in row.iter().enumerate().filter(|(_, &c)| c > 0) {
+                cm.write_record([r.split.clone(), t.to_string(), p.to_string(), c.to_string()])
+                    .map_err(err)?;
+            }
+        }
+    }
+    let bytes = |w: csv::Writer<Vec<u8>>| {
+        w.into_inner()
+            .map_err(|e| Error::Other(format!("class reports: {e}")))
+    };
+    write_atomic(&dir.join("per_class.csv"), &bytes(pc)?)?;
+    write_atomic(&dir.join("confusion.csv"), &bytes(cm)?)
+}

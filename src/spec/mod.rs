@@ -30,6 +30,19 @@ pub enum WeightsSource {
 pub enum DatasetKind {
     Pickle,
     Synthetic,
+    Folder,
+    Gtsrb,
+}
+
+impl DatasetKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            DatasetKind::Pickle => "pickle",
+            DatasetKind::Synthetic => "synthetic",
+            DatasetKind::Folder => "folder",
+            DatasetKind::Gtsrb => "gtsrb",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +73,11 @@ pub struct Spec {
     /// Samples per class kept from `dataset_path` (0 = all).
     pub limit: usize,
     pub per_class: usize,
+    pub test_fraction: f64,
+    /// Keep GTSRB tracks whole when splitting.
+    pub track_split: bool,
+    /// `folder`/`gtsrb`: stored image side.
+    pub image_size: usize,
     pub head: HeadSection,
     pub train: TrainSection,
     pub device: DeviceSpec,
@@ -184,8 +202,10 @@ fn validate(path: &Path, text: &str, raw: RawSpec) -> Result<Spec> {
     let dataset_kind = match raw.dataset.kind.as_str() {
         "pickle" => DatasetKind::Pickle,
         "synthetic" => DatasetKind::Synthetic,
+        "folder" => DatasetKind::Folder,
+        "gtsrb" => DatasetKind::Gtsrb,
         other => {
-            let kinds = ["pickle", "synthetic"];
+            let kinds = ["pickle", "synthetic", "folder", "gtsrb"];
             return Err(err(
                 "dataset",
                 "kind",
@@ -228,6 +248,33 @@ fn validate(path: &Path, text: &str, raw: RawSpec) -> Result<Spec> {
     };
     let d = &raw.dataset;
     in_unit("dataset", "val_fraction", d.val_fraction, false)?;
+    in_unit("dataset", "test_fraction", d.test_fraction, false)?;
+    if d.val_fraction + d.test_fraction >= 1.0 {
+        return Err(err(
+            "dataset",
+            "test_fraction",
+            "val_fraction + test_fraction must stay below 1".into(),
+        ));
+    }
+    let track_split = match d.split {
+        SplitKind::Auto => dataset_kind == DatasetKind::Gtsrb,
+        SplitKind::Stratified => false,
+        SplitKind::Track => {
+            if dataset_kind != DatasetKind::Gtsrb {
+                return Err(err(
+                    "dataset",
+                    "split",
+                    "\"track\" needs tracks: only dataset.kind = \"gtsrb\" has them".into(),
+                ));
+            }
+            true
+        }
+    };
+    let image_size = match (d.image_size, dataset_kind) {
+        (0, DatasetKind::Gtsrb) => 32,
+        (0, _) => arch.input_size(),
+        (s, _) => s,
+    };
     if d.val_fraction == 0.0 && d.val_path.is_empty() {
         return Err(err(
             "dataset",
@@ -310,6 +357,9 @@ fn validate(path: &Path, text: &str, raw: RawSpec) -> Result<Spec> {
         test_path: opt_path(&raw.dataset.test_path),
         limit: raw.dataset.limit,
         per_class: raw.dataset.per_class,
+        test_fraction: raw.dataset.test_fraction,
+        track_split,
+        image_size,
         head: raw.head.clone(),
         train: raw.train.clone(),
         device,
@@ -350,18 +400,20 @@ pub fn check_files(spec: &Spec) -> Vec<String> {
             ));
         }
     }
-    if spec.dataset_kind == DatasetKind::Pickle {
+    if spec.dataset_kind != DatasetKind::Synthetic {
         let named = [
             ("dataset.path", Some(&spec.dataset_path)),
             ("dataset.val_path", spec.val_path.as_ref()),
             ("dataset.test_path", spec.test_path.as_ref()),
         ];
         for (key, p) in named {
-            if let Some(p) = p.filter(|p| !p.is_file()) {
-                out.push(format!(
-                    "{key}: {} does not exist (the seed's train.p comes from Udacity's traffic-signs-data.zip; put it in data/)",
-                    p.display()
-                ));
+            if let Some(p) = p.filter(|p| !p.exists()) {
+                let origin = match spec.dataset_kind {
+                    DatasetKind::Pickle => "the seed's train.p comes from Udacity's traffic-signs-data.zip; put it in data/",
+                    DatasetKind::Folder => "expected a folder of class folders, e.g. the seed's flower_photos (TensorFlow's flower_photos.tgz)",
+                    _ => "expected GTSRB's official GTSRB_Final_Training_Images / GTSRB_Final_Test_Images layout",
+                };
+                out.push(format!("{key}: {} does not exist ({origin})", p.display()));
             }
         }
     }

@@ -201,6 +201,25 @@ pub struct DatasetSection {
     pub limit: usize,
     /// `synthetic`: images per class.
     pub per_class: usize,
+    /// Fraction of `path` held out for a test set when `test_path` is empty (0 = none).
+    pub test_fraction: f64,
+    /// `folder`/`gtsrb`: decoded images are stored at this square size (0 = the backbone's
+    /// input size for `folder`, 32 for `gtsrb`).
+    pub image_size: usize,
+    /// `folder`/`gtsrb`: `error` stops at an unreadable image; `skip` leaves it out with a warning.
+    pub on_bad_image: crate::data::images::OnBad,
+    /// `gtsrb`: `roi` cuts each image to its annotated region; `none` keeps it whole.
+    pub crop: crate::data::gtsrb::Crop,
+    /// `auto` (track for gtsrb, else stratified) | `stratified` | `track`.
+    pub split: SplitKind,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SplitKind {
+    Auto,
+    Stratified,
+    Track,
 }
 
 impl Default for DatasetSection {
@@ -215,6 +234,11 @@ impl Default for DatasetSection {
             test_path: String::new(),
             limit: 0,
             per_class: 40,
+            test_fraction: 0.0,
+            image_size: 0,
+            on_bad_image: crate::data::images::OnBad::Error,
+            crop: crate::data::gtsrb::Crop::Roi,
+            split: SplitKind::Auto,
         }
     }
 }

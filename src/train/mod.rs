@@ -88,6 +88,19 @@ impl Model {
         Ok(())
     }
 
+    /// Predicted class of every sample of a split (argmax of the logits), without dropout.
+    pub fn predict(&self, s: &Split, batch: usize) -> Result<Vec<u32>> {
+        let mut out = Vec::with_capacity(s.n);
+        let mut start = 0;
+        while start < s.n {
+            let b = batch.min(s.n - start);
+            let logits = self.forward(&s.x.narrow(0, start, b)?, None)?;
+            out.extend(logits.argmax(1)?.to_vec1::<u32>()?);
+            start += b;
+        }
+        Ok(out)
+    }
+
     /// Loss/accuracy/top-5 sums over a split, in batches, without dropout.
     pub fn evaluate(&self, s: &Split, batch: usize) -> Result<Sums> {
         let mut acc: Option<(Tensor, Tensor, Tensor)> = None;

@@ -462,7 +462,12 @@ fn load_safetensors(path: &Path, bytes: &[u8], arch: Arch) -> Result<WeightSet> 
             ("bias", vec![spec.bias_len()]),
         ] {
             let name = format!("{}.{suffix}", spec.layer);
-            let view = st.tensor(&name).map_err(|_| {
+            let alt = arch.alt_name(&name);
+            let found = st.tensor(&name).or_else(|e| match &alt {
+                Some(a) => st.tensor(a),
+                None => Err(e),
+            });
+            let view = found.map_err(|_| {
                 let mut found: Vec<&str> = names.iter().map(|s| s.as_ref()).collect();
                 found.sort();
                 found.truncate(12);

@@ -70,3 +70,17 @@ ALEXNET = [
     ("fc7", (4096, 4096), 4096),
     ("fc8", (4096, 1000), 1000),
 ]
+
+
+def _vgg(blocks):
+    layers, cin = [], 3
+    for b, (n, width) in enumerate(zip(blocks, [64, 128, 256, 512, 512])):
+        for i in range(n):
+            layers.append((f"conv{b + 1}_{i + 1}", (3, 3, cin, width), width))
+            cin = width
+    layers += [("fc6", (25088, 4096), 4096), ("fc7", (4096, 4096), 4096), ("fc8", (4096, 1000), 1000)]
+    return layers
+
+
+VGG16 = _vgg([2, 2, 3, 3, 3])
+VGG19 = _vgg([2, 2, 4, 4, 4])
