@@ -168,15 +168,22 @@ impl Vgg {
     pub fn make_trainable(&mut self, after: usize, until: usize) -> Result<Vec<(String, Var)>> {
         let names = layers(self.depth);
         let mut out = Vec::new();
-        for i in after + 1..=until {
-            if let Some(Some(p)) = self.params.get_mut(i) {
+        let range = self
+            .params
+            .iter_mut()
+            .zip(names)
+            .enumerate()
+            .skip(after + 1)
+            .take(until.saturating_sub(after));
+        for (_, (slot, name)) in range {
+            if let Some(p) = slot {
                 let w = Var::from_tensor(&p.w)?;
                 let b = Var::from_tensor(&p.b)?;
                 p.w = w.as_tensor().clone();
                 p.b = b.as_tensor().clone();
                 p.trainable = true;
-                out.push((format!("{}.weight", names[i]), w));
-                out.push((format!("{}.bias", names[i]), b));
+                out.push((format!("{name}.weight"), w));
+                out.push((format!("{name}.bias"), b));
             }
         }
         Ok(out)

@@ -73,34 +73,6 @@ pub fn to_input(
         .matmul(&xs.contiguous()?)?)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tf1_matrix_uses_no_half_pixel_offset() {
-        // 2 -> 4: src = 0, 0.5, 1.0, 1.5 ; the last two clamp the upper neighbour to 1
-        let m = interp_matrix(2, 4, ResizeMethod::Tf1);
-        assert_eq!(m, vec![1.0, 0.0, 0.5, 0.5, 0.0, 1.0, 0.0, 1.0]);
-    }
-
-    #[test]
-    fn half_pixel_matrix() {
-        // 2 -> 4: src = -0.25, 0.25, 0.75, 1.25
-        let m = interp_matrix(2, 4, ResizeMethod::HalfPixel);
-        assert_eq!(m, vec![1.0, 0.0, 0.75, 0.25, 0.25, 0.75, 0.0, 1.0]);
-    }
-
-    #[test]
-    fn resize_of_a_constant_image_is_constant() {
-        let px = vec![77u8; 5 * 7 * 3];
-        let t = to_input(&px, 1, 5, 7, 11, ResizeMethod::Tf1, &Device::Cpu).unwrap();
-        assert_eq!(t.dims(), &[1, 3, 11, 11]);
-        let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
-        assert!(v.iter().all(|&x| (x - 77.0).abs() < 1e-4));
-    }
-}
-
 /// Resize one u8 HWC RGB image to `out_h x out_w` on the host (bilinear, `method`), rounding to
 /// u8. Used where decoded images differ in size (folders, GTSRB) and must be stored uniformly.
 pub fn resize_u8(
@@ -160,4 +132,32 @@ pub fn center_crop(src: &[u8], h: usize, w: usize) -> (Vec<u8>, usize) {
         out.extend_from_slice(&src[(y * w + xx) * 3..(y * w + xx + s) * 3]);
     }
     (out, s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tf1_matrix_uses_no_half_pixel_offset() {
+        // 2 -> 4: src = 0, 0.5, 1.0, 1.5 ; the last two clamp the upper neighbour to 1
+        let m = interp_matrix(2, 4, ResizeMethod::Tf1);
+        assert_eq!(m, vec![1.0, 0.0, 0.5, 0.5, 0.0, 1.0, 0.0, 1.0]);
+    }
+
+    #[test]
+    fn half_pixel_matrix() {
+        // 2 -> 4: src = -0.25, 0.25, 0.75, 1.25
+        let m = interp_matrix(2, 4, ResizeMethod::HalfPixel);
+        assert_eq!(m, vec![1.0, 0.0, 0.75, 0.25, 0.25, 0.75, 0.0, 1.0]);
+    }
+
+    #[test]
+    fn resize_of_a_constant_image_is_constant() {
+        let px = vec![77u8; 5 * 7 * 3];
+        let t = to_input(&px, 1, 5, 7, 11, ResizeMethod::Tf1, &Device::Cpu).unwrap();
+        assert_eq!(t.dims(), &[1, 3, 11, 11]);
+        let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+        assert!(v.iter().all(|&x| (x - 77.0).abs() < 1e-4));
+    }
 }
