@@ -404,6 +404,7 @@ pub fn run(spec: &Spec, mode: Mode) -> Result<Outcome> {
             cache_hit,
             device: kind.clone(),
             device_name: device_name.clone(),
+            train_top5: s.train.top5(),
             run_id: run_id.clone(),
             improved: s.improved,
         };

@@ -139,3 +139,42 @@ fn bad_overrides_name_the_key() {
     let e = load(BASE, &["noequals"], &[]).unwrap_err();
     assert!(e.contains("section.key=value"), "{e}");
 }
+
+#[test]
+fn shipped_experiment_files_are_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments");
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            let s = runner::spec::load(&p, &[]).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            assert_eq!(s.name, p.file_stem().unwrap().to_string_lossy());
+            n += 1;
+        }
+    }
+    assert!(n >= 4);
+    let f = runner::spec::load(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/flowers_vgg16.toml"),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        (f.arch.name(), f.freeze_name(), f.image_size),
+        ("vgg16", "fc6", 224)
+    );
+    let g = runner::spec::load(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/gtsrb_official_alexnet.toml"),
+        &[],
+    )
+    .unwrap();
+    assert!(g.track_split);
+}
+
+#[test]
+fn track_split_needs_gtsrb() {
+    let e = load("[dataset]\nsplit = \"track\"\n", &[], &[]).unwrap_err();
+    assert!(e.contains("dataset.split") && e.contains("gtsrb"), "{e}");
+    let s = load("[dataset]\nkind = \"gtsrb\"\npath = \"g\"\n", &[], &[]).unwrap();
+    assert!(s.track_split, "track is the default for gtsrb");
+    assert_eq!(s.image_size, 32);
+}

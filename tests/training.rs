@@ -129,41 +129,42 @@ fn cache_is_reused_across_runs_and_head_settings() {
     assert_eq!(rows3[2][col(&h, "val_acc")], rows[2][col(&h, "val_acc")]);
 }
 
-#[test]
-fn frozen_weights_stay_bit_identical_and_trainable_ones_move() {
+fn check_boundary(freeze: &str, trainable: &[&str]) {
     use runner::backbone::{Arch, Network};
     use runner::train::{head::Head, Model, Split};
     let dev = Device::Cpu;
     let spec = runner::spec::load_str(
         Path::new("t.toml"),
-        "[backbone]\nweights = \"random\"\nfreeze = \"fc6\"\n[dataset]\nkind = \"synthetic\"\n[train]\nepochs = 2\nbatch_size = 8\n",
+        &format!("[backbone]\nweights = \"random\"\nfreeze = \"{freeze}\"\n[dataset]\nkind = \"synthetic\"\n[train]\nepochs = 2\nbatch_size = 16\n"),
         &[],
         Vec::new(),
     )
     .unwrap();
     let set = runner::weights::random(Arch::AlexNet, 1);
     let mut net = Network::new(Arch::AlexNet, &set, &dev).unwrap();
-    let before: Vec<(String, Vec<f32>)> = ["conv1", "conv5", "fc6", "fc7"]
-        .iter()
-        .map(|l| {
-            (
-                l.to_string(),
+    let layers = ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"];
+    let snapshot = |net: &Network| -> Vec<Vec<f32>> {
+        layers
+            .iter()
+            .map(|l| {
                 net.param(l)
                     .unwrap()
                     .0
                     .flatten_all()
                     .unwrap()
                     .to_vec1()
-                    .unwrap(),
-            )
-        })
+                    .unwrap()
+            })
+            .collect()
+    };
+    let before = snapshot(&net);
+    let (from, until) = (spec.freeze, Arch::AlexNet.feature_end());
+    let vars = net.make_trainable(from, until).unwrap();
+    let names: Vec<String> = trainable
+        .iter()
+        .flat_map(|l| [format!("{l}.weight"), format!("{l}.bias")])
         .collect();
-    // fc6 is the boundary: its output is the input here; fc7 trains
-    let vars = net.make_trainable(9, 10).unwrap();
-    assert_eq!(
-        vars.iter().map(|v| v.0.as_str()).collect::<Vec<_>>(),
-        vec!["fc7.weight", "fc7.bias"]
-    );
+    assert_eq!(vars.iter().map(|v| v.0.clone()).collect::<Vec<_>>(), names);
     let data = runner::data::synthetic::generate(1, 2);
     let x = runner::data::preprocess::to_input(
         &data.images,
@@ -175,8 +176,8 @@ fn frozen_weights_stay_bit_identical_and_trainable_ones_move() {
         &dev,
     )
     .unwrap();
-    let f = net.forward_until(&x, 9).unwrap().detach();
-    let split = Split::new(f.clone(), &data.labels, &dev).unwrap();
+    let f = net.forward_until(&x, from).unwrap().detach();
+    let split = Split::new(f, &data.labels, &dev).unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let head = Head::new(
         4096,
@@ -194,29 +195,24 @@ fn frozen_weights_stay_bit_identical_and_trainable_ones_move() {
         .to_vec1()
         .unwrap();
     let model = Model {
-        tail: Some((net, 9, 10)),
+        tail: Some((net, from, until)),
         tail_vars: vars,
         head,
         backbone_dropout: 0.5,
     };
     let out = runner::train::fit(&spec, &model, &split, &split, &dev, |_, _| Ok(true)).unwrap();
     assert_eq!(out.epochs_run, 2);
-    let net = &model.tail.as_ref().unwrap().0;
-    for (layer, w) in &before {
-        let now: Vec<f32> = net
-            .param(layer)
-            .unwrap()
-            .0
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        if layer == "fc7" {
-            assert_ne!(&now, w, "fc7 is above the boundary and must train");
+    let after = snapshot(&model.tail.as_ref().unwrap().0);
+    for ((layer, b), a) in layers.iter().zip(&before).zip(&after) {
+        if trainable.contains(layer) {
+            assert_ne!(
+                a, b,
+                "{layer} is above the boundary {freeze} and must train"
+            );
         } else {
             assert!(
-                now.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits()),
-                "{layer} changed"
+                a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{layer} is frozen but changed"
             );
         }
     }
@@ -228,6 +224,16 @@ fn frozen_weights_stay_bit_identical_and_trainable_ones_move() {
         .to_vec1()
         .unwrap();
     assert_ne!(head_now, head_before, "the head must train");
+}
+
+#[test]
+fn frozen_weights_stay_bit_identical_and_trainable_ones_move() {
+    check_boundary("fc6", &["fc7"]);
+}
+
+#[test]
+fn fine_tuning_above_pool5_trains_fc6_and_fc7_only() {
+    check_boundary("pool5", &["fc6", "fc7"]);
 }
 
 #[test]

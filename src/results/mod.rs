@@ -88,6 +88,7 @@ pub const EPOCH_COLUMNS: &[&str] = &[
     "cache_hit",
     "device",
     "device_name",
+    "train_top5",
     "run_id",
     "improved",
 ];
@@ -110,6 +111,7 @@ pub struct EpochRow {
     pub cache_hit: bool,
     pub device: String,
     pub device_name: String,
+    pub train_top5: f64,
     pub run_id: String,
     pub improved: bool,
 }

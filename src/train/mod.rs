@@ -191,42 +191,38 @@ pub fn fit(
         let t0 = Instant::now();
         let mut order: Vec<u32> = (0..train.n as u32).collect();
         order.shuffle(&mut shuffle_rng);
-        let mut sums: Option<(Tensor, Tensor)> = None;
+        let mut sums: Option<(Tensor, Tensor, Tensor)> = None;
         for chunk in order.chunks(t.batch_size) {
             let idx = Tensor::from_slice(chunk, chunk.len(), device)?;
             let xb = train.x.index_select(&idx, 0)?;
             let yb = train.y.index_select(&idx, 0)?;
-            let (l, c) = if manual {
+            let (l, c, k) = if manual {
                 let out =
                     step::head_step(&model.head, &xb, &yb, t.label_smoothing, &mut dropout_rng)?;
                 opt.step_with(&out.grads, lr)?;
-                (out.loss_sum, out.correct)
+                (out.loss_sum, out.correct, out.top5)
             } else {
                 let logits = model.forward(&xb, Some(&mut dropout_rng))?;
                 let loss = metrics::cross_entropy(&logits, &yb, t.label_smoothing)?;
                 let grads = loss.backward()?;
                 opt.step(&grads, lr)?;
                 let l = (loss.detach() * chunk.len() as f64)?;
-                let c = logits
-                    .detach()
-                    .argmax(1)?
-                    .eq(&yb)?
-                    .to_dtype(DType::F32)?
-                    .sum_all()?;
-                (l, c)
+                let (_, c, k) = metrics::batch_sums(&logits.detach(), &yb)?;
+                (l, c, k)
             };
             // running sums stay on the device: no sync per step
             sums = Some(match sums {
-                None => (l, c),
-                Some((a, b)) => ((a + l)?, (b + c)?),
+                None => (l, c, k),
+                Some((a, b, d)) => ((a + l)?, (b + c)?, (d + k)?),
             });
         }
+        let scalar = |t: Tensor| -> Result<f64> { Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?) };
         let train_sums = match sums {
-            Some((l, c)) => Sums {
+            Some((l, c, k)) => Sums {
                 n: train.n,
-                loss: l.to_dtype(DType::F64)?.to_scalar::<f64>()?,
-                correct: c.to_dtype(DType::F64)?.to_scalar::<f64>()?,
-                top5: f64::NAN,
+                loss: scalar(l)?,
+                correct: scalar(c)?,
+                top5: scalar(k)?,
             },
             None => Sums::default(),
         };

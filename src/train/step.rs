@@ -22,9 +22,10 @@ pub fn supported(head: &Head) -> bool {
     head.activation != Activation::Gelu
 }
 
-/// Softmax cross-entropy over logits (B, K) with u32 labels (B,): returns a (B, K + 2) tensor:
+/// Softmax cross-entropy over logits (B, K) with u32 labels (B,): returns a (B, K + 3) tensor:
 /// columns 0..K hold dLoss/dlogits for the mean loss, column K the per-sample loss (smoothed),
-/// column K+1 whether the argmax is the label.
+/// column K+1 whether the label is the top class, column K+2 whether it is among the top 5
+/// (fewer than 5 classes score strictly higher).
 struct SoftmaxXent {
     eps: f32,
 }
@@ -53,22 +54,17 @@ impl candle_core::CustomOp2 for SoftmaxXent {
         if y.len() != b {
             candle_core::bail!("softmax-xent-grad: {} labels for {b} rows", y.len())
         }
-        let mut out = vec![0f32; b * (k + 2)];
+        let w = k + 3;
+        let mut out = vec![0f32; b * w];
         let (eps, inv_b) = (self.eps, 1.0 / b as f32);
         for r in 0..b {
             let zr = &z[r * k..(r + 1) * k];
-            let o = &mut out[r * (k + 2)..(r + 1) * (k + 2)];
+            let o = &mut out[r * w..(r + 1) * w];
             let label = y[r] as usize;
             if label >= k {
                 candle_core::bail!("softmax-xent-grad: label {label} >= {k} classes")
             }
-            let (mut max, mut arg) = (f32::NEG_INFINITY, 0usize);
-            for (j, &v) in zr.iter().enumerate() {
-                if v > max {
-                    max = v;
-                    arg = j;
-                }
-            }
+            let max = zr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let mut sum = 0f32;
             for j in 0..k {
                 let e = (zr[j] - max).exp();
@@ -85,16 +81,18 @@ impl candle_core::CustomOp2 for SoftmaxXent {
                 let q = eps / k as f32 + if j == label { 1.0 - eps } else { 0.0 };
                 *oj = (*oj / sum - q) * inv_b;
             }
+            let above = zr.iter().filter(|&&v| v > zr[label]).count();
             o[k] = loss;
-            o[k + 1] = if arg == label { 1.0 } else { 0.0 };
+            o[k + 1] = if above == 0 { 1.0 } else { 0.0 };
+            o[k + 2] = if above < 5 { 1.0 } else { 0.0 };
         }
-        Ok((CpuStorage::F32(out), Shape::from((b, k + 2))))
+        Ok((CpuStorage::F32(out), Shape::from((b, w))))
     }
 }
 
-/// (dZ, per-sample loss, correct) of the mean smoothed cross-entropy; fused on CPU, tensor ops
-/// elsewhere.
-fn xent_grad(z: &Tensor, y: &Tensor, eps: f64) -> Result<(Tensor, Tensor, Tensor)> {
+/// (dZ, per-sample loss, top-1, top-5) of the mean smoothed cross-entropy; fused on CPU,
+/// tensor ops elsewhere.
+fn xent_grad(z: &Tensor, y: &Tensor, eps: f64) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
     let (b, k) = z.dims2()?;
     if z.device().is_cpu() {
         let o = z
@@ -104,6 +102,7 @@ fn xent_grad(z: &Tensor, y: &Tensor, eps: f64) -> Result<(Tensor, Tensor, Tensor
             o.narrow(1, 0, k)?.contiguous()?,
             o.narrow(1, k, 1)?,
             o.narrow(1, k + 1, 1)?,
+            o.narrow(1, k + 2, 1)?,
         ));
     }
     let logp = candle_nn::ops::log_softmax(z, D::Minus1)?;
@@ -111,11 +110,14 @@ fn xent_grad(z: &Tensor, y: &Tensor, eps: f64) -> Result<(Tensor, Tensor, Tensor
     let q = ((onehot * (1.0 - eps))? + eps / k as f64)?;
     let dz = ((logp.exp()? - &q)? / b as f64)?;
     let loss = (q * &logp)?.sum_keepdim(1)?.neg()?;
-    let correct = z
-        .argmax_keepdim(1)?
-        .eq(&y.unsqueeze(1)?)?
-        .to_dtype(DType::F32)?;
-    Ok((dz, loss, correct))
+    let true_logit = z.gather(&y.unsqueeze(1)?, 1)?;
+    let above = z
+        .broadcast_gt(&true_logit)?
+        .to_dtype(DType::F32)?
+        .sum_keepdim(1)?;
+    let top1 = above.eq(0f64)?.to_dtype(DType::F32)?;
+    let top5 = above.lt(5f64)?.to_dtype(DType::F32)?;
+    Ok((dz, loss, top1, top5))
 }
 
 /// Derivative of the activation, from its input `z` and output `a`.
@@ -156,6 +158,7 @@ pub struct StepOut {
     pub grads: Vec<Tensor>,
     pub loss_sum: Tensor,
     pub correct: Tensor,
+    pub top5: Tensor,
 }
 
 pub fn head_step(
@@ -194,7 +197,7 @@ pub fn head_step(
             a = z;
         }
     }
-    let (mut dz, loss, correct) = xent_grad(&a, y, eps)?;
+    let (mut dz, loss, correct, top5) = xent_grad(&a, y, eps)?;
     let mut grads = vec![None; 2 * head.layers.len()];
     for k in (0..=last).rev() {
         let (w, _) = &head.layers[k];
@@ -215,6 +218,7 @@ pub fn head_step(
             .collect::<Result<_>>()?,
         loss_sum: loss.sum_all()?,
         correct: correct.sum_all()?,
+        top5: top5.sum_all()?,
     })
 }
 
