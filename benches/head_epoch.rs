@@ -23,6 +23,7 @@ fn main() {
         .and_then(|a| a.parse().ok())
         .map(|h| vec![h])
         .unwrap_or_default();
+    // as `runner` does on the CPU: training runs on a worker of a pool that flushes denormals
     let (n, d, k, bs) = (34_799usize, 4096usize, 43usize, 128usize);
     let dev = Device::Cpu;
     let mut rng = ChaCha8Rng::seed_from_u64(1);
@@ -51,16 +52,18 @@ fn main() {
         backbone_dropout: 0.0,
     };
     let mut last = Instant::now();
-    train::fit(&spec, &model, &split, &val, &dev, |s, _| {
-        println!(
+    runner::device::in_worker_pool(|| {
+        train::fit(&spec, &model, &split, &val, &dev, |s, _| {
+            println!(
             "runner head epoch {}: train {:.4} s (total {:.4} s incl. eval of 1024), loss {:.4}",
             s.epoch,
             s.train_seconds,
             last.elapsed().as_secs_f64(),
             s.train.loss()
         );
-        last = Instant::now();
-        Ok(true)
+            last = Instant::now();
+            Ok(true)
+        })
     })
     .unwrap();
 }

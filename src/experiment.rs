@@ -235,8 +235,12 @@ fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }
 
-/// Run one experiment.
+/// Run one experiment (on a worker of a rayon pool: see `device::in_worker_pool`).
 pub fn run(spec: &Spec, mode: Mode) -> Result<Outcome> {
+    crate::device::in_worker_pool(|| run_here(spec, mode))
+}
+
+fn run_here(spec: &Spec, mode: Mode) -> Result<Outcome> {
     let started = Instant::now();
     let started_at = now_rfc3339();
     let device = crate::device::select(spec.device)?;

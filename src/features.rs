@@ -115,6 +115,10 @@ pub struct ExtractReport {
 /// `runner extract`: every sample, in file order, through the backbone up to `backbone.freeze`,
 /// streamed into an `.npz` (memory stays at one batch whatever N is), written atomically.
 pub fn extract_to_npz(spec: &Spec, out: &Path) -> Result<ExtractReport> {
+    crate::device::in_worker_pool(|| extract_here(spec, out))
+}
+
+fn extract_here(spec: &Spec, out: &Path) -> Result<ExtractReport> {
     let device = crate::device::select(spec.device)?;
     let data = load_dataset(spec)?;
     let net = load_network(spec, &device)?;
