@@ -98,6 +98,24 @@ impl FeatureCache {
         }
     }
 
+    /// Hold an exclusive lock on an entry while computing it, so concurrent runs (a sweep's
+    /// workers, Slurm array tasks on a shared folder) compute it once: the others wait, then
+    /// find it. The lock is the kernel's (`flock`), released when the holder exits, crashed or not.
+    pub fn lock(&self, digest: &str) -> Result<std::fs::File> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+        let p = self
+            .dir
+            .join(format!("{}.lock", &digest[..32.min(digest.len())]));
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .map_err(|e| Error::io(&p, e))?;
+        f.lock().map_err(|e| Error::io(&p, e))?;
+        Ok(f)
+    }
+
     pub fn path_for(&self, digest: &str) -> PathBuf {
         self.dir
             .join(format!("{}.safetensors", &digest[..32.min(digest.len())]))

@@ -21,10 +21,33 @@ use crate::spec::{Spec, WeightsSource};
 use crate::train::{self, head::Head, metrics::Sums, Model, Split};
 
 /// A stable id for a fully resolved spec: the same config gets the same id on any machine.
+/// For a sweep point, a readable label of its overrides follows the hash.
+/// The `[run]` section (device, batch for extraction, where files go) is left out: it changes
+/// neither what is computed nor, up to rounding, the numbers, and a sweep's workers each set
+/// their own device.
 pub fn run_id(spec: &Spec) -> String {
-    let text = toml::to_string(&spec.raw).unwrap_or_default();
-    let h = Sha256::digest(text.as_bytes());
-    format!("{:x}", h)[..10].to_string()
+    let mut raw = spec.raw.clone();
+    raw.run = crate::spec::RunSection::default();
+    let text = toml::to_string(&raw).unwrap_or_default();
+    let h = format!("{:x}", Sha256::digest(text.as_bytes()));
+    if spec.point_label.is_empty() {
+        h[..10].to_string()
+    } else {
+        format!("{}-{}", &h[..10], spec.point_label)
+    }
+}
+
+/// The folder a spec's run writes to.
+pub fn run_dir(spec: &Spec) -> PathBuf {
+    spec.results_dir.join(&spec.name).join(run_id(spec))
+}
+
+/// Whether a spec's run folder holds a finished run.
+pub fn is_finished(spec: &Spec) -> bool {
+    std::fs::read_to_string(run_dir(spec).join("summary.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .is_some_and(|v| v["status"] == "finished")
 }
 
 /// What a finished run reports.
@@ -106,19 +129,26 @@ impl FeatureSource<'_> {
             Some(_) => Some((self.key(data)?, self.key(data)?.digest())),
             None => None,
         };
+        let mut _lock = None;
         if let (Some(c), Some((_, d))) = (&self.cache, &digest) {
-            match c.get(d) {
-                Ok(f) => {
-                    tracing::info!("{what}: feature cache hit {}", c.path_for(d).display());
-                    return Ok(Extracted {
-                        features: f,
-                        hit: true,
-                        seconds: 0.0,
-                    });
+            for attempt in 0..2 {
+                match c.get(d) {
+                    Ok(f) => {
+                        tracing::info!("{what}: feature cache hit {}", c.path_for(d).display());
+                        return Ok(Extracted {
+                            features: f,
+                            hit: true,
+                            seconds: 0.0,
+                        });
+                    }
+                    Err(Miss::Absent) => tracing::info!("{what}: feature cache miss"),
+                    Err(Miss::Corrupt(m)) => {
+                        tracing::warn!("{what}: ignoring a damaged cache file ({m}); recomputing")
+                    }
                 }
-                Err(Miss::Absent) => tracing::info!("{what}: feature cache miss"),
-                Err(Miss::Corrupt(m)) => {
-                    tracing::warn!("{what}: ignoring a damaged cache file ({m}); recomputing")
+                if attempt == 0 {
+                    // another process may be computing this entry: wait for it, then look again
+                    _lock = Some(c.lock(d)?);
                 }
             }
         }

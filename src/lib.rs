@@ -12,6 +12,7 @@ pub mod features;
 pub mod progress;
 pub mod results;
 pub mod spec;
+pub mod sweep;
 pub mod train;
 pub mod weights;
 

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use runner::sweep::Selection;
 use runner::{features, spec, weights, Error};
 
 #[derive(Parser)]
@@ -38,6 +39,49 @@ enum Cmd {
     Run {
         #[arg(required = true)]
         specs: Vec<PathBuf>,
+    },
+    /// Run the points of a sweep (finished points are skipped unless --force)
+    Sweep {
+        spec: PathBuf,
+        /// Run only point I
+        #[arg(long, conflicts_with = "shard")]
+        index: Option<usize>,
+        /// Run every point whose index % N == I, e.g. --shard 0/4
+        #[arg(long)]
+        shard: Option<String>,
+        /// Points run at once, each in its own process with cores/N threads
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+        /// Devices for the workers, e.g. cuda:0,cuda:1 (worker k uses device k mod count)
+        #[arg(long, value_delimiter = ',')]
+        devices: Vec<String>,
+        /// Rerun finished points
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the points of a sweep (index, run id, overrides) without running
+    Plan { spec: PathBuf },
+    /// Report which points are done, started or missing
+    Status { spec: PathBuf },
+    /// Submit a sweep to Slurm as a job array (one task per point)
+    Slurm {
+        spec: PathBuf,
+        #[arg(long)]
+        partition: Option<String>,
+        #[arg(long)]
+        gpus_per_task: Option<usize>,
+        /// Wall-clock limit per task, e.g. 01:00:00
+        #[arg(long)]
+        time: Option<String>,
+        /// At most K tasks at once (--array=...%K)
+        #[arg(long)]
+        max_parallel: Option<usize>,
+        /// Extra #SBATCH lines, e.g. --sbatch-arg=--mem=8G (repeatable)
+        #[arg(long = "sbatch-arg", allow_hyphen_values = true)]
+        sbatch_args: Vec<String>,
+        /// Write the script without submitting it
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Validate experiment files without running them
     Check { specs: Vec<PathBuf> },
@@ -120,34 +164,75 @@ fn init_logging(verbose: u8, quiet: bool) {
 
 fn run_specs(specs: &[PathBuf], sets: &[String], quiet: bool) -> Result<(), Error> {
     let mode = runner::progress::Mode::detect(quiet);
-    // validate every file before running any
+    // validate every file (and every sweep point) before running any
     let loaded = specs
         .iter()
-        .map(|p| spec::load(p, sets))
+        .map(|p| spec::sweep::expand(p, sets).map(|points| (p, points)))
         .collect::<Result<Vec<_>, _>>()?;
-    for s in &loaded {
+    for (path, points) in &loaded {
+        if points.len() > 1 || !points[0].overrides.is_empty() {
+            let o = sweep_options(Selection::All, false, 1, vec![], sets, quiet);
+            report(runner::sweep::run(path, &o)?)?;
+            continue;
+        }
+        let s = &points[0].spec;
         let o = runner::experiment::run(s, mode)?;
         if !quiet {
             let test = o
                 .test
                 .map(|t| format!(", test acc {:.4}", t.acc()))
                 .unwrap_or_default();
+            let cached = if o.cache_hit {
+                " (features from cache)"
+            } else {
+                ""
+            };
             eprintln!(
-                "{}: best val acc {:.4} at epoch {}{test}; {:.1} s{}; results in {}",
+                "{}: best val acc {:.4} at epoch {}{test}; {:.1} s{cached}; results in {}",
                 s.name,
                 o.best_val_acc,
                 o.best_epoch,
                 o.total_seconds,
-                if o.cache_hit {
-                    " (features from cache)"
-                } else {
-                    ""
-                },
                 o.dir.display()
             );
         }
     }
     Ok(())
+}
+
+fn sweep_options(
+    selection: Selection,
+    force: bool,
+    jobs: usize,
+    devices: Vec<String>,
+    sets: &[String],
+    quiet: bool,
+) -> runner::sweep::Options {
+    runner::sweep::Options {
+        selection,
+        force,
+        jobs,
+        devices,
+        sets: sets.to_vec(),
+        mode: runner::progress::Mode::detect(quiet),
+    }
+}
+
+fn report(r: runner::sweep::Report) -> Result<(), Error> {
+    if r.failed.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = r
+        .failed
+        .iter()
+        .map(|(i, m)| format!("point {i}: {m}"))
+        .collect();
+    Err(Error::Other(format!(
+        "{} of {} points failed ({}); rerun to retry them, finished points are kept",
+        r.failed.len(),
+        r.failed.len() + r.ran.len(),
+        list.join("; ")
+    )))
 }
 
 fn run(cli: Cli) -> Result<(), Error> {
@@ -156,6 +241,61 @@ fn run(cli: Cli) -> Result<(), Error> {
     };
     match cmd {
         Cmd::Run { specs } => run_specs(&specs, &cli.sets, cli.quiet),
+        Cmd::Sweep {
+            spec,
+            index,
+            shard,
+            jobs,
+            devices,
+            force,
+        } => {
+            let selection = match (index, shard) {
+                (Some(i), _) => Selection::Index(i),
+                (None, Some(s)) => {
+                    Selection::parse_shard(&s).map_err(|m| Error::Spec(format!("--shard: {m}")))?
+                }
+                (None, None) => Selection::All,
+            };
+            let o = sweep_options(selection, force, jobs.max(1), devices, &cli.sets, cli.quiet);
+            report(runner::sweep::run(&spec, &o)?)
+        }
+        Cmd::Plan { spec } => {
+            for (i, id, desc) in runner::sweep::plan(&spec, &cli.sets)? {
+                println!("{i:>4}  {id:<40}  {desc}");
+            }
+            Ok(())
+        }
+        Cmd::Status { spec } => {
+            for (i, id, state) in runner::sweep::status(&spec, &cli.sets)? {
+                println!("{i:>4}  {id:<40}  {state}");
+            }
+            Ok(())
+        }
+        Cmd::Slurm {
+            spec,
+            partition,
+            gpus_per_task,
+            time,
+            max_parallel,
+            sbatch_args,
+            dry_run,
+        } => {
+            let o = runner::sweep::SlurmOptions {
+                partition,
+                gpus_per_task,
+                time,
+                max_parallel,
+                sbatch_args,
+                sets: cli.sets.clone(),
+                dry_run,
+            };
+            let (script, id) = runner::sweep::slurm(&spec, &o)?;
+            match id {
+                Some(id) => println!("{id}"),
+                None => println!("wrote {} (not submitted)", script.display()),
+            }
+            Ok(())
+        }
         Cmd::Data(DataCmd::Synth {
             out,
             per_class,

@@ -182,18 +182,9 @@ pub struct SummaryRow {
     pub device_name: String,
 }
 
-/// Append a row to `summary.csv` (header written when the file is new). The row is formatted in
-/// memory and written with one `write` on an append-mode file.
+/// Append a row to `summary.csv`, with the header when the file is new. Concurrent runs (sweep
+/// workers, Slurm tasks) append whole rows one writer at a time, under an exclusive lock.
 pub fn append_summary(path: &Path, row: &SummaryRow) -> Result<()> {
-    let new = !path.exists();
-    let mut w = csv::WriterBuilder::new()
-        .has_headers(new)
-        .from_writer(Vec::new());
-    w.serialize(row)
-        .map_err(|e| Error::Other(format!("summary.csv: {e}")))?;
-    let bytes = w
-        .into_inner()
-        .map_err(|e| Error::Other(format!("summary.csv: {e}")))?;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
@@ -202,6 +193,16 @@ pub fn append_summary(path: &Path, row: &SummaryRow) -> Result<()> {
         .append(true)
         .open(path)
         .map_err(|e| Error::io(path, e))?;
+    f.lock().map_err(|e| Error::io(path, e))?;
+    let header = f.metadata().map_err(|e| Error::io(path, e))?.len() == 0;
+    let mut w = csv::WriterBuilder::new()
+        .has_headers(header)
+        .from_writer(Vec::new());
+    w.serialize(row)
+        .map_err(|e| Error::Other(format!("summary.csv: {e}")))?;
+    let bytes = w
+        .into_inner()
+        .map_err(|e| Error::Other(format!("summary.csv: {e}")))?;
     f.write_all(&bytes).map_err(|e| Error::io(path, e))?;
     f.sync_data().map_err(|e| Error::io(path, e))
 }

@@ -6,6 +6,7 @@
 
 mod diagnose;
 mod raw;
+pub mod sweep;
 
 use std::path::{Path, PathBuf};
 
@@ -86,6 +87,8 @@ pub struct Spec {
     pub results_dir: PathBuf,
     /// The fully resolved file, every default written out.
     pub raw: RawSpec,
+    /// For a sweep point: a readable summary of its overrides (part of its run id).
+    pub point_label: String,
 }
 
 impl Spec {
@@ -106,6 +109,17 @@ pub fn load_str(
     text: &str,
     sets: &[String],
     env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Spec> {
+    load_point(path, text, sets, env, None)
+}
+
+/// As `load_str`, with a sweep point's overrides applied last; the point's spec has no sweep.
+pub fn load_point(
+    path: &Path,
+    text: &str,
+    sets: &[String],
+    env: impl IntoIterator<Item = (String, String)>,
+    point: Option<&[(String, toml::Value)]>,
 ) -> Result<Spec> {
     // The file alone first: toml's errors carry spans, so they can name line and column.
     if let Err(e) = toml::from_str::<RawSpec>(text) {
@@ -130,6 +144,9 @@ pub fn load_str(
         let key = key.trim();
         fig = fig.merge(Serialized::default(key, parse_value(value.trim())).key(key));
     }
+    for (key, value) in point.unwrap_or(&[]) {
+        fig = fig.merge(Serialized::default(key, value.clone()).key(key));
+    }
     let mut raw: RawSpec = fig.extract().map_err(|e| {
         Error::Spec(diagnose::figment_error(
             path,
@@ -137,6 +154,9 @@ pub fn load_str(
             !env.is_empty() || !sets.is_empty(),
         ))
     })?;
+    if point.is_some() {
+        raw.sweep = None;
+    }
     if raw.name.is_empty() {
         raw.name = path
             .file_stem()
@@ -371,6 +391,7 @@ fn validate(path: &Path, text: &str, raw: RawSpec) -> Result<Spec> {
         },
         results_dir: PathBuf::from(&raw.run.results_dir),
         raw,
+        point_label: String::new(),
     })
 }
 

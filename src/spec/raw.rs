@@ -16,6 +16,34 @@ pub struct RawSpec {
     pub head: HeadSection,
     pub train: TrainSection,
     pub run: RunSection,
+    /// Hyperparameter sweep: dotted spec keys -> lists (grid) or distributions (random).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sweep: Option<SweepSection>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SweepSection {
+    /// `grid` (cartesian product of the lists) | `random` (`samples` seeded draws)
+    #[serde(default = "default_sweep_mode")]
+    pub mode: SweepMode,
+    /// `random` mode: how many points.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples: Option<usize>,
+    /// `"train.lr" = [1e-2, 1e-3]`, or in random mode `{ log_uniform = [a, b] }`,
+    /// `{ uniform = [a, b] }`, `{ choice = [...] }`.
+    #[serde(flatten)]
+    pub params: toml::Table,
+}
+
+fn default_sweep_mode() -> SweepMode {
+    SweepMode::Grid
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SweepMode {
+    Grid,
+    Random,
 }
 
 impl Default for RawSpec {
@@ -28,6 +56,7 @@ impl Default for RawSpec {
             head: HeadSection::default(),
             train: TrainSection::default(),
             run: RunSection::default(),
+            sweep: None,
         }
     }
 }

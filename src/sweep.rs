@@ -1,0 +1,315 @@
+//! Running the points of a sweep: selection (all, one index, a shard), resume (finished points
+//! are skipped), parallel workers on one machine (child processes, each with its share of the
+//! cores and its own device), and Slurm job arrays.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+
+use crate::error::{Error, Result};
+use crate::experiment;
+use crate::progress::Mode;
+use crate::spec::sweep::{expand, Point};
+
+/// Which points to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Selection {
+    All,
+    Index(usize),
+    /// every point whose index % n == i
+    Shard(usize, usize),
+}
+
+impl Selection {
+    pub fn parse_shard(s: &str) -> std::result::Result<Selection, String> {
+        let (i, n) = s.split_once('/').ok_or("expected I/N, e.g. --shard 0/4")?;
+        let (i, n): (usize, usize) = (
+            i.parse().map_err(|_| "bad shard index")?,
+            n.parse().map_err(|_| "bad shard count")?,
+        );
+        if n == 0 || i >= n {
+            return Err(format!("shard {i}/{n}: need 0 <= I < N"));
+        }
+        Ok(Selection::Shard(i, n))
+    }
+
+    fn keeps(&self, index: usize) -> bool {
+        match *self {
+            Selection::All => true,
+            Selection::Index(i) => index == i,
+            Selection::Shard(i, n) => index % n == i,
+        }
+    }
+}
+
+pub struct Options {
+    pub selection: Selection,
+    pub force: bool,
+    pub jobs: usize,
+    /// One device per worker, cycled (`run.device` of each point run by that worker).
+    pub devices: Vec<String>,
+    /// `--set` overrides, passed on to workers.
+    pub sets: Vec<String>,
+    pub mode: Mode,
+}
+
+/// What happened to each point.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub ran: Vec<usize>,
+    pub skipped: Vec<usize>,
+    pub failed: Vec<(usize, String)>,
+}
+
+/// Run the selected points of a spec (a spec without `[sweep]` is one point).
+pub fn run(path: &Path, o: &Options) -> Result<Report> {
+    let points = expand(path, &o.sets)?;
+    if let Selection::Index(i) = o.selection {
+        if i >= points.len() {
+            return Err(Error::Spec(format!(
+                "{}: there is no point {i} (the sweep has {})",
+                path.display(),
+                points.len()
+            )));
+        }
+    }
+    let mut report = Report::default();
+    let mut todo: Vec<&Point> = Vec::new();
+    for p in points.iter().filter(|p| o.selection.keeps(p.index)) {
+        if !o.force && experiment::is_finished(&p.spec) {
+            tracing::info!("point {} ({}) is finished; skipping", p.index, p.describe());
+            if o.mode != Mode::Quiet {
+                eprintln!(
+                    "point {}: finished earlier, skipped ({})",
+                    p.index,
+                    experiment::run_id(&p.spec)
+                );
+            }
+            report.skipped.push(p.index);
+        } else {
+            todo.push(p);
+        }
+    }
+    if o.jobs <= 1 || todo.len() <= 1 {
+        for p in todo {
+            let mut spec = p.spec.clone();
+            if let Some(d) = o.devices.first() {
+                spec.device = crate::spec::parse_device(d).map_err(Error::Device)?;
+            }
+            let out = experiment::run(&spec, o.mode)?;
+            if o.mode != Mode::Quiet {
+                eprintln!(
+                    "point {} ({}): best val acc {:.4}; {}",
+                    p.index,
+                    p.describe(),
+                    out.best_val_acc,
+                    out.dir.display()
+                );
+            }
+            report.ran.push(p.index);
+        }
+        return Ok(report);
+    }
+    run_parallel(path, o, &todo, &mut report)?;
+    Ok(report)
+}
+
+/// `jobs` worker processes (`runner sweep SPEC --index I`), each with cores/jobs threads.
+fn run_parallel(path: &Path, o: &Options, todo: &[&Point], report: &mut Report) -> Result<()> {
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::Other(format!("cannot find the runner executable: {e}")))?;
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let threads = (cores / o.jobs).max(1);
+    let mut queue: std::collections::VecDeque<&Point> = todo.iter().copied().collect();
+    let mut running: Vec<(usize, usize, Child)> = Vec::new(); // (slot, point, child)
+    let mut free: Vec<usize> = (0..o.jobs).rev().collect();
+    while !queue.is_empty() || !running.is_empty() {
+        while let (Some(slot), Some(p)) = (free.last().copied(), queue.front().copied()) {
+            free.pop();
+            queue.pop_front();
+            let mut cmd = Command::new(&exe);
+            cmd.arg("sweep")
+                .arg(path)
+                .arg("--index")
+                .arg(p.index.to_string())
+                .arg("--force")
+                .arg("-q");
+            for s in &o.sets {
+                cmd.arg("--set").arg(s);
+            }
+            if !o.devices.is_empty() {
+                cmd.arg("--set")
+                    .arg(format!("run.device={}", o.devices[slot % o.devices.len()]));
+            }
+            cmd.env("RAYON_NUM_THREADS", threads.to_string())
+                .env("CANDLE_NUM_THREADS", threads.to_string());
+            let child = cmd
+                .spawn()
+                .map_err(|e| Error::Other(format!("cannot start a worker: {e}")))?;
+            if o.mode != Mode::Quiet {
+                eprintln!(
+                    "point {} ({}): started on worker {slot}",
+                    p.index,
+                    p.describe()
+                );
+            }
+            running.push((slot, p.index, child));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let mut k = 0;
+        while k < running.len() {
+            match running[k].2.try_wait() {
+                Ok(Some(status)) => {
+                    let (slot, index, _) = running.remove(k);
+                    free.push(slot);
+                    if status.success() {
+                        report.ran.push(index);
+                        if o.mode != Mode::Quiet {
+                            eprintln!("point {index}: done");
+                        }
+                    } else {
+                        report
+                            .failed
+                            .push((index, format!("worker exited with {status}")));
+                    }
+                }
+                Ok(None) => k += 1,
+                Err(e) => return Err(Error::Other(format!("waiting for a worker: {e}"))),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Print the points of a spec: index, run id, overrides.
+pub fn plan(path: &Path, sets: &[String]) -> Result<Vec<(usize, String, String)>> {
+    Ok(expand(path, sets)?
+        .iter()
+        .map(|p| (p.index, experiment::run_id(&p.spec), p.describe()))
+        .collect())
+}
+
+/// State of each point from its run folder: done (with best val acc), started, or missing.
+pub fn status(path: &Path, sets: &[String]) -> Result<Vec<(usize, String, String)>> {
+    let points = expand(path, sets)?;
+    let queued = squeue_names();
+    Ok(points
+        .iter()
+        .map(|p| {
+            let dir = experiment::run_dir(&p.spec);
+            let id = experiment::run_id(&p.spec);
+            let state = if experiment::is_finished(&p.spec) {
+                let acc = std::fs::read_to_string(dir.join("summary.json"))
+                    .ok()
+                    .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                    .and_then(|v| v["best_val_acc"].as_f64());
+                format!("done (best val acc {:.4})", acc.unwrap_or(f64::NAN))
+            } else if dir.join("epochs.csv").exists() || dir.join("config.toml").exists() {
+                "running or interrupted".to_string()
+            } else if queued.iter().any(|n| n.contains(&p.spec.name)) {
+                "queued (squeue)".to_string()
+            } else {
+                "missing".to_string()
+            };
+            (p.index, id, state)
+        })
+        .collect())
+}
+
+fn squeue_names() -> Vec<String> {
+    Command::new("squeue")
+        .args(["-h", "-o", "%j"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub struct SlurmOptions {
+    pub partition: Option<String>,
+    pub gpus_per_task: Option<usize>,
+    pub time: Option<String>,
+    pub max_parallel: Option<usize>,
+    pub sbatch_args: Vec<String>,
+    pub sets: Vec<String>,
+    pub dry_run: bool,
+}
+
+/// Write the sbatch job-array script for a sweep (one task per point); submit it unless
+/// `dry_run`. Returns the script's path and the job id.
+pub fn slurm(path: &Path, o: &SlurmOptions) -> Result<(PathBuf, Option<String>)> {
+    let points = expand(path, &o.sets)?;
+    let base = &points[0].spec;
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::Other(format!("cannot find the runner executable: {e}")))?;
+    let cwd =
+        std::env::current_dir().map_err(|e| Error::Other(format!("no current directory: {e}")))?;
+    let spec_abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        cwd.join(path)
+    };
+    let dir = cwd.join(&base.results_dir).join(&base.name).join("slurm");
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let q = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+    let mut lines = vec![
+        "#!/bin/bash".to_string(),
+        format!("#SBATCH --job-name={}", base.name),
+    ];
+    let array = match o.max_parallel {
+        Some(k) => format!("0-{}%{k}", points.len() - 1),
+        None => format!("0-{}", points.len() - 1),
+    };
+    lines.push(format!("#SBATCH --array={array}"));
+    lines.push(format!("#SBATCH --output={}/%A_%a.out", dir.display()));
+    lines.push(format!("#SBATCH --chdir={}", cwd.display()));
+    if let Some(p) = &o.partition {
+        lines.push(format!("#SBATCH --partition={p}"));
+    }
+    if let Some(g) = o.gpus_per_task {
+        lines.push(format!("#SBATCH --gpus-per-task={g}"));
+    }
+    if let Some(t) = &o.time {
+        lines.push(format!("#SBATCH --time={t}"));
+    }
+    for a in &o.sbatch_args {
+        lines.push(format!("#SBATCH {a}"));
+    }
+    let sets: String = o.sets.iter().map(|s| format!(" --set {}", q(s))).collect();
+    lines.push(String::new());
+    lines.push(format!(
+        "exec {} sweep {} --index \"$SLURM_ARRAY_TASK_ID\" -q{sets}",
+        q(&exe.to_string_lossy()),
+        q(&spec_abs.to_string_lossy())
+    ));
+    let script = dir.join("sweep.sbatch");
+    crate::results::write_atomic(&script, (lines.join("\n") + "\n").as_bytes())?;
+    if o.dry_run {
+        return Ok((script, None));
+    }
+    let out = Command::new("sbatch")
+        .arg("--parsable")
+        .arg(&script)
+        .output()
+        .map_err(|e| Error::Other(format!("cannot run sbatch ({e}); is Slurm installed here? --dry-run writes the script only")))?;
+    if !out.status.success() {
+        return Err(Error::Other(format!(
+            "sbatch failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let id = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .to_string();
+    Ok((script, Some(id)))
+}
