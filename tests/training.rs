@@ -82,7 +82,18 @@ fn cache_is_reused_across_runs_and_head_settings() {
         "extraction is counted in epoch 1 only"
     );
     assert!(rows[0][col(&h, "device_name")].starts_with("cpu ("));
-    let cache_files = || std::fs::read_dir(d.path().join("cache")).unwrap().count();
+    let cache_files = || {
+        std::fs::read_dir(d.path().join("cache"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "safetensors")
+            })
+            .count()
+    };
     assert_eq!(cache_files(), 1);
 
     // the same spec again: a cache hit
@@ -110,10 +121,9 @@ fn cache_is_reused_across_runs_and_head_settings() {
     // a damaged cache file is detected and rebuilt
     let cf = std::fs::read_dir(d.path().join("cache"))
         .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .unwrap();
     let mut b = std::fs::read(&cf).unwrap();
     let n = b.len();
     b[n - 7] ^= 0xff;
