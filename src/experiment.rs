@@ -261,6 +261,29 @@ fn save_vars(
     results::write_atomic(path, &bytes)
 }
 
+/// The candle release runner is built against (kept in step with Cargo.toml).
+pub const CANDLE_VERSION: &str = "0.11.1";
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Peak resident memory of this process (Linux's VmHWM), if known.
+fn peak_rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: u64 = s
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
 fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }
@@ -513,7 +536,13 @@ fn run_here(spec: &Spec, mode: Mode) -> Result<Outcome> {
         "device": kind,
         "device_name": device_name,
         "runner_version": env!("CARGO_PKG_VERSION"),
-        "candle_version": "0.11.1",
+        "git_commit": env!("RUNNER_GIT_COMMIT"),
+        "candle_version": CANDLE_VERSION,
+        "dtype": "f32",
+        "cudnn": cfg!(feature = "cudnn"),
+        "threads": candle_core::utils::get_num_threads(),
+        "hostname": hostname(),
+        "peak_rss_bytes": peak_rss_bytes(),
     });
     rd.write_file(
         "summary.json",

@@ -4,6 +4,7 @@
 
 pub mod backbone;
 pub mod cache;
+pub mod compare;
 pub mod data;
 pub mod device;
 pub mod error;

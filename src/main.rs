@@ -83,6 +83,20 @@ enum Cmd {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Compare runs and epoch timings across devices and machines (folders, epochs.csv, summary.csv)
+    Compare {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Grouping keys (device_name, experiment, backbone, freeze, batch_size, dtype, lr, hidden, optimizer)
+        #[arg(long, value_delimiter = ',')]
+        by: Vec<String>,
+        /// table | csv | markdown | json
+        #[arg(long, default_value = "table")]
+        format: String,
+        /// Add a speed-up column relative to the first row whose keys contain this text
+        #[arg(long)]
+        baseline: Option<String>,
+    },
     /// Validate experiment files without running them
     Check { specs: Vec<PathBuf> },
     /// Write the frozen backbone's features of every sample to an .npz (features, labels)
@@ -258,6 +272,34 @@ fn run(cli: Cli) -> Result<(), Error> {
             };
             let o = sweep_options(selection, force, jobs.max(1), devices, &cli.sets, cli.quiet);
             report(runner::sweep::run(&spec, &o)?)
+        }
+        Cmd::Compare {
+            paths,
+            by,
+            format,
+            baseline,
+        } => {
+            let (runs, warnings) = runner::compare::collect(&paths);
+            if runs.is_empty() {
+                return Err(Error::Other(format!(
+                    "compare: no runs could be read: {}",
+                    warnings.join("; ")
+                )));
+            }
+            for w in &warnings {
+                eprintln!("warning: {w}");
+            }
+            let by: Vec<String> = if by.is_empty() {
+                runner::compare::DEFAULT_BY
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect()
+            } else {
+                by
+            };
+            let rows = runner::compare::group(&runs, &by, baseline.as_deref())?;
+            print!("{}", runner::compare::render(&rows, &by, &format)?);
+            Ok(())
         }
         Cmd::Plan { spec } => {
             for (i, id, desc) in runner::sweep::plan(&spec, &cli.sets)? {
