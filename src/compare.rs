@@ -108,12 +108,9 @@ fn run_from_epochs(path: &Path) -> std::result::Result<RunRecord, String> {
     if rows.is_empty() {
         return Err("has no epochs".into());
     }
-    let later: Vec<&(f64, Option<f64>, Option<f64>, Option<String>, Option<f64>)> =
-        if rows.len() > 1 {
-            rows.iter().filter(|r| r.0 >= 2.0).collect()
-        } else {
-            rows.iter().collect()
-        };
+    // epochs 2..n (all of them when there is only one)
+    let first_kept = if rows.len() > 1 { 2.0 } else { f64::NEG_INFINITY };
+    let later: Vec<_> = rows.iter().filter(|r| r.0 >= first_kept).collect();
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut rec = RunRecord {
         source: path.to_path_buf(),
