@@ -109,7 +109,11 @@ fn run_from_epochs(path: &Path) -> std::result::Result<RunRecord, String> {
         return Err("has no epochs".into());
     }
     // epochs 2..n (all of them when there is only one)
-    let first_kept = if rows.len() > 1 { 2.0 } else { f64::NEG_INFINITY };
+    let first_kept = if rows.len() > 1 {
+        2.0
+    } else {
+        f64::NEG_INFINITY
+    };
     let later: Vec<_> = rows.iter().filter(|r| r.0 >= first_kept).collect();
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut rec = RunRecord {

@@ -10,6 +10,7 @@ pub mod device;
 pub mod error;
 pub mod experiment;
 pub mod features;
+pub mod predict;
 pub mod progress;
 pub mod results;
 pub mod spec;

@@ -97,6 +97,18 @@ enum Cmd {
         #[arg(long)]
         baseline: Option<String>,
     },
+    /// Classify images (files, folders, or train.p-style pickles) with a finished run's head
+    Predict {
+        run_dir: PathBuf,
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// Classes shown per image
+        #[arg(long, default_value_t = 5)]
+        top: usize,
+        /// table | csv | json
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
     /// Validate experiment files without running them
     Check { specs: Vec<PathBuf> },
     /// Write the frozen backbone's features of every sample to an .npz (features, labels)
@@ -299,6 +311,46 @@ fn run(cli: Cli) -> Result<(), Error> {
             };
             let rows = runner::compare::group(&runs, &by, baseline.as_deref())?;
             print!("{}", runner::compare::render(&rows, &by, &format)?);
+            Ok(())
+        }
+        Cmd::Predict {
+            run_dir,
+            inputs,
+            top,
+            format,
+        } => {
+            let preds = runner::predict::predict(&run_dir, &inputs, top)?;
+            match format.as_str() {
+                "json" => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&preds).unwrap_or_default()
+                ),
+                "csv" => {
+                    println!("input,label,rank,class,name,probability");
+                    for p in &preds {
+                        for (r, (c, n, pr)) in p.top.iter().enumerate() {
+                            let label = p.label.map(|l| l.to_string()).unwrap_or_default();
+                            println!("{:?},{label},{},{c},{n:?},{pr:.6}", p.input, r + 1);
+                        }
+                    }
+                }
+                "table" => {
+                    for p in &preds {
+                        let label = p.label.map(|l| format!(" (label {l})")).unwrap_or_default();
+                        let top: Vec<String> = p
+                            .top
+                            .iter()
+                            .map(|(c, n, pr)| format!("{c} {n} {pr:.3}"))
+                            .collect();
+                        println!("{}{label}: {}", p.input, top.join(" | "));
+                    }
+                }
+                other => {
+                    return Err(Error::Other(format!(
+                        "--format {other:?}: expected table, csv or json"
+                    )))
+                }
+            }
             Ok(())
         }
         Cmd::Plan { spec } => {
