@@ -159,11 +159,15 @@ fn load(run_dir: &Path, device: &Device) -> Result<Loaded> {
     })
 }
 
-/// Images (u8, at the stored size) with a display name and an optional label.
-fn gather(
-    inputs: &[PathBuf],
-    spec: &Spec,
-) -> Result<(Vec<u8>, usize, Vec<String>, Vec<Option<i64>>)> {
+/// Images (u8 HWC, `size x size` each), one display name and optional label per image.
+struct Gathered {
+    px: Vec<u8>,
+    size: usize,
+    names: Vec<String>,
+    labels: Vec<Option<i64>>,
+}
+
+fn gather(inputs: &[PathBuf], spec: &Spec) -> Result<Gathered> {
     let size = if matches!(
         spec.dataset_kind,
         DatasetKind::Pickle | DatasetKind::Synthetic
@@ -226,7 +230,12 @@ fn gather(
     if names.is_empty() {
         return Err(Error::Other("predict: no images among the inputs".into()));
     }
-    Ok((px, size, names, labels))
+    Ok(Gathered {
+        px,
+        size,
+        names,
+        labels,
+    })
 }
 
 /// Classify every input; `top` classes per input.
@@ -234,7 +243,12 @@ pub fn predict(run_dir: &Path, inputs: &[PathBuf], top: usize) -> Result<Vec<Pre
     crate::device::in_worker_pool(|| {
         let device = Device::Cpu;
         let m = load(run_dir, &device)?;
-        let (px, size, names, labels) = gather(inputs, &m.spec)?;
+        let Gathered {
+            px,
+            size,
+            names,
+            labels,
+        } = gather(inputs, &m.spec)?;
         let per = size * size * 3;
         let n = names.len();
         let feature_end = m.spec.arch.feature_end().max(m.spec.freeze);
