@@ -3,6 +3,7 @@
 //! Data flows one way: spec -> data -> frozen backbone -> features -> results.
 
 pub mod backbone;
+pub mod bench;
 pub mod cache;
 pub mod compare;
 pub mod data;

@@ -109,6 +109,16 @@ enum Cmd {
         #[arg(long, default_value = "table")]
         format: String,
     },
+    /// Time extraction and head epochs on the spec's device without a full run (rows for compare)
+    Bench {
+        spec: PathBuf,
+        /// Extraction batches timed (the first is warm-up)
+        #[arg(long, default_value_t = 4)]
+        batches: usize,
+        /// Head epochs timed on the extracted features
+        #[arg(long, default_value_t = 3)]
+        epochs: usize,
+    },
     /// Validate experiment files without running them
     Check { specs: Vec<PathBuf> },
     /// Write the frozen backbone's features of every sample to an .npz (features, labels)
@@ -351,6 +361,24 @@ fn run(cli: Cli) -> Result<(), Error> {
                     )))
                 }
             }
+            Ok(())
+        }
+        Cmd::Bench {
+            spec: path,
+            batches,
+            epochs,
+        } => {
+            let s = spec::load(&path, &cli.sets)?;
+            let r = runner::bench::run(&s, batches, epochs)?;
+            let med = runner::results::median(&r.epoch_seconds[1.min(r.epoch_seconds.len())..]);
+            println!(
+                "{}: extraction {:.1} images/s ({} images), head epoch {:.4} s (median of epochs 2..); written to {}",
+                s.name,
+                r.extract_images_per_second,
+                r.images,
+                med,
+                r.dir.display()
+            );
             Ok(())
         }
         Cmd::Plan { spec } => {

@@ -167,3 +167,42 @@ fn one_row_per_device_with_hand_checked_medians() {
     std::fs::create_dir_all(d.path().join("empty")).unwrap();
     assert_clean_failure(&run_in(d.path(), &["compare", "empty"]), &["no runs"]);
 }
+
+#[test]
+fn bench_writes_a_row_that_compare_tables() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(
+        d.path().join("b.toml"),
+        "name = \"b\"\n[backbone]\nweights = \"random\"\n[dataset]\nkind = \"synthetic\"\nper_class = 1\n[run]\ndevice = \"cpu\"\nextract_batch = 8\n",
+    )
+    .unwrap();
+    let out = run_in(
+        d.path(),
+        &["bench", "b.toml", "--batches", "3", "--epochs", "3"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("images/s (24 images)"), "{text}");
+    let dir = std::fs::read_dir(d.path().join("results/b"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir())
+        .unwrap();
+    assert!(dir
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .starts_with("bench-cpu-"));
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(s["status"], "bench");
+    assert!(s["extract_images_per_second"].as_f64().unwrap() > 0.0);
+    let out = run_in(d.path(), &["compare", "results", "--format", "json"]);
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows.len(), 1);
+    assert!(rows[0]["extract_images_per_second"].as_f64().unwrap() > 0.0);
+}

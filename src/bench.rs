@@ -1,0 +1,145 @@
+//! `runner bench SPEC`: a quick device-to-device comparison without a full run. Times the frozen
+//! part on the first `batches` batches of the spec's data (images/s, the first batch dropped as
+//! warm-up) and `epochs` head epochs on the features it produced, with the spec's settings. The
+//! result is written like a run (`results/<name>/bench-<device>-<time>/epochs.csv`,
+//! `config.toml`, `summary.json` with status "bench"), so `runner compare` tables it beside real
+//! runs; sweeps ignore it.
+
+use std::time::Instant;
+
+use candle_core::Tensor;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::error::{Error, Result};
+use crate::features::{load_dataset, load_network, Extractor};
+use crate::results::{median, EpochRow, RunDir};
+use crate::spec::Spec;
+use crate::train::{self, head::Head, Model, Split};
+
+pub struct BenchReport {
+    pub dir: std::path::PathBuf,
+    pub images: usize,
+    pub extract_images_per_second: f64,
+    pub epoch_seconds: Vec<f64>,
+}
+
+pub fn run(spec: &Spec, batches: usize, epochs: usize) -> Result<BenchReport> {
+    crate::device::in_worker_pool(|| run_here(spec, batches, epochs))
+}
+
+fn run_here(spec: &Spec, batches: usize, epochs: usize) -> Result<BenchReport> {
+    let device = crate::device::select(spec.device)?;
+    let device_name = crate::device::describe(&device);
+    let data = load_dataset(spec)?;
+    let n = (batches.max(1) * spec.extract_batch).min(data.n);
+    let data = data.subset(&(0..n).collect::<Vec<_>>());
+    let net = load_network(spec, &device)?;
+    let ex = Extractor {
+        net: &net,
+        until: spec.freeze,
+        resize: spec.resize,
+        batch: spec.extract_batch,
+        device: &device,
+    };
+    let mut feats = Vec::new();
+    let mut times = Vec::new();
+    let mut start = 0;
+    while start < n {
+        let b = spec.extract_batch.min(n - start);
+        device.synchronize()?;
+        let t = Instant::now();
+        let f = ex.batch(&data, start, b)?;
+        device.synchronize()?;
+        times.push((b, t.elapsed().as_secs_f64()));
+        feats.push(f);
+        start += b;
+    }
+    let timed = if times.len() > 1 {
+        &times[1..]
+    } else {
+        &times[..]
+    };
+    let rates: Vec<f64> = timed
+        .iter()
+        .map(|(b, s)| *b as f64 / s.max(1e-12))
+        .collect();
+    let ips = median(&rates);
+    let extract_seconds: f64 = times.iter().map(|t| t.1).sum();
+
+    let x = Tensor::cat(&feats, 0)?;
+    let split = Split::new(x, &data.labels, &device)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
+    let dim: usize = spec.arch.output_shape(spec.freeze).iter().product();
+    let head = Head::new(dim, data.num_classes, &spec.head, &mut rng, &device)?;
+    let model = Model {
+        tail: None,
+        tail_vars: vec![],
+        head,
+        backbone_dropout: 0.0,
+    };
+    let mut bench_spec = spec.clone();
+    bench_spec.train.epochs = epochs.max(1);
+    bench_spec.train.early_stopping.patience = 0;
+
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let id = format!("bench-{}-{stamp}", crate::device::kind(&device));
+    let mut rd = RunDir::create(&spec.results_dir, &spec.name, &id)?;
+    let config =
+        toml::to_string(&spec.raw).map_err(|e| Error::Other(format!("config.toml: {e}")))?;
+    rd.write_file("config.toml", config.as_bytes())?;
+    let mut epoch_seconds = Vec::new();
+    train::fit(&bench_spec, &model, &split, &split, &device, |s, _| {
+        let extract = if s.epoch == 1 { extract_seconds } else { 0.0 };
+        epoch_seconds.push(s.train_seconds + s.eval_seconds);
+        rd.push_epoch(EpochRow {
+            epoch: s.epoch,
+            train_loss: s.train.loss(),
+            train_acc: s.train.acc(),
+            val_loss: s.val.loss(),
+            val_acc: s.val.acc(),
+            val_top5: s.val.top5(),
+            lr: s.lr,
+            epoch_seconds: extract + s.train_seconds + s.eval_seconds,
+            train_seconds: s.train_seconds,
+            eval_seconds: s.eval_seconds,
+            samples_per_second: split.n as f64 / s.train_seconds.max(1e-9),
+            extract_seconds: extract,
+            cache_hit: false,
+            device: crate::device::kind(&device).to_string(),
+            device_name: device_name.clone(),
+            train_top5: s.train.top5(),
+            run_id: id.clone(),
+            improved: s.improved,
+        })?;
+        Ok(true)
+    })?;
+    let summary = serde_json::json!({
+        "run_id": id,
+        "name": spec.name,
+        "status": "bench",
+        "arch": spec.arch.name(),
+        "freeze": spec.freeze_name(),
+        "n_train": n,
+        "extract_seconds": extract_seconds,
+        "extract_images_per_second": ips,
+        "median_epoch_seconds": median(&epoch_seconds),
+        "device_name": device_name,
+        "dtype": "f32",
+    });
+    rd.write_file(
+        "summary.json",
+        serde_json::to_string_pretty(&summary)
+            .unwrap_or_default()
+            .as_bytes(),
+    )?;
+    Ok(BenchReport {
+        dir: rd.dir.clone(),
+        images: n,
+        extract_images_per_second: ips,
+        epoch_seconds,
+    })
+}
