@@ -25,6 +25,10 @@ pub struct RunRecord {
     pub extract_seconds: f64,
     pub best_val_acc: Option<f64>,
     pub test_acc: Option<f64>,
+    /// (epoch, val_acc, val_loss) per epoch, for learning curves
+    pub curve: Vec<(f64, f64, f64)>,
+    /// the run folder's name (run id, with a sweep point's label)
+    pub label: String,
 }
 
 /// The grouping keys `--by` may name.
@@ -92,11 +96,16 @@ fn run_from_epochs(path: &Path) -> std::result::Result<RunRecord, String> {
         col("device_name"),
         col("extract_seconds"),
     );
+    let (va, vl) = (col("val_acc"), col("val_loss"));
+    let mut curve = Vec::new();
     let mut rows = Vec::new();
     for (i, r) in rdr.records().enumerate() {
         let r = r.map_err(|e| format!("row {}: {e}", i + 2))?;
         let get = |c: Option<usize>| c.and_then(|c| r.get(c)).and_then(|v| v.parse::<f64>().ok());
         let epoch = get(Some(es)).ok_or_else(|| format!("row {}: bad epoch", i + 2))?;
+        if let (Some(a), Some(l)) = (get(va), get(vl)) {
+            curve.push((epoch, a, l));
+        }
         rows.push((
             epoch,
             get(Some(ep)),
@@ -118,6 +127,11 @@ fn run_from_epochs(path: &Path) -> std::result::Result<RunRecord, String> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut rec = RunRecord {
         source: path.to_path_buf(),
+        curve,
+        label: dir
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default(),
         epoch_seconds: later.iter().filter_map(|r| r.1).collect(),
         samples_per_second: later.iter().filter_map(|r| r.2).collect(),
         extract_seconds: rows.iter().filter_map(|r| r.4).sum(),
@@ -255,6 +269,7 @@ pub struct Row {
     pub runs: usize,
     pub median_epoch_seconds: f64,
     pub min_epoch_seconds: f64,
+    pub max_epoch_seconds: f64,
     pub samples_per_second: f64,
     pub extract_images_per_second: Option<f64>,
     pub best_val_acc: Option<f64>,
@@ -310,6 +325,7 @@ pub fn group(runs: &[RunRecord], by: &[String], baseline: Option<&str>) -> Resul
                 runs: rs.len(),
                 median_epoch_seconds: median(&secs),
                 min_epoch_seconds: secs.iter().copied().fold(f64::INFINITY, f64::min),
+                max_epoch_seconds: secs.iter().copied().fold(f64::NEG_INFINITY, f64::max),
                 samples_per_second: median(&sps),
                 extract_images_per_second: (xs > 0.0).then(|| xi / xs),
                 best_val_acc: best.and_then(|r| r.best_val_acc),

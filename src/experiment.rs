@@ -544,6 +544,14 @@ fn run_here(spec: &Spec, mode: Mode) -> Result<Outcome> {
         "hostname": hostname(),
         "peak_rss_bytes": peak_rss_bytes(),
     });
+    // learning curves next to the CSV; a failure to draw never fails the run
+    let (records, _) = crate::compare::collect(std::slice::from_ref(&rd.dir));
+    match crate::plot::curves_svg(&records)
+        .and_then(|svg| crate::plot::save(&svg, &rd.dir.join("curves.svg")))
+    {
+        Ok(()) => {}
+        Err(e) => tracing::warn!("curves.svg not drawn: {e}"),
+    }
     rd.write_file(
         "summary.json",
         serde_json::to_string_pretty(&summary)

@@ -11,6 +11,7 @@ pub mod device;
 pub mod error;
 pub mod experiment;
 pub mod features;
+pub mod plot;
 pub mod predict;
 pub mod progress;
 pub mod results;

@@ -119,6 +119,19 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         epochs: usize,
     },
+    /// Draw learning curves, epoch times per device, or accuracy vs epoch time (.svg or .png)
+    Plot {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+        /// curves | times | scatter
+        #[arg(long, default_value = "curves")]
+        kind: String,
+        /// Grouping keys for `times` (as for compare)
+        #[arg(long, value_delimiter = ',')]
+        by: Vec<String>,
+    },
     /// Validate experiment files without running them
     Check { specs: Vec<PathBuf> },
     /// Write the frozen backbone's features of every sample to an .npz (features, labels)
@@ -186,7 +199,7 @@ fn main() -> ExitCode {
 fn init_logging(verbose: u8, quiet: bool) {
     let default = match (quiet, verbose) {
         (true, _) => "error",
-        (false, 0) => "warn",
+        (false, 0) => "warn,usvg=error",
         (false, 1) => "info",
         _ => "debug",
     };
@@ -379,6 +392,45 @@ fn run(cli: Cli) -> Result<(), Error> {
                 med,
                 r.dir.display()
             );
+            Ok(())
+        }
+        Cmd::Plot {
+            paths,
+            out,
+            kind,
+            by,
+        } => {
+            let (runs, warnings) = runner::compare::collect(&paths);
+            if runs.is_empty() {
+                return Err(Error::Other(format!(
+                    "plot: no runs could be read: {}",
+                    warnings.join("; ")
+                )));
+            }
+            for w in &warnings {
+                eprintln!("warning: {w}");
+            }
+            let svg = match kind.as_str() {
+                "curves" => runner::plot::curves_svg(&runs)?,
+                "scatter" => runner::plot::scatter_svg(&runs)?,
+                "times" => {
+                    let by: Vec<String> = if by.is_empty() {
+                        vec!["device_name".into()]
+                    } else {
+                        by
+                    };
+                    runner::plot::times_svg(&runner::compare::group(&runs, &by, None)?, &by)?
+                }
+                other => {
+                    return Err(Error::Other(format!(
+                        "--kind {other:?}: expected curves, times or scatter"
+                    )))
+                }
+            };
+            runner::plot::save(&svg, &out)?;
+            if !cli.quiet {
+                eprintln!("wrote {}", out.display());
+            }
             Ok(())
         }
         Cmd::Plan { spec } => {

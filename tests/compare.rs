@@ -206,3 +206,76 @@ fn bench_writes_a_row_that_compare_tables() {
     assert_eq!(rows.len(), 1);
     assert!(rows[0]["extract_images_per_second"].as_f64().unwrap() > 0.0);
 }
+
+#[test]
+fn plots_render_as_svg_and_png() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(
+        d.path().join("pl.toml"),
+        "name = \"pl\"\n[backbone]\nweights = \"random\"\n[dataset]\nkind = \"synthetic\"\nper_class = 2\nval_fraction = 0.5\n\
+         [train]\nepochs = 3\n[run]\ndevice = \"cpu\"\ncache_dir = \"cache\"\n[sweep]\n\"train.lr\" = [0.01, 0.001]\n",
+    )
+    .unwrap();
+    let out = run_in(d.path(), &["-q", "pl.toml"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // every run folder gets its learning curves
+    for e in std::fs::read_dir(d.path().join("results/pl")).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            let svg = std::fs::read_to_string(p.join("curves.svg")).unwrap();
+            assert!(
+                svg.starts_with("<svg") && svg.contains("validation accuracy"),
+                "{}",
+                p.display()
+            );
+        }
+    }
+    for (kind, file) in [
+        ("curves", "c.png"),
+        ("times", "t.png"),
+        ("scatter", "s.png"),
+        ("curves", "c.svg"),
+        ("scatter", "s.svg"),
+    ] {
+        let out = run_in(
+            d.path(),
+            &["plot", "results", "--kind", kind, "--out", file],
+        );
+        assert!(
+            out.status.success(),
+            "{kind}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = d.path().join(file);
+        if file.ends_with(".png") {
+            let img = image::open(&path).unwrap();
+            assert_eq!((img.width(), img.height()), (900, 640), "{file}");
+            // not blank: the lines and bars are drawn in colour
+            let rgb = img.to_rgb8();
+            assert!(
+                rgb.pixels()
+                    .any(|p| p.0 != [255, 255, 255] && (p.0[0] != p.0[1] || p.0[1] != p.0[2])),
+                "{file} has no colour"
+            );
+        } else {
+            let svg = std::fs::read_to_string(&path).unwrap();
+            assert!(
+                svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"),
+                "{file}"
+            );
+            // two runs: two coloured polylines or points
+            assert!(
+                svg.matches("<polyline").count() >= 2 || svg.matches("<circle").count() >= 2,
+                "{file}"
+            );
+        }
+    }
+    assert_clean_failure(
+        &run_in(d.path(), &["plot", "results", "--out", "x.jpg"]),
+        &[".svg or .png"],
+    );
+}

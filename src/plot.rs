@@ -1,0 +1,275 @@
+//! `runner plot`: learning curves, epoch time per device, and accuracy against epoch time,
+//! drawn with plotters as SVG; `.png` outputs are the same SVG rasterised with resvg (text uses
+//! the system's fonts; without any, the picture is drawn without its labels).
+
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use crate::compare::{Row, RunRecord};
+use crate::error::{Error, Result};
+
+const W: u32 = 900;
+const H: u32 = 640;
+
+fn perr<E: std::fmt::Display>(e: E) -> Error {
+    Error::Other(format!("plot: {e}"))
+}
+
+fn color(i: usize) -> RGBColor {
+    const C: [RGBColor; 10] = [
+        RGBColor(31, 119, 180),
+        RGBColor(255, 127, 14),
+        RGBColor(44, 160, 44),
+        RGBColor(214, 39, 40),
+        RGBColor(148, 103, 189),
+        RGBColor(140, 86, 75),
+        RGBColor(227, 119, 194),
+        RGBColor(127, 127, 127),
+        RGBColor(188, 189, 34),
+        RGBColor(23, 190, 207),
+    ];
+    C[i % C.len()]
+}
+
+/// Validation accuracy (top) and loss (bottom) per epoch, one line per run.
+pub fn curves_svg(runs: &[RunRecord]) -> Result<String> {
+    let runs: Vec<&RunRecord> = runs.iter().filter(|r| !r.curve.is_empty()).collect();
+    if runs.is_empty() {
+        return Err(Error::Other(
+            "plot: no run has per-epoch validation metrics".into(),
+        ));
+    }
+    let max_epoch = runs
+        .iter()
+        .flat_map(|r| r.curve.iter().map(|c| c.0))
+        .fold(1.0, f64::max);
+    let max_loss = runs
+        .iter()
+        .flat_map(|r| r.curve.iter().map(|c| c.2))
+        .filter(|v| v.is_finite())
+        .fold(0.1, f64::max);
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (W, H)).into_drawing_area();
+        root.fill(&WHITE).map_err(perr)?;
+        let panels = root.split_evenly((2, 1));
+        for (p, area) in panels.iter().enumerate() {
+            let (title, ymax) = if p == 0 {
+                ("validation accuracy", 1.0)
+            } else {
+                ("validation loss", max_loss * 1.05)
+            };
+            let mut chart = ChartBuilder::on(area)
+                .caption(title, ("sans-serif", 18))
+                .margin(10)
+                .x_label_area_size(30)
+                .y_label_area_size(50)
+                .build_cartesian_2d(1.0..max_epoch.max(2.0), 0.0..ymax)
+                .map_err(perr)?;
+            chart
+                .configure_mesh()
+                .x_desc("epoch")
+                .draw()
+                .map_err(perr)?;
+            for (i, r) in runs.iter().enumerate() {
+                let pts: Vec<(f64, f64)> = r
+                    .curve
+                    .iter()
+                    .map(|c| (c.0, if p == 0 { c.1 } else { c.2 }))
+                    .collect();
+                let s = chart
+                    .draw_series(LineSeries::new(pts, color(i).stroke_width(2)))
+                    .map_err(perr)?;
+                if p == 0 {
+                    let c = color(i);
+                    s.label(r.label.clone()).legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 16, y)], c.stroke_width(2))
+                    });
+                }
+            }
+            if p == 0 {
+                chart
+                    .configure_series_labels()
+                    .position(SeriesLabelPosition::LowerRight)
+                    .background_style(WHITE.mix(0.8))
+                    .border_style(BLACK)
+                    .draw()
+                    .map_err(perr)?;
+            }
+        }
+        root.present().map_err(perr)?;
+    }
+    Ok(svg)
+}
+
+/// Median epoch time per row as bars, with min-max whiskers.
+pub fn times_svg(rows: &[Row], by: &[String]) -> Result<String> {
+    if rows.is_empty() {
+        return Err(Error::Other("plot: nothing to draw".into()));
+    }
+    let ymax = rows
+        .iter()
+        .map(|r| r.max_epoch_seconds)
+        .filter(|v| v.is_finite())
+        .fold(1e-6, f64::max)
+        * 1.15;
+    let labels: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            by.iter()
+                .filter_map(|k| r.keys.get(k).cloned())
+                .collect::<Vec<_>>()
+                .join(" / ")
+        })
+        .collect();
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (W, H)).into_drawing_area();
+        root.fill(&WHITE).map_err(perr)?;
+        let n = rows.len();
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                "epoch time (median, min-max over epochs 2..n)",
+                ("sans-serif", 18),
+            )
+            .margin(15)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.0..n as f64, 0.0..ymax)
+            .map_err(perr)?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(0)
+            .y_desc("seconds")
+            .draw()
+            .map_err(perr)?;
+        for (i, r) in rows.iter().enumerate() {
+            let x = i as f64;
+            let c = color(i);
+            chart
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(x + 0.15, 0.0), (x + 0.85, r.median_epoch_seconds)],
+                    c.filled(),
+                )))
+                .map_err(perr)?;
+            let mid = x + 0.5;
+            chart
+                .draw_series(std::iter::once(PathElement::new(
+                    vec![(mid, r.min_epoch_seconds), (mid, r.max_epoch_seconds)],
+                    BLACK.stroke_width(2),
+                )))
+                .map_err(perr)?;
+            chart
+                .draw_series(std::iter::once(Text::new(
+                    labels[i].clone(),
+                    (x + 0.15, -ymax * 0.04),
+                    ("sans-serif", 12),
+                )))
+                .map_err(perr)?;
+        }
+        root.present().map_err(perr)?;
+    }
+    Ok(svg)
+}
+
+/// Best validation accuracy against median epoch time, one point per run.
+pub fn scatter_svg(runs: &[RunRecord]) -> Result<String> {
+    let pts: Vec<(f64, f64, String)> = runs
+        .iter()
+        .filter_map(|r| {
+            Some((
+                crate::results::median(&r.epoch_seconds),
+                r.best_val_acc?,
+                r.label.clone(),
+            ))
+        })
+        .collect();
+    if pts.is_empty() {
+        return Err(Error::Other(
+            "plot: no run has a summary with best_val_acc".into(),
+        ));
+    }
+    let xmax = pts.iter().map(|p| p.0).fold(1e-6, f64::max) * 1.15;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (W, H)).into_drawing_area();
+        root.fill(&WHITE).map_err(perr)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                "best validation accuracy vs median epoch time",
+                ("sans-serif", 18),
+            )
+            .margin(15)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.0..xmax, 0.0..1.0)
+            .map_err(perr)?;
+        chart
+            .configure_mesh()
+            .x_desc("median epoch seconds")
+            .y_desc("best val acc")
+            .draw()
+            .map_err(perr)?;
+        for (i, (x, y, label)) in pts.iter().enumerate() {
+            chart
+                .draw_series(std::iter::once(Circle::new((*x, *y), 5, color(i).filled())))
+                .map_err(perr)?;
+            chart
+                .draw_series(std::iter::once(Text::new(
+                    label.clone(),
+                    (*x, *y),
+                    ("sans-serif", 11),
+                )))
+                .map_err(perr)?;
+        }
+        root.present().map_err(perr)?;
+    }
+    Ok(svg)
+}
+
+/// Write an SVG as `.svg`, or rasterised as `.png`, atomically.
+pub fn save(svg: &str, out: &Path) -> Result<()> {
+    match out
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(|e| e.to_ascii_lowercase())
+        .as_deref()
+    {
+        Some("svg") => crate::results::write_atomic(out, svg.as_bytes()),
+        Some("png") => {
+            let mut opt = resvg::usvg::Options::default();
+            opt.fontdb_mut().load_system_fonts();
+            // plotters asks for the generic "sans-serif"; map it to a font most Linux systems have
+            let family = ["DejaVu Sans", "Liberation Sans", "Noto Sans", "Arial"]
+                .into_iter()
+                .find(|f| {
+                    opt.fontdb
+                        .faces()
+                        .any(|face| face.families.iter().any(|(n, _)| n == f))
+                });
+            if let Some(f) = family {
+                opt.fontdb_mut().set_sans_serif_family(f);
+                opt.font_family = f.to_string();
+            }
+            let tree = resvg::usvg::Tree::from_str(svg, &opt).map_err(perr)?;
+            let size = tree.size().to_int_size();
+            let mut pixmap =
+                resvg::tiny_skia::Pixmap::new(size.width().max(1), size.height().max(1))
+                    .ok_or_else(|| Error::Other("plot: empty picture".into()))?;
+            pixmap.fill(resvg::tiny_skia::Color::WHITE);
+            resvg::render(
+                &tree,
+                resvg::tiny_skia::Transform::default(),
+                &mut pixmap.as_mut(),
+            );
+            let png = pixmap.encode_png().map_err(perr)?;
+            crate::results::write_atomic(out, &png)
+        }
+        _ => Err(Error::Other(format!(
+            "plot: {} must end in .svg or .png",
+            out.display()
+        ))),
+    }
+}
