@@ -13,7 +13,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::error::{Error, Result};
 use crate::features::{load_dataset, load_network, Extractor};
-use crate::results::{median, EpochRow, RunDir};
+use crate::results::{median, EpochRow, RowContext, RunDir};
 use crate::spec::Spec;
 use crate::train::{self, head::Head, Model, Split};
 
@@ -92,29 +92,18 @@ fn run_here(spec: &Spec, batches: usize, epochs: usize) -> Result<BenchReport> {
         toml::to_string(&spec.raw).map_err(|e| Error::Other(format!("config.toml: {e}")))?;
     rd.write_file("config.toml", config.as_bytes())?;
     let mut epoch_seconds = Vec::new();
+    let kind = crate::device::kind(&device);
+    let ctx = RowContext {
+        run_id: &id,
+        device: kind,
+        device_name: &device_name,
+        cache_hit: false,
+        n_train: split.n,
+        extract_seconds,
+    };
     train::fit(&bench_spec, &model, &split, &split, &device, |s, _| {
-        let extract = if s.epoch == 1 { extract_seconds } else { 0.0 };
         epoch_seconds.push(s.train_seconds + s.eval_seconds);
-        rd.push_epoch(EpochRow {
-            epoch: s.epoch,
-            train_loss: s.train.loss(),
-            train_acc: s.train.acc(),
-            val_loss: s.val.loss(),
-            val_acc: s.val.acc(),
-            val_top5: s.val.top5(),
-            lr: s.lr,
-            epoch_seconds: extract + s.train_seconds + s.eval_seconds,
-            train_seconds: s.train_seconds,
-            eval_seconds: s.eval_seconds,
-            samples_per_second: split.n as f64 / s.train_seconds.max(1e-9),
-            extract_seconds: extract,
-            cache_hit: false,
-            device: crate::device::kind(&device).to_string(),
-            device_name: device_name.clone(),
-            train_top5: s.train.top5(),
-            run_id: id.clone(),
-            improved: s.improved,
-        })?;
+        rd.push_epoch(EpochRow::new(s, &ctx))?;
         Ok(true)
     })?;
     let summary = serde_json::json!({

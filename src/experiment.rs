@@ -443,28 +443,16 @@ fn run_here(spec: &Spec, mode: Mode) -> Result<Outcome> {
     let mut task = Task::new(mode, "train", spec.train.epochs as u64, "epochs");
     let kind = crate::device::kind(&device).to_string();
     let head_path = rd.dir.join("head.safetensors");
+    let ctx = results::RowContext {
+        run_id: &run_id,
+        device: &kind,
+        device_name: &device_name,
+        cache_hit,
+        n_train: train_split.n,
+        extract_seconds,
+    };
     let outcome = train::fit(spec, &model, &train_split, &val_split, &device, |s, m| {
-        let extract = if s.epoch == 1 { extract_seconds } else { 0.0 };
-        let row = EpochRow {
-            epoch: s.epoch,
-            train_loss: s.train.loss(),
-            train_acc: s.train.acc(),
-            val_loss: s.val.loss(),
-            val_acc: s.val.acc(),
-            val_top5: s.val.top5(),
-            lr: s.lr,
-            epoch_seconds: extract + s.train_seconds + s.eval_seconds,
-            train_seconds: s.train_seconds,
-            eval_seconds: s.eval_seconds,
-            samples_per_second: train_split.n as f64 / s.train_seconds.max(1e-9),
-            extract_seconds: extract,
-            cache_hit,
-            device: kind.clone(),
-            device_name: device_name.clone(),
-            train_top5: s.train.top5(),
-            run_id: run_id.clone(),
-            improved: s.improved,
-        };
+        let row = EpochRow::new(s, &ctx);
         rd.push_epoch(row)?;
         if s.improved {
             save_vars(&head_path, &m.snapshot()?, head_meta.clone())?;

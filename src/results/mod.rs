@@ -116,6 +116,44 @@ pub struct EpochRow {
     pub improved: bool,
 }
 
+/// Where an epoch ran and how its features were obtained (the same for every row of a run).
+pub struct RowContext<'a> {
+    pub run_id: &'a str,
+    pub device: &'a str,
+    pub device_name: &'a str,
+    pub cache_hit: bool,
+    /// training samples per epoch
+    pub n_train: usize,
+    /// extraction time, counted in epoch 1
+    pub extract_seconds: f64,
+}
+
+impl EpochRow {
+    pub fn new(s: &crate::train::EpochStats, c: &RowContext<'_>) -> EpochRow {
+        let extract = if s.epoch == 1 { c.extract_seconds } else { 0.0 };
+        EpochRow {
+            epoch: s.epoch,
+            train_loss: s.train.loss(),
+            train_acc: s.train.acc(),
+            val_loss: s.val.loss(),
+            val_acc: s.val.acc(),
+            val_top5: s.val.top5(),
+            lr: s.lr,
+            epoch_seconds: extract + s.train_seconds + s.eval_seconds,
+            train_seconds: s.train_seconds,
+            eval_seconds: s.eval_seconds,
+            samples_per_second: c.n_train as f64 / s.train_seconds.max(1e-9),
+            extract_seconds: extract,
+            cache_hit: c.cache_hit,
+            device: c.device.to_string(),
+            device_name: c.device_name.to_string(),
+            train_top5: s.train.top5(),
+            run_id: c.run_id.to_string(),
+            improved: s.improved,
+        }
+    }
+}
+
 /// A run's folder: `<results_dir>/<name>/<run_id>/`.
 pub struct RunDir {
     pub dir: PathBuf,
