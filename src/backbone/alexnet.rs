@@ -8,7 +8,7 @@
 use candle_core::{Device, Tensor, Var};
 use rand_chacha::ChaCha8Rng;
 
-use super::layers::{conv2d, flatten, linear, lrn, max_pool_valid};
+use super::layers::{conv2d, flatten, linear, lrn, max_pool_valid, Param};
 use super::{ParamKind, ParamSpec};
 use crate::error::Result;
 use crate::weights::WeightSet;
@@ -86,27 +86,6 @@ pub fn output_shape(layer: usize) -> Vec<usize> {
     }
 }
 
-struct Param {
-    w: Tensor,
-    b: Tensor,
-    trainable: bool,
-}
-
-impl Param {
-    /// Turn the weights into optimizer variables (the tensors then share their storage).
-    fn make_trainable(&mut self, name: &str) -> Result<Vec<(String, Var)>> {
-        let w = Var::from_tensor(&self.w)?;
-        let b = Var::from_tensor(&self.b)?;
-        self.w = w.as_tensor().clone();
-        self.b = b.as_tensor().clone();
-        self.trainable = true;
-        Ok(vec![
-            (format!("{name}.weight"), w),
-            (format!("{name}.bias"), b),
-        ])
-    }
-}
-
 pub struct AlexNet {
     conv1: Param,
     conv2: Param,
@@ -120,13 +99,7 @@ pub struct AlexNet {
 
 impl AlexNet {
     pub fn new(weights: &WeightSet, device: &Device) -> Result<Self> {
-        let p = |name: &str| -> Result<Param> {
-            Ok(Param {
-                w: weights.tensor(&format!("{name}.weight"), device)?,
-                b: weights.tensor(&format!("{name}.bias"), device)?,
-                trainable: false,
-            })
-        };
+        let p = |name: &str| Param::load(weights, name, device);
         Ok(AlexNet {
             conv1: p("conv1")?,
             conv2: p("conv2")?,

@@ -4,6 +4,42 @@ use candle_core::{Tensor, D};
 
 use crate::error::Result;
 
+/// The weight and bias of one conv or fc layer: frozen tensors, or (after `make_trainable`)
+/// the tensors of optimizer variables.
+pub struct Param {
+    pub w: Tensor,
+    pub b: Tensor,
+    pub trainable: bool,
+}
+
+impl Param {
+    /// `<name>.weight` and `<name>.bias` from a loaded set.
+    pub fn load(
+        weights: &crate::weights::WeightSet,
+        name: &str,
+        device: &candle_core::Device,
+    ) -> Result<Param> {
+        Ok(Param {
+            w: weights.tensor(&format!("{name}.weight"), device)?,
+            b: weights.tensor(&format!("{name}.bias"), device)?,
+            trainable: false,
+        })
+    }
+
+    /// Turn the weights into optimizer variables (the tensors then share their storage).
+    pub fn make_trainable(&mut self, name: &str) -> Result<Vec<(String, candle_core::Var)>> {
+        let w = candle_core::Var::from_tensor(&self.w)?;
+        let b = candle_core::Var::from_tensor(&self.b)?;
+        self.w = w.as_tensor().clone();
+        self.b = b.as_tensor().clone();
+        self.trainable = true;
+        Ok(vec![
+            (format!("{name}.weight"), w),
+            (format!("{name}.bias"), b),
+        ])
+    }
+}
+
 /// TensorFlow "SAME" padding for one spatial axis: (before, after).
 pub fn same_padding(input: usize, kernel: usize, stride: usize) -> (usize, usize) {
     let out = input.div_ceil(stride);

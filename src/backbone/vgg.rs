@@ -10,7 +10,7 @@
 use candle_core::{Device, Tensor, Var};
 use rand_chacha::ChaCha8Rng;
 
-use super::layers::{conv2d, flatten, linear, max_pool_valid};
+use super::layers::{conv2d, flatten, linear, max_pool_valid, Param};
 use super::{ParamKind, ParamSpec};
 use crate::error::Result;
 use crate::weights::WeightSet;
@@ -118,12 +118,6 @@ pub fn output_shape(depth: usize, layer: usize) -> Vec<usize> {
     }
 }
 
-struct Param {
-    w: Tensor,
-    b: Tensor,
-    trainable: bool,
-}
-
 pub struct Vgg {
     depth: usize,
     /// Parameters by layer index (None for input and pools).
@@ -139,11 +133,7 @@ impl Vgg {
             .iter()
             .map(|&n| {
                 if n.starts_with("conv") || n.starts_with("fc") {
-                    Ok(Some(Param {
-                        w: weights.tensor(&format!("{n}.weight"), device)?,
-                        b: weights.tensor(&format!("{n}.bias"), device)?,
-                        trainable: false,
-                    }))
+                    Ok(Some(Param::load(weights, n, device)?))
                 } else {
                     Ok(None)
                 }
@@ -177,13 +167,7 @@ impl Vgg {
             .take(until.saturating_sub(after));
         for (_, (slot, name)) in range {
             if let Some(p) = slot {
-                let w = Var::from_tensor(&p.w)?;
-                let b = Var::from_tensor(&p.b)?;
-                p.w = w.as_tensor().clone();
-                p.b = b.as_tensor().clone();
-                p.trainable = true;
-                out.push((format!("{name}.weight"), w));
-                out.push((format!("{name}.bias"), b));
+                out.extend(p.make_trainable(name)?);
             }
         }
         Ok(out)
