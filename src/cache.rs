@@ -70,16 +70,6 @@ fn payload_checksum(data: &[u8], labels: &[u8]) -> String {
     format!("{:x}", h.finalize())
 }
 
-fn as_bytes_f32(v: &[f32]) -> &[u8] {
-    // SAFETY: f32 has no padding and u8 has alignment 1; same memory, same length in bytes.
-    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
-}
-
-fn as_bytes_i64(v: &[i64]) -> &[u8] {
-    // SAFETY: as above.
-    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
-}
-
 pub struct FeatureCache {
     dir: PathBuf,
 }
@@ -170,8 +160,8 @@ impl FeatureCache {
     /// Store features atomically.
     pub fn put(&self, digest: &str, key: &CacheKey, f: &HostFeatures) -> Result<PathBuf> {
         let path = self.path_for(digest);
-        let fb = as_bytes_f32(&f.data);
-        let lb = as_bytes_i64(&f.labels);
+        let fb: &[u8] = bytemuck::cast_slice(&f.data);
+        let lb: &[u8] = bytemuck::cast_slice(&f.labels);
         let mut meta = HashMap::new();
         meta.insert("key".to_string(), digest.to_string());
         meta.insert("checksum".to_string(), payload_checksum(fb, lb));

@@ -55,7 +55,7 @@ impl WeightSet {
             .tensors
             .iter()
             .map(|(k, t)| {
-                let bytes: &[u8] = bytemuck_f32(&t.data);
+                let bytes: &[u8] = bytemuck::cast_slice(&t.data);
                 safetensors::tensor::TensorView::new(
                     safetensors::Dtype::F32,
                     t.shape.clone(),
@@ -75,12 +75,6 @@ impl WeightSet {
             .map_err(|e| Error::Other(format!("cannot serialize weights: {e}")))?;
         crate::results::write_atomic(path, &bytes)
     }
-}
-
-fn bytemuck_f32(v: &[f32]) -> &[u8] {
-    // SAFETY: f32 has no padding and any byte pattern is a valid u8; the slice covers exactly
-    // the memory of `v`, and u8 has alignment 1.
-    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
 }
 
 /// Which reader a file needs, decided by its first bytes (not its name).
