@@ -29,7 +29,7 @@ pub fn run(spec: &Spec, batches: usize, epochs: usize) -> Result<BenchReport> {
 }
 
 fn run_here(spec: &Spec, batches: usize, epochs: usize) -> Result<BenchReport> {
-    let device = crate::device::select(spec.device)?;
+    let device = crate::device::select(spec.device, spec.tf32)?;
     let device_name = crate::device::describe(&device);
     let data = load_dataset(spec)?;
     let n = (batches.max(1) * spec.extract_batch).min(data.n);
@@ -117,7 +117,7 @@ fn run_here(spec: &Spec, batches: usize, epochs: usize) -> Result<BenchReport> {
         "extract_images_per_second": ips,
         "median_epoch_seconds": median(&epoch_seconds),
         "device_name": device_name,
-        "dtype": "f32",
+        "dtype": spec.precision.label(spec.tf32 && !device.is_cpu()),
     });
     rd.write_file(
         "summary.json",

@@ -49,12 +49,35 @@ pub fn in_worker_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 
 /// The device a spec asks for. `auto` is CUDA when compiled in and a GPU answers, else CPU.
 /// On the CPU, denormals are flushed to zero (see `flush_denormals`).
-pub fn select(spec: DeviceSpec) -> Result<Device> {
+///
+/// `tf32` lets CUDA run f32 matrix products (and the convolutions built on them) on TF32 tensor
+/// cores: about 10 significant bits per product instead of 24, several times the throughput.
+pub fn select(spec: DeviceSpec, tf32: bool) -> Result<Device> {
+    tf32_env(tf32);
     let d = select_inner(spec)?;
     if d.is_cpu() {
         flush_denormals();
+    } else {
+        candle_core::cuda::set_gemm_reduced_precision_f32(tf32);
+        tracing::info!(
+            "f32 matrix work on {}: {}",
+            describe(&d),
+            if tf32 {
+                "TF32 tensor cores"
+            } else {
+                "full f32"
+            }
+        );
     }
     Ok(d)
+}
+
+/// cuDNN runs f32 convolutions on TF32 tensor cores unless told otherwise; the only switch that
+/// reaches it through candle is NVIDIA's environment variable, read when the library starts.
+fn tf32_env(tf32: bool) {
+    if cfg!(feature = "cudnn") && !tf32 && std::env::var_os("NVIDIA_TF32_OVERRIDE").is_none() {
+        std::env::set_var("NVIDIA_TF32_OVERRIDE", "0");
+    }
 }
 
 fn select_inner(spec: DeviceSpec) -> Result<Device> {
@@ -78,18 +101,71 @@ fn select_inner(spec: DeviceSpec) -> Result<Device> {
     }
 }
 
+/// One line per usable device: what `runner devices` prints.
+pub fn list() -> Vec<String> {
+    let mut out = vec![format!(
+        "cpu      {} ({} threads)",
+        cpu_model(),
+        candle_core::utils::get_num_threads()
+    )];
+    if !cfg!(feature = "cuda") {
+        out.push(
+            "cuda     not compiled in (build with scripts/build-cuda.sh for GPU support)".into(),
+        );
+        return out;
+    }
+    match cuda_count() {
+        Err(e) => out.push(format!("cuda     none usable: {e}")),
+        Ok(0) => out.push("cuda     the driver answers but sees no GPU".into()),
+        Ok(n) => {
+            for i in 0..n {
+                match cuda(i) {
+                    Ok(d) => out.push(format!("cuda:{i}   {}", describe(&d))),
+                    Err(e) => out.push(format!("cuda:{i}   not usable: {e}")),
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Catch a panic of `f` (cudarc panics when libcuda cannot be loaded) without printing it.
+#[cfg(feature = "cuda")]
+fn quietly<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> std::thread::Result<T> {
+    let prev = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let r = std::panic::catch_unwind(f);
+    std::panic::set_hook(prev);
+    r
+}
+
+#[cfg(feature = "cuda")]
+const NO_DRIVER: &str =
+    "the CUDA driver library (libcuda.so.1) could not be loaded; is an NVIDIA driver installed?";
+
+#[cfg(feature = "cuda")]
+fn cuda_count() -> Result<usize> {
+    use candle_core::cuda::cudarc::driver::CudaContext;
+    match quietly(CudaContext::device_count) {
+        Ok(Ok(n)) => Ok(n.max(0) as usize),
+        Ok(Err(e)) => Err(Error::Device(format!("the CUDA driver reports: {e}"))),
+        Err(_) => Err(Error::Device(NO_DRIVER.into())),
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_count() -> Result<usize> {
+    Ok(0)
+}
+
 #[cfg(feature = "cuda")]
 fn cuda(n: usize) -> Result<Device> {
     // cudarc panics when libcuda cannot be loaded: turn that into an error.
-    let prev = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let r = std::panic::catch_unwind(|| Device::new_cuda(n));
-    std::panic::set_hook(prev);
-    match r {
+    match quietly(|| Device::new_cuda(n)) {
         Ok(Ok(d)) => Ok(d),
         Ok(Err(e)) => Err(Error::Device(format!("cuda:{n} is not usable: {e}"))),
         Err(_) => Err(Error::Device(format!(
-            "cuda:{n} is not usable: the CUDA driver library (libcuda.so) could not be loaded; is an NVIDIA driver installed?"
+            "cuda:{n} is not usable: {NO_DRIVER}"
         ))),
     }
 }
@@ -105,9 +181,29 @@ fn cuda(n: usize) -> Result<Device> {
 pub fn describe(device: &Device) -> String {
     match device {
         Device::Cpu => format!("cpu ({})", cpu_model()),
-        Device::Cuda(_) => "cuda".to_string(),
+        Device::Cuda(_) => gpu_name(device),
         _ => "other".to_string(),
     }
+}
+
+#[cfg(feature = "cuda")]
+fn gpu_name(device: &Device) -> String {
+    match device {
+        Device::Cuda(d) => {
+            let ctx = d.cuda_stream().context().clone();
+            let name = ctx.name().unwrap_or_else(|_| "cuda".into());
+            match ctx.total_mem() {
+                Ok(b) => format!("{name} ({:.0} GiB)", b as f64 / (1u64 << 30) as f64),
+                Err(_) => name,
+            }
+        }
+        _ => "cuda".into(),
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn gpu_name(_: &Device) -> String {
+    "cuda".into()
 }
 
 pub fn kind(device: &Device) -> &'static str {

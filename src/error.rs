@@ -36,11 +36,25 @@ pub enum Error {
     Device(String),
 
     /// A numerical failure inside candle (shape mismatch in our own graph, device error).
-    #[error("tensor computation failed: {0}")]
+    #[error("tensor computation failed: {}", first_line(.0))]
     Candle(#[from] candle_core::Error),
+
+    /// The run is in progress in another process (its lock is held).
+    #[error("{0}")]
+    Busy(String),
+
+    /// Stopped by Ctrl-C / SIGTERM at a safe point (exit 130, like a shell).
+    #[error("interrupted (Ctrl-C): finished results are saved; run the same command again to complete the rest")]
+    Interrupted,
 
     #[error("{0}")]
     Other(String),
+}
+
+/// candle appends a backtrace (when RUST_BACKTRACE is set) after its message: keep the message.
+fn first_line(e: &candle_core::Error) -> String {
+    let s = e.to_string();
+    s.lines().next().unwrap_or_default().to_string()
 }
 
 impl Error {
@@ -89,6 +103,8 @@ impl Error {
     /// 1 for failures while running.
     pub fn exit_code(&self) -> u8 {
         match self {
+            Error::Interrupted => 130,
+            Error::Busy(_) => 75,
             Error::Candle(_) | Error::Other(_) => 1,
             _ => 2,
         }

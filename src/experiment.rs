@@ -27,7 +27,12 @@ use crate::train::{self, head::Head, metrics::Sums, Model, Split};
 /// their own device.
 pub fn run_id(spec: &Spec) -> String {
     let mut raw = spec.raw.clone();
-    raw.run = crate::spec::RunSection::default();
+    // Where results go and how features are cached do not change them; the number format does.
+    raw.run = crate::spec::RunSection {
+        dtype: raw.run.dtype,
+        tf32: raw.run.tf32,
+        ..Default::default()
+    };
     let text = toml::to_string(&raw).unwrap_or_default();
     let h = format!("{:x}", Sha256::digest(text.as_bytes()));
     if spec.point_label.is_empty() {
@@ -120,7 +125,10 @@ impl FeatureSource<'_> {
                 self.spec.resize.name(),
                 self.spec.arch.input_size()
             ),
-            dtype: "f32".to_string(),
+            dtype: self
+                .spec
+                .precision
+                .label(self.spec.tf32 && !self.device.is_cpu()),
         })
     }
 
@@ -290,15 +298,40 @@ fn now_rfc3339() -> String {
 
 /// Run one experiment (on a worker of a rayon pool: see `device::in_worker_pool`).
 pub fn run(spec: &Spec, mode: Mode) -> Result<Outcome> {
-    crate::device::in_worker_pool(|| run_here(spec, mode))
+    crate::device::in_worker_pool(|| run_here(spec, mode, false))
+        .and_then(|o| o.ok_or_else(|| Error::Other("run skipped".into())))
 }
 
-fn run_here(spec: &Spec, mode: Mode) -> Result<Outcome> {
+/// Run a sweep point; with `skip_finished`, `None` when it is finished (checked under the run's
+/// lock, so a point another process just finished is not run again).
+pub fn run_point(spec: &Spec, mode: Mode, skip_finished: bool) -> Result<Option<Outcome>> {
+    crate::device::in_worker_pool(|| run_here(spec, mode, skip_finished))
+}
+
+fn run_here(spec: &Spec, mode: Mode, skip_finished: bool) -> Result<Option<Outcome>> {
     let started = Instant::now();
     let started_at = now_rfc3339();
-    let device = crate::device::select(spec.device)?;
-    let device_name = crate::device::describe(&device);
     let run_id = run_id(spec);
+    // One process per run: a second one (another sweep process, a Slurm task) is told who holds it.
+    let lock_path = spec
+        .results_dir
+        .join(&spec.name)
+        .join(format!(".{run_id}.lock"));
+    let _run_lock = match crate::lock::try_acquire(&lock_path)? {
+        crate::lock::Attempt::Acquired(l) => l,
+        crate::lock::Attempt::Held(holder) => {
+            return Err(Error::Busy(format!(
+                "{}: this run is in progress in another runner process (pid host time: {holder}); wait for it to finish, or stop that process",
+                run_dir(spec).display()
+            )))
+        }
+    };
+    if skip_finished && is_finished(spec) {
+        return Ok(None);
+    }
+    crate::lock::remove_stale_temps(&spec.results_dir.join(&spec.name));
+    let device = crate::device::select(spec.device, spec.tf32)?;
+    let device_name = crate::device::describe(&device);
 
     // data
     let full = load_dataset(spec)?;
@@ -469,9 +502,31 @@ fn run_here(spec: &Spec, mode: Mode) -> Result<Outcome> {
                 s.train_seconds + s.eval_seconds
             ),
         );
-        Ok(true)
+        // Ctrl-C: stop after this epoch's row is written.
+        Ok(!crate::interrupt::requested())
     })?;
     task.finish();
+    if crate::interrupt::requested() {
+        let summary = serde_json::json!({
+            "run_id": run_id,
+            "name": spec.name,
+            "status": "interrupted",
+            "started_at": started_at,
+            "interrupted_at": now_rfc3339(),
+            "epochs_run": outcome.epochs_run,
+            "best_epoch": outcome.best_epoch,
+            "best_val_acc": outcome.best_val.acc(),
+            "device_name": device_name,
+            "hostname": hostname(),
+        });
+        rd.write_file(
+            "summary.json",
+            serde_json::to_string_pretty(&summary)
+                .unwrap_or_default()
+                .as_bytes(),
+        )?;
+        return Err(Error::Interrupted);
+    }
 
     // test with the best epoch's weights
     model.restore(&outcome.best_snapshot)?;
@@ -526,7 +581,7 @@ fn run_here(spec: &Spec, mode: Mode) -> Result<Outcome> {
         "runner_version": env!("CARGO_PKG_VERSION"),
         "git_commit": env!("RUNNER_GIT_COMMIT"),
         "candle_version": CANDLE_VERSION,
-        "dtype": "f32",
+        "dtype": spec.precision.label(spec.tf32 && !device.is_cpu()),
         "cudnn": cfg!(feature = "cudnn"),
         "threads": candle_core::utils::get_num_threads(),
         "hostname": hostname(),
@@ -540,12 +595,6 @@ fn run_here(spec: &Spec, mode: Mode) -> Result<Outcome> {
         Ok(()) => {}
         Err(e) => tracing::warn!("curves.svg not drawn: {e}"),
     }
-    rd.write_file(
-        "summary.json",
-        serde_json::to_string_pretty(&summary)
-            .unwrap_or_default()
-            .as_bytes(),
-    )?;
     let row = SummaryRow {
         run_id: run_id.clone(),
         finished_at,
@@ -564,8 +613,16 @@ fn run_here(spec: &Spec, mode: Mode) -> Result<Outcome> {
         cache_hit,
         device_name,
     };
+    // summary.csv first, then summary.json: the run counts as finished only once both exist
+    // (a kill in between reruns it, and its summary.csv row is replaced, not doubled).
     results::append_summary(&spec.results_dir.join(&spec.name).join("summary.csv"), &row)?;
-    Ok(Outcome {
+    rd.write_file(
+        "summary.json",
+        serde_json::to_string_pretty(&summary)
+            .unwrap_or_default()
+            .as_bytes(),
+    )?;
+    Ok(Some(Outcome {
         run_id,
         dir: rd.dir.clone(),
         best_epoch: outcome.best_epoch,
@@ -573,5 +630,5 @@ fn run_here(spec: &Spec, mode: Mode) -> Result<Outcome> {
         test,
         cache_hit,
         total_seconds,
-    })
+    }))
 }

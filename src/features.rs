@@ -23,7 +23,16 @@ pub fn load_network(spec: &Spec, device: &Device) -> Result<Network> {
         WeightsSource::Random => weights::random(spec.arch, spec.seed),
         WeightsSource::File(p) => weights::load(p, spec.arch)?,
     };
-    Network::new(spec.arch, &set, device)
+    if device.is_cpu() && spec.precision != crate::spec::Precision::F32 {
+        return Err(Error::Device(format!(
+            "run.dtype = \"{}\" runs on CUDA only (candle's CPU backend has no {} matrix products); use run.dtype = \"f32\" on the CPU, or run.device = \"cuda\"",
+            spec.precision.name(),
+            spec.precision.name()
+        )));
+    }
+    let mut net = Network::new(spec.arch, &set, device)?;
+    net.cast_frozen(spec.freeze, spec.precision.dtype())?;
+    Ok(net)
 }
 
 pub fn load_options(spec: &Spec) -> crate::data::LoadOptions {
@@ -62,16 +71,21 @@ impl Extractor<'_> {
     /// Features of images `start..start+count` as a tensor (N, ...) on the device.
     pub fn batch(&self, data: &Dataset, start: usize, count: usize) -> Result<Tensor> {
         let size = self.net.arch().input_size();
-        let x = preprocess::to_input(
-            data.batch_pixels(start, count),
-            count,
-            data.height,
-            data.width,
-            size,
-            self.resize,
-            self.device,
-        )?;
-        self.net.forward_until(&x, self.until)
+        let x = crate::profile::time("preprocess", self.device, || {
+            preprocess::to_input(
+                data.batch_pixels(start, count),
+                count,
+                data.height,
+                data.width,
+                size,
+                self.resize,
+                self.device,
+            )
+        })?;
+        Ok(self
+            .net
+            .forward_until(&x, self.until)?
+            .to_dtype(candle_core::DType::F32)?)
     }
 
     /// Calls `sink(start, features)` for consecutive batches covering the whole dataset, in order.
@@ -82,6 +96,7 @@ impl Extractor<'_> {
     ) -> Result<()> {
         let mut start = 0;
         while start < data.n {
+            crate::interrupt::check()?;
             let count = self.batch.min(data.n - start);
             let f = self.batch(data, start, count)?;
             sink(start, f)?;
@@ -119,7 +134,7 @@ pub fn extract_to_npz(spec: &Spec, out: &Path) -> Result<ExtractReport> {
 }
 
 fn extract_here(spec: &Spec, out: &Path) -> Result<ExtractReport> {
-    let device = crate::device::select(spec.device)?;
+    let device = crate::device::select(spec.device, spec.tf32)?;
     let data = load_dataset(spec)?;
     let net = load_network(spec, &device)?;
     let dim = feature_dim(spec.arch, spec.freeze);

@@ -134,6 +134,8 @@ enum Cmd {
     },
     /// Validate experiment files without running them
     Check { specs: Vec<PathBuf> },
+    /// List the devices this runner can use (CPU, and GPUs when built with CUDA)
+    Devices,
     /// Write the frozen backbone's features of every sample to an .npz (features, labels)
     Extract {
         spec: PathBuf,
@@ -180,7 +182,12 @@ enum WeightsCmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
-    match run(cli) {
+    if let Err(e) = runner::interrupt::install() {
+        tracing::warn!("{e}");
+    }
+    let r = run(cli);
+    eprint!("{}", runner::profile::report());
+    match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // one paragraph: nested messages may carry line breaks
@@ -268,6 +275,13 @@ fn sweep_options(
 }
 
 fn report(r: runner::sweep::Report) -> Result<(), Error> {
+    if !r.busy.is_empty() {
+        eprintln!(
+            "{} point(s) were running in another process and were left to it: {:?}",
+            r.busy.len(),
+            r.busy
+        );
+    }
     if r.failed.is_empty() {
         return Ok(());
     }
@@ -484,6 +498,12 @@ fn run(cli: Cli) -> Result<(), Error> {
             }
             if !cli.quiet {
                 eprintln!("wrote {} ({n} images, 43 classes, 32x32)", out.display());
+            }
+            Ok(())
+        }
+        Cmd::Devices => {
+            for line in runner::device::list() {
+                println!("{line}");
             }
             Ok(())
         }

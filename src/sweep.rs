@@ -58,6 +58,8 @@ pub struct Report {
     pub ran: Vec<usize>,
     pub skipped: Vec<usize>,
     pub failed: Vec<(usize, String)>,
+    /// Points another process was running at the time (left to it).
+    pub busy: Vec<usize>,
 }
 
 /// Run the selected points of a spec (a spec without `[sweep]` is one point).
@@ -95,7 +97,22 @@ pub fn run(path: &Path, o: &Options) -> Result<Report> {
             if let Some(d) = o.devices.first() {
                 spec.device = crate::spec::parse_device(d).map_err(Error::Device)?;
             }
-            let out = experiment::run(&spec, o.mode)?;
+            crate::interrupt::check()?;
+            let out = match experiment::run_point(&spec, o.mode, !o.force) {
+                Ok(Some(out)) => out,
+                Ok(None) => {
+                    report.skipped.push(p.index);
+                    continue;
+                }
+                Err(Error::Busy(msg)) => {
+                    if o.mode != Mode::Quiet {
+                        eprintln!("point {}: skipped; {msg}", p.index);
+                    }
+                    report.busy.push(p.index);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             if o.mode != Mode::Quiet {
                 eprintln!(
                     "point {} ({}): best val acc {:.4}; {}",
@@ -125,6 +142,11 @@ fn run_parallel(path: &Path, o: &Options, todo: &[&Point], report: &mut Report) 
     let mut running: Vec<(usize, usize, Child)> = Vec::new(); // (slot, point, child)
     let mut free: Vec<usize> = (0..o.jobs).rev().collect();
     while !queue.is_empty() || !running.is_empty() {
+        if crate::interrupt::requested() {
+            // Ctrl-C reached the workers too (same process group): start nothing new, and
+            // wait for the running ones to write their epoch row and stop.
+            queue.clear();
+        }
         while let (Some(slot), Some(p)) = (free.last().copied(), queue.front().copied()) {
             free.pop();
             queue.pop_front();
@@ -168,6 +190,10 @@ fn run_parallel(path: &Path, o: &Options, todo: &[&Point], report: &mut Report) 
                         if o.mode != Mode::Quiet {
                             eprintln!("point {index}: done");
                         }
+                    } else if status.code() == Some(75) {
+                        report.busy.push(index);
+                    } else if status.code() == Some(130) && crate::interrupt::requested() {
+                        // interrupted with us; reported below
                     } else {
                         report
                             .failed
@@ -179,7 +205,7 @@ fn run_parallel(path: &Path, o: &Options, todo: &[&Point], report: &mut Report) 
             }
         }
     }
-    Ok(())
+    crate::interrupt::check()
 }
 
 /// Print the points of a spec: index, run id, overrides.

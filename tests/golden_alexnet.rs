@@ -28,13 +28,23 @@ fn golden_ints(key: &str) -> Vec<i64> {
 }
 
 fn extract(dir: &std::path::Path, freeze: &str, data: &str, resize: &str) -> Vec<f32> {
+    extract_as(dir, freeze, data, resize, "f32")
+}
+
+fn extract_as(
+    dir: &std::path::Path,
+    freeze: &str,
+    data: &str,
+    resize: &str,
+    dtype: &str,
+) -> Vec<f32> {
     let spec = dir.join(format!("{freeze}_{data}.toml"));
     std::fs::write(
         &spec,
         format!(
             "[backbone]\narch = \"alexnet\"\nweights = \"w.npy\"\nfreeze = \"{freeze}\"\n\
              [dataset]\nkind = \"pickle\"\npath = \"{data}\"\nresize = \"{resize}\"\n\
-             [run]\ndevice = \"cpu\"\nextract_batch = 2\n"
+             [run]\ndevice = \"cpu\"\nextract_batch = 2\ndtype = \"{dtype}\"\n"
         ),
     )
     .unwrap();
@@ -104,4 +114,36 @@ fn alexnet_features_match_tensorflow() {
         err > 1e-3,
         "half_pixel resize should differ from tf1 ({err:.2e})"
     );
+}
+
+#[test]
+fn bf16_on_the_cpu_is_refused_with_a_reason() {
+    // candle's CPU backend has no bf16 matrix product: the run must say so (exit 2), not fail
+    // deep inside a convolution.
+    let dir = tempfile::tempdir().unwrap();
+    write_formula_npy(&dir.path().join("w.npy"), Arch::AlexNet);
+    write_train_p(
+        &dir.path().join("s32.p"),
+        formula::images(3, 32, 32),
+        3,
+        32,
+        32,
+        &[0, 1, 2],
+    );
+    let spec = dir.path().join("bf16.toml");
+    std::fs::write(
+        &spec,
+        "[backbone]\narch = \"alexnet\"\nweights = \"w.npy\"\nfreeze = \"fc7\"\n\
+         [dataset]\nkind = \"pickle\"\npath = \"s32.p\"\n[run]\ndevice = \"cpu\"\ndtype = \"bf16\"\n",
+    )
+    .unwrap();
+    let out = run_in(dir.path(), &["extract", "bf16.toml", "--out", "x.npz"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("run.dtype = \"bf16\" runs on CUDA only"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(!dir.path().join("x.npz").exists());
 }

@@ -112,6 +112,16 @@ impl AlexNet {
         })
     }
 
+    /// Store the frozen layers `1..=until` in `dtype`.
+    pub fn cast_frozen(&mut self, until: usize, dtype: candle_core::DType) -> Result<()> {
+        for i in 1..=until {
+            if let Some((_, p)) = self.param_mut(i) {
+                p.cast(dtype)?;
+            }
+        }
+        Ok(())
+    }
+
     fn param_mut(&mut self, layer: usize) -> Option<(&'static str, &mut Param)> {
         Some(match LAYERS.get(layer).copied()? {
             "conv1" => ("conv1", &mut self.conv1),
@@ -196,7 +206,10 @@ impl AlexNet {
         let mut x = x.clone();
         for i in from + 1..=until {
             let d = dropout.as_mut().map(|(r, p)| (&mut **r, *p));
-            x = self.layer(i, &x, d)?;
+            x = {
+                let name = LAYERS.get(i).copied().unwrap_or("layer");
+                crate::profile::time(name, x.device(), || self.layer(i, &x, d))?
+            };
         }
         Ok(x)
     }

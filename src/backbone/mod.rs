@@ -246,6 +246,16 @@ impl Network {
         }
     }
 
+    /// Store the frozen layers `1..=until` in `dtype` (bf16/f16 for fast extraction on a GPU).
+    /// Convolutions and fc layers take their input in their weights' format, so a cast network
+    /// still accepts f32 input, and a trainable f32 tail accepts a cast part's output.
+    pub fn cast_frozen(&mut self, until: usize, dtype: candle_core::DType) -> Result<()> {
+        match self {
+            Network::AlexNet(n) => n.cast_frozen(until, dtype),
+            Network::Vgg(_, n) => n.cast_frozen(until, dtype),
+        }
+    }
+
     /// Run from the input up to and including `layer`.
     pub fn forward_until(&self, x: &Tensor, layer: usize) -> Result<Tensor> {
         self.forward_range(x, 0, layer)

@@ -155,6 +155,14 @@ impl Vgg {
             .map(|p| (p.w.clone(), p.b.clone()))
     }
 
+    /// Store the frozen layers `1..=until` in `dtype`.
+    pub fn cast_frozen(&mut self, until: usize, dtype: candle_core::DType) -> Result<()> {
+        for p in self.params.iter_mut().take(until + 1).flatten() {
+            p.cast(dtype)?;
+        }
+        Ok(())
+    }
+
     pub fn make_trainable(&mut self, after: usize, until: usize) -> Result<Vec<(String, Var)>> {
         let names = layers(self.depth);
         let mut out = Vec::new();
@@ -175,6 +183,7 @@ impl Vgg {
 
     /// The seed's input transform for raw 0..255 RGB: to BGR, minus the BGR mean.
     fn normalize(&self, x: &Tensor) -> Result<Tensor> {
+        let x = x.to_dtype(candle_core::DType::F32)?;
         Ok(x.index_select(&self.bgr, 1)?.broadcast_sub(&self.mean)?)
     }
 
@@ -214,7 +223,10 @@ impl Vgg {
         };
         for i in from + 1..=until {
             let d = dropout.as_mut().map(|(r, p)| (&mut **r, *p));
-            x = self.layer(i, &x, d)?;
+            x = {
+                let name = layers(self.depth).get(i).copied().unwrap_or("layer");
+                crate::profile::time(name, x.device(), || self.layer(i, &x, d))?
+            };
         }
         Ok(x)
     }

@@ -56,21 +56,30 @@ pub fn to_input(
     method: ResizeMethod,
     device: &Device,
 ) -> Result<Tensor> {
+    // (N,H,W,C) u8 -> (N,C,W,H) f32: one small copy of the source-size images.
     let x = Tensor::from_slice(pixels, (count, h, w, 3), device)?
         .to_dtype(DType::F32)?
-        .permute((0, 3, 1, 2))?;
+        .permute((0, 3, 2, 1))?;
     if h == size && w == size {
-        return Ok(x.contiguous()?);
+        return Ok(x.transpose(2, 3)?.contiguous()?);
     }
-    let rx = Tensor::from_vec(interp_matrix(w, size, method), (size, w), device)?;
+    // Resizing is separable: rows first, on the small image, then columns; each pass is one
+    // plain 2-D matrix product over every image and channel at once.
     let ry = Tensor::from_vec(interp_matrix(h, size, method), (size, h), device)?;
-    // (N,C,H,W) x (W,S) -> (N,C,H,S)
-    let xs = x.contiguous()?.broadcast_matmul(&rx.t()?)?;
-    // (S,H) x (N,C,H,S) -> (N,C,S,S)
-    Ok(ry
-        .broadcast_left((count, 3))?
+    let rx = Tensor::from_vec(interp_matrix(w, size, method), (size, w), device)?;
+    // (N*C*W, H) x (H, S) -> (N,C,W,S) -> (N,C,S,W)
+    let xh = x
         .contiguous()?
-        .matmul(&xs.contiguous()?)?)
+        .reshape((count * 3 * w, h))?
+        .matmul(&ry.t()?)?
+        .reshape((count, 3, w, size))?
+        .transpose(2, 3)?
+        .contiguous()?;
+    // (N*C*S, W) x (W, S) -> (N,C,S,S)
+    Ok(xh
+        .reshape((count * 3 * size, w))?
+        .matmul(&rx.t()?)?
+        .reshape((count, 3, size, size))?)
 }
 
 /// Resize one u8 HWC RGB image to `out_h x out_w` on the host (bilinear, `method`), rounding to

@@ -23,7 +23,13 @@ impl AtomicFile {
             .file_name()
             .map(|n| n.to_string_lossy().to_string())
             .unwrap_or_default();
-        let tmp = dest.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+        // `.NAME.HOST.PID.tmp`: a killed writer's leftovers are recognisable
+        // (`lock::remove_stale_temps`), and two hosts sharing a folder never collide.
+        let tmp = dest.with_file_name(format!(
+            ".{name}.{}.{}.tmp",
+            crate::lock::host_tag(),
+            std::process::id()
+        ));
         let f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
         Ok(AtomicFile {
             tmp,
@@ -220,29 +226,61 @@ pub struct SummaryRow {
     pub device_name: String,
 }
 
-/// Append a row to `summary.csv`, with the header when the file is new. Concurrent runs (sweep
-/// workers, Slurm tasks) append whole rows one writer at a time, under an exclusive lock.
+/// Add a run's row to `summary.csv` (one row per run id: a rerun replaces its old row).
+/// Concurrent runs (sweep workers, Slurm tasks) take turns under `summary.csv.lock`, and the file
+/// is rewritten whole through a temporary file and a rename, so a reader or a kill at any moment
+/// sees the old table or the new one, never a half row.
 pub fn append_summary(path: &Path, row: &SummaryRow) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| Error::io(path, e))?;
-    f.lock().map_err(|e| Error::io(path, e))?;
-    let header = f.metadata().map_err(|e| Error::io(path, e))?.len() == 0;
+    let lock_path = path.with_file_name(format!(
+        "{}.lock",
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    ));
+    let _lock = crate::lock::acquire(&lock_path)?;
+    let err = |e: csv::Error| Error::format(path, format!("summary.csv: {e}"));
     let mut w = csv::WriterBuilder::new()
-        .has_headers(header)
+        .has_headers(false)
         .from_writer(Vec::new());
-    w.serialize(row)
-        .map_err(|e| Error::Other(format!("summary.csv: {e}")))?;
-    let bytes = w
+    let mut fresh = csv::WriterBuilder::new()
+        .has_headers(true)
+        .from_writer(Vec::new());
+    fresh.serialize(row).map_err(err)?;
+    let fresh = fresh
         .into_inner()
         .map_err(|e| Error::Other(format!("summary.csv: {e}")))?;
-    f.write_all(&bytes).map_err(|e| Error::io(path, e))?;
-    f.sync_data().map_err(|e| Error::io(path, e))
+    let mut lines = fresh.split(|&b| b == b'\n');
+    let header = lines.next().unwrap_or_default().to_vec();
+    let new_row: Vec<u8> = lines.flat_map(|l| l.iter().copied()).collect();
+    match std::fs::read(path) {
+        Ok(old) if !old.is_empty() => {
+            let mut r = csv::ReaderBuilder::new()
+                .has_headers(true)
+                .flexible(true)
+                .from_reader(old.as_slice());
+            w.write_record(r.byte_headers().map_err(err)?)
+                .map_err(err)?;
+            for rec in r.byte_records() {
+                let rec = rec.map_err(err)?;
+                if rec.get(0) != Some(row.run_id.as_bytes()) {
+                    w.write_record(&rec).map_err(err)?;
+                }
+            }
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(path, e)),
+    }
+    let mut bytes = w
+        .into_inner()
+        .map_err(|e| Error::Other(format!("summary.csv: {e}")))?;
+    if bytes.is_empty() {
+        bytes.extend_from_slice(&header);
+        bytes.push(b'\n');
+    }
+    bytes.extend_from_slice(&new_row);
+    bytes.push(b'\n');
+    write_atomic(path, &bytes)
 }
 
 /// Median of a non-empty slice (0 for an empty one).

@@ -83,6 +83,10 @@ pub struct Spec {
     pub train: TrainSection,
     pub device: DeviceSpec,
     pub extract_batch: usize,
+    /// Number format of the frozen part.
+    pub precision: Precision,
+    /// TF32 for f32 matrix work on CUDA.
+    pub tf32: bool,
     pub cache_dir: Option<PathBuf>,
     pub results_dir: PathBuf,
     /// The fully resolved file, every default written out.
@@ -384,6 +388,8 @@ fn validate(path: &Path, text: &str, raw: RawSpec) -> Result<Spec> {
         train: raw.train.clone(),
         device,
         extract_batch: raw.run.extract_batch,
+        precision: raw.run.dtype,
+        tf32: raw.run.tf32,
         cache_dir: if raw.run.cache {
             Some(PathBuf::from(&raw.run.cache_dir))
         } else {

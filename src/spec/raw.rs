@@ -272,6 +272,41 @@ impl Default for DatasetSection {
     }
 }
 
+/// Number format of the frozen backbone's arithmetic.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    F32,
+    Bf16,
+    F16,
+}
+
+impl Precision {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+            Precision::F16 => "f16",
+        }
+    }
+
+    pub fn dtype(&self) -> candle_core::DType {
+        match self {
+            Precision::F32 => candle_core::DType::F32,
+            Precision::Bf16 => candle_core::DType::BF16,
+            Precision::F16 => candle_core::DType::F16,
+        }
+    }
+
+    /// The label of the arithmetic actually used (TF32 only matters for f32).
+    pub fn label(&self, tf32: bool) -> String {
+        match (self, tf32) {
+            (Precision::F32, true) => "tf32".to_string(),
+            (p, _) => p.name().to_string(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RunSection {
@@ -279,6 +314,10 @@ pub struct RunSection {
     pub device: String,
     /// Images per batch through the frozen backbone.
     pub extract_batch: usize,
+    /// Number format of the frozen part: `f32` | `bf16` | `f16` (the head always trains in f32).
+    pub dtype: Precision,
+    /// On CUDA, let f32 matrix products and convolutions use TF32 tensor cores.
+    pub tf32: bool,
     /// Reuse frozen features across runs.
     pub cache: bool,
     pub cache_dir: String,
@@ -291,6 +330,8 @@ impl Default for RunSection {
         RunSection {
             device: "auto".into(),
             extract_batch: 64,
+            dtype: Precision::F32,
+            tf32: false,
             cache: true,
             cache_dir: "results/.cache".into(),
             results_dir: "results".into(),

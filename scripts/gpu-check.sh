@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# GPU check for a CUDA build of runner (scripts/build-cuda.sh), on a machine with an NVIDIA GPU,
+# its driver, the CUDA 13 libraries (cuBLAS, cuRAND, cudart: e.g. inside a PyTorch install) and
+# python3 with numpy. Needs no Rust and no downloads; about 3 minutes on an H200.
+#
+#   scripts/gpu-check.sh [RUNNER_BINARY] [OUT_DIR]
+#
+# 1. fidelity: features of the same images on the GPU (f32, TF32, bf16) against the CPU
+#    (AlexNet to fc7, VGG16 to fc6/relu6; random weights): the relative L2 error
+#    |gpu - cpu| / |cpu| must be <= 1e-3 for f32 and TF32, <= 2e-2 for bf16 (the largest
+#    element error relative to the largest feature is printed too);
+# 2. timing: AlexNet extraction of 39,216 32x32 images resized to 227 (f32, TF32, bf16),
+#    VGG16 extraction of 3,698 images at 224, and 10 head epochs on the AlexNet fc7 features.
+# Prints one table and writes OUT_DIR/gpu-check.csv. Exit status 1 when a fidelity bound fails.
+set -uo pipefail
+dev="${GPU_CHECK_DEVICE:-cuda}"          # cpu: a dry run of this script with a CPU build
+scale="${GPU_CHECK_SCALE:-1}"           # divides the timed workloads (for dry runs)
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+bin="$(realpath "${1:-target-cuda/release/runner}")"
+out="$(mkdir -p "${2:-gpu-check-out}" && realpath "${2:-gpu-check-out}")"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+cd "$work"
+
+# The libraries the binary needs (driver's libcuda.so.1; cuBLAS, cuRAND, cudart 13): for each one
+# the loader does not find, look where NVIDIA's wheels and drivers usually are, then everywhere.
+for lib in $(ldd "$bin" | awk '/not found/ {print $1}'); do
+  d=$(find /usr/local/nvidia /usr/local/cuda* /usr/lib/x86_64-linux-gnu /opt /usr/local/lib /usr/lib/python3* \
+        -name "$lib" 2>/dev/null | head -n1)
+  [ -n "$d" ] || d=$(find / -xdev -name "$lib" -not -path '/proc/*' 2>/dev/null | head -n1)
+  [ -n "$d" ] && LD_LIBRARY_PATH="$(dirname "$d")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+done
+export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:-}"
+if ldd "$bin" | grep "not found"; then echo "gpu-check: libraries missing (above)" >&2; exit 2; fi
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+"$bin" devices || exit 2
+if [ "$dev" = cuda ] && ! "$bin" devices | grep -q "^cuda:0"; then echo "gpu-check: no usable GPU" >&2; exit 2; fi
+
+spec() { # name arch freeze per_class
+  cat >"$1.toml" <<TOML
+name = "$1"
+seed = 7
+[backbone]
+arch = "$2"
+weights = "random"
+freeze = "$3"
+[dataset]
+kind = "synthetic"
+per_class = $4
+[head]
+hidden = []
+[train]
+epochs = 10
+batch_size = 128
+[run]
+cache = false
+results_dir = "$work/results"
+TOML
+}
+spec fid_alexnet alexnet fc7 3   # 129 images
+spec fid_vgg16 vgg16 fc6 1       # 43 images
+spec alexnet alexnet fc7 $((912 / scale))     # 39,216 images (the GTSRB training set has 39,209)
+spec vgg16 vgg16 fc6 $(( (86 + scale - 1) / scale ))          # 3,698 images (flower_photos has 3,670)
+
+echo "config,workload,images,seconds,images_per_s,epoch_s,rel_l2_err,max_err_rel,bound,ok" >"$out/gpu-check.csv"
+fail=0
+for net in alexnet vgg16; do
+  "$bin" extract "fid_$net.toml" --out "cpu_$net.npz" --set run.device=cpu >/dev/null || exit 1
+  for cfg in f32 tf32 bf16; do
+    [ "$dev" = cpu ] && [ "$cfg" = bf16 ] && continue   # the CPU refuses bf16
+    case $cfg in f32) sets=(--set run.dtype=f32 --set run.tf32=false); bound=1e-3 ;;
+                 tf32) sets=(--set run.dtype=f32 --set run.tf32=true); bound=1e-3 ;;
+                 bf16) sets=(--set run.dtype=bf16); bound=2e-2 ;; esac
+    "$bin" extract "fid_$net.toml" --out "gpu_$net.npz" --set run.device=$dev "${sets[@]}" >/dev/null || exit 1
+    line=$(python3 - "cpu_$net.npz" "gpu_$net.npz" "$bound" <<'PY'
+import sys, numpy as np
+a = np.load(sys.argv[1])["features"].astype(np.float64)
+b = np.load(sys.argv[2])["features"].astype(np.float64)
+# judged like the golden tests: relative L2 error; the max error relative to the largest
+# feature is printed beside it
+err = float(np.linalg.norm(a - b) / max(np.linalg.norm(a), 1e-30))
+mx = float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-30))
+print(f"{a.shape[0]},{err:.3e},{mx:.3e},{sys.argv[3]},{'yes' if err <= float(sys.argv[3]) else 'NO'}")
+PY
+)
+    IFS=, read -r n err mx b ok <<<"$line"
+    [ "$ok" = yes ] || fail=1
+    echo "$cfg,fidelity $net,$n,,,,$err,$mx,$b,$ok" >>"$out/gpu-check.csv"
+  done
+done
+
+bench() { # cfg spec epochs sets...
+  local cfg=$1 s=$2 ep=$3; shift 3
+  local dir
+  dir=$("$bin" bench "$s.toml" --batches 100000 --epochs "$ep" --set run.device=$dev \
+        --set run.extract_batch=256 "$@" | sed -n 's/.*written to //p')
+  python3 - "$dir/summary.json" "$dir/epochs.csv" "$cfg" "$s" "$ep" <<'PY' >>"$out/gpu-check.csv"
+import sys, json, csv, statistics
+s = json.load(open(sys.argv[1]))
+rows = list(csv.DictReader(open(sys.argv[2])))
+ep = [float(r["train_seconds"]) for r in rows][1:]  # training pass; the first is warm-up
+epoch = f"{statistics.median(ep):.4f}" if int(sys.argv[5]) > 1 and ep else ""
+print(f"{sys.argv[3]},extract {sys.argv[4]},{s['n_train']},{s['extract_seconds']:.3f},"
+      f"{s['extract_images_per_second']:.0f},{epoch},,,,")
+PY
+}
+bench f32 alexnet 10 --set run.dtype=f32 --set run.tf32=false
+bench tf32 alexnet 1 --set run.dtype=f32 --set run.tf32=true
+[ "$dev" = cpu ] || bench bf16 alexnet 1 --set run.dtype=bf16
+bench f32 vgg16 1 --set run.dtype=f32 --set run.tf32=false
+bench tf32 vgg16 1 --set run.dtype=f32 --set run.tf32=true
+[ "$dev" = cpu ] || bench bf16 vgg16 1 --set run.dtype=bf16
+
+# The PyTorch peer on the same GPU, same workloads (when python3 has torch with CUDA).
+peer="$(dirname "$bin")/torch_peer.py"
+[ -f "$peer" ] || peer="$repo/bench/torch_peer.py"
+if [ "$dev" = cuda ] && [ -f "$peer" ] && python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then
+  for cfg in f32 tf32 bf16; do
+    python3 "$peer" alexnet --device cuda --dtype $cfg --batch 256 --images $((43 * 912 / scale)) --runs 3 |
+      sed -n 's/.*: \([0-9.]*\) images\/s (\([0-9]*\) images in \([0-9.]*\) s)/'"torch-$cfg,extract alexnet,\2,\3,\1,,,,,/p" >>"$out/gpu-check.csv"
+    python3 "$peer" vgg16 --device cuda --dtype $cfg --batch 256 --images $((43 * 86 / scale)) --runs 3 |
+      sed -n 's/.*: \([0-9.]*\) images\/s (\([0-9]*\) images in \([0-9.]*\) s)/'"torch-$cfg,extract vgg16,\2,\3,\1,,,,,/p" >>"$out/gpu-check.csv"
+  done
+  python3 "$peer" head --device cuda --epochs 5 --n $((43 * 912 / scale)) |
+    sed -n 's/.*: \([0-9.]*\) s\/epoch/'"torch-f32,head epoch,$((43 * 912 / scale)),,,\1,,,,/p" >>"$out/gpu-check.csv"
+fi
+
+if command -v column >/dev/null; then column -s, -t <"$out/gpu-check.csv"; else cat "$out/gpu-check.csv"; fi
+nvidia-smi --query-gpu=name --format=csv,noheader >"$out/gpu-name.txt" 2>/dev/null || true
+exit $fail
