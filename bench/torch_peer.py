@@ -4,6 +4,7 @@ usage: python bench/torch_peer.py WORKLOAD [options]
   alexnet  --batch B --images N [--device cpu|cuda] [--dtype f32|tf32|bf16]   images/s to fc7
   vgg16    --batch B --images N [...]                                          images/s to relu6
   head     --epochs E [--n 34799] [--device ...]           s per epoch, linear 4096 -> 43, Adam
+  sweep    --epochs E --n N                                12 head configs, s in all
 Prints one line per measurement: `torch WORKLOAD CONFIG: VALUE UNIT`.
 
 AlexNet is the seed's variant (TF-port bvlc: SAME conv1, grouped conv2/4/5, TF's LRN with radius
@@ -109,9 +110,47 @@ def head(a):
     return statistics.median(times[1:] if len(times) > 1 else times)
 
 
+def sweep(a):
+    """The 12-point head sweep of bench/cpu.sh: lr x hidden x optimizer on n cached 4096-d
+    features (80/20 train/val split), `epochs` epochs each, validation after every epoch."""
+    dev = torch.device(a.device)
+    g = torch.Generator().manual_seed(2)
+    n, d, k, bs = a.n, 4096, 43, 128
+    X = torch.rand(n, d, generator=g).to(dev)
+    Y = torch.randint(0, k, (n,), generator=g).to(dev)
+    cut = n * 4 // 5
+    t = time.perf_counter()
+    for lr in (1e-3, 3e-3, 1e-2):
+        for hidden in ([], [256]):
+            for opt_name in ("adam", "sgd"):
+                dims = [d] + hidden + [k]
+                layers = []
+                for i in range(len(dims) - 1):
+                    layers.append(nn.Linear(dims[i], dims[i + 1]))
+                    if i < len(dims) - 2:
+                        layers.append(nn.ReLU())
+                m = nn.Sequential(*layers).to(dev)
+                opt = (torch.optim.Adam(m.parameters(), lr=lr) if opt_name == "adam"
+                       else torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9))
+                for ep in range(a.epochs):
+                    perm = torch.randperm(cut, device=dev)
+                    m.train()
+                    for i in range(0, cut, bs):
+                        idx = perm[i:i + bs]
+                        loss = F.cross_entropy(m(X[idx]), Y[idx])
+                        opt.zero_grad(set_to_none=True)
+                        loss.backward()
+                        opt.step()
+                    m.eval()
+                    with torch.inference_mode():
+                        acc = (m(X[cut:]).argmax(1) == Y[cut:]).float().mean().item()
+    sync(dev)
+    return time.perf_counter() - t
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
-    p.add_argument("workload", choices=["alexnet", "vgg16", "head"])
+    p.add_argument("workload", choices=["alexnet", "vgg16", "head", "sweep"])
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--images", type=int, default=256)
     p.add_argument("--runs", type=int, default=3)
@@ -123,7 +162,9 @@ if __name__ == "__main__":
     if os.environ.get("THREADS"):
         torch.set_num_threads(int(os.environ["THREADS"]))
     torch.manual_seed(0)
-    if a.workload == "head":
+    if a.workload == "sweep":
+        print(f"torch sweep {a.device}: {sweep(a):.3f} s")
+    elif a.workload == "head":
         s = head(a)
         print(f"torch head {a.device}: {s:.4f} s/epoch")
     else:

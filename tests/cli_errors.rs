@@ -215,3 +215,19 @@ fn cuda_without_cuda_is_a_one_line_exit_2() {
     assert_clean_failure(&out, &["cuda", "without CUDA support"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn devices_lists_the_cpu_and_says_why_there_is_no_gpu() {
+    let d = tempfile::tempdir().unwrap();
+    let out = run_in(d.path(), &["devices"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let first = text.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("cpu ") && first.contains("threads"),
+        "{text}"
+    );
+    if !cfg!(feature = "cuda") {
+        assert!(text.contains("cuda     not compiled in"), "{text}");
+    }
+}

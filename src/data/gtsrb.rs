@@ -35,6 +35,11 @@ struct Row {
     origin: String,
 }
 
+/// Parse an annotation CSV without decoding images: the number of rows (for checks and fuzzing).
+pub fn parse_annotations(csv_path: &Path, image_dir: &Path) -> Result<usize> {
+    Ok(read_csv(csv_path, image_dir)?.len())
+}
+
 /// Read an annotation CSV; every problem names the file and the row.
 fn read_csv(csv_path: &Path, image_dir: &Path) -> Result<Vec<Row>> {
     let mut rdr = csv::ReaderBuilder::new()

@@ -30,12 +30,50 @@ pub struct Rgb {
     pub px: Vec<u8>,
 }
 
+/// The most pixels an image may have (width x height). A decoded RGB image takes 3 bytes per
+/// pixel, and the decoder may need as much again: 100 Mpixel bounds one decode near 600 MB.
+/// Raise it with `RUNNER_MAX_IMAGE_PIXELS` for larger scans.
+pub const MAX_IMAGE_PIXELS: u64 = 100_000_000;
+
+fn max_pixels() -> u64 {
+    std::env::var("RUNNER_MAX_IMAGE_PIXELS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(MAX_IMAGE_PIXELS)
+}
+
 pub fn decode(path: &Path) -> std::result::Result<Rgb, String> {
-    let reader = image::ImageReader::open(path)
-        .map_err(|e| e.to_string())?
+    let reader = image::ImageReader::open(path).map_err(|e| e.to_string())?;
+    decode_reader(reader)
+}
+
+/// As `decode`, from the file's bytes.
+pub fn decode_bytes(bytes: &[u8]) -> std::result::Result<Rgb, String> {
+    decode_reader(image::ImageReader::new(std::io::Cursor::new(bytes)))
+}
+
+fn decode_reader<R: std::io::BufRead + std::io::Seek>(
+    reader: image::ImageReader<R>,
+) -> std::result::Result<Rgb, String> {
+    use image::ImageDecoder;
+    let mut decoder = reader
         .with_guessed_format()
+        .map_err(|e| e.to_string())?
+        .into_decoder()
         .map_err(|e| e.to_string())?;
-    let img = reader.decode().map_err(|e| e.to_string())?.to_rgb8();
+    let (w, h) = decoder.dimensions();
+    let (pixels, limit) = (w as u64 * h as u64, max_pixels());
+    if pixels > limit {
+        return Err(format!(
+            "image is {w}x{h} ({pixels} pixels), above the limit of {limit} (set RUNNER_MAX_IMAGE_PIXELS to allow more)"
+        ));
+    }
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(limit.saturating_mul(8));
+    decoder.set_limits(limits).map_err(|e| e.to_string())?;
+    let img = image::DynamicImage::from_decoder(decoder)
+        .map_err(|e| e.to_string())?
+        .to_rgb8();
     let (w, h) = (img.width() as usize, img.height() as usize);
     if w == 0 || h == 0 {
         return Err("image has no pixels".into());

@@ -127,7 +127,7 @@ pub fn from_parts(
             c
         }
         None => {
-            const MAX_CLASSES: i64 = 100_000;
+            const MAX_CLASSES: i64 = 10_000;
             if max >= MAX_CLASSES {
                 return Err(Error::data(
                     path,

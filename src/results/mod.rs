@@ -298,27 +298,39 @@ pub fn median(v: &[f64]) -> f64 {
     }
 }
 
-/// Per-class accuracy and the confusion matrix of one split, in long form.
+/// Per-class accuracy and the confusion matrix of one split, in long form. Stored sparsely
+/// (support and hits per class, non-zero cells only): memory grows with classes + samples, not
+/// classes squared, whatever the label set.
 pub struct ClassReport {
     pub split: String,
-    /// counts[true][predicted]
-    pub counts: Vec<Vec<u64>>,
+    /// Samples per true class.
+    pub support: Vec<u64>,
+    /// Correct predictions per true class.
+    pub correct: Vec<u64>,
+    /// (true, predicted) -> count, non-zero cells only.
+    pub cells: std::collections::BTreeMap<(u32, u32), u64>,
 }
 
 impl ClassReport {
     pub fn new(split: &str, classes: usize, truth: &[u32], predicted: &[u32]) -> ClassReport {
-        let mut counts = vec![vec![0u64; classes]; classes];
+        let mut support = vec![0u64; classes];
+        let mut correct = vec![0u64; classes];
+        let mut cells = std::collections::BTreeMap::new();
         for (&t, &p) in truth.iter().zip(predicted) {
-            if let Some(c) = counts
-                .get_mut(t as usize)
-                .and_then(|r| r.get_mut(p as usize))
-            {
-                *c += 1;
+            if (t as usize) >= classes || (p as usize) >= classes {
+                continue;
             }
+            support[t as usize] += 1;
+            if t == p {
+                correct[t as usize] += 1;
+            }
+            *cells.entry((t, p)).or_insert(0) += 1;
         }
         ClassReport {
             split: split.to_string(),
-            counts,
+            support,
+            correct,
+            cells,
         }
     }
 }
@@ -338,9 +350,7 @@ pub fn write_class_reports(
     cm.write_record(["split", "true", "predicted", "count"])
         .map_err(err)?;
     for r in reports {
-        for (t, row) in r.counts.iter().enumerate() {
-            let support: u64 = row.iter().sum();
-            let correct = row.get(t).copied().unwrap_or(0);
+        for (t, (&support, &correct)) in r.support.iter().zip(&r.correct).enumerate() {
             let acc = if support > 0 {
                 correct as f64 / support as f64
             } else {
@@ -356,10 +366,10 @@ pub fn write_class_reports(
                 acc.to_string(),
             ])
             .map_err(err)?;
-            for (p, &c) in row.iter().enumerate().filter(|(_, &c)| c > 0) {
-                cm.write_record([r.split.clone(), t.to_string(), p.to_string(), c.to_string()])
-                    .map_err(err)?;
-            }
+        }
+        for (&(t, p), &c) in &r.cells {
+            cm.write_record([r.split.clone(), t.to_string(), p.to_string(), c.to_string()])
+                .map_err(err)?;
         }
     }
     let bytes = |w: csv::Writer<Vec<u8>>| {

@@ -152,6 +152,21 @@ pub fn expand(path: &Path, sets: &[String]) -> Result<Vec<Point>> {
     expand_str(path, &text, sets, std::env::vars().collect())
 }
 
+/// The most points one sweep may have: each is a full experiment, and a typo in a grid
+/// (a list of 1000 values where 10 were meant) should be an error, not a plan of a million runs.
+pub const MAX_POINTS: usize = 100_000;
+
+fn check_points(path: &Path, count: Option<usize>) -> Result<()> {
+    match count {
+        Some(n) if n <= MAX_POINTS => Ok(()),
+        _ => Err(Error::Spec(format!(
+            "{}: the sweep has {} points, more than the {MAX_POINTS} runner plans at once; split it into several files or use mode = \"random\" with fewer samples",
+            path.display(),
+            count.map(|n| n.to_string()).unwrap_or_else(|| "too many".into())
+        ))),
+    }
+}
+
 pub fn expand_str(
     path: &Path,
     text: &str,
@@ -186,6 +201,11 @@ pub fn expand_str(
                     path.display()
                 )));
             }
+            let count = dists.iter().try_fold(1usize, |n, (_, d)| match d {
+                Dist::Choice(v) => n.checked_mul(v.len()),
+                _ => Some(n),
+            });
+            check_points(path, count)?;
             let mut combos: Vec<Vec<(String, toml::Value)>> = vec![vec![]];
             for (k, d) in &dists {
                 let Dist::Choice(values) = d else { continue };
@@ -212,6 +232,7 @@ pub fn expand_str(
                     )))
                 }
             };
+            check_points(path, Some(n))?;
             let mut rng = ChaCha8Rng::seed_from_u64(base.seed ^ 0x5_3ee9);
             (0..n)
                 .map(|_| {

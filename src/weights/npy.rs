@@ -96,7 +96,10 @@ fn parse_header(text: &str) -> std::result::Result<Header, String> {
     let fortran = f.starts_with("True");
     let s = find("shape")?;
     let open = s.find('(').ok_or("malformed .npy shape")?;
-    let close = s.find(')').ok_or("malformed .npy shape")?;
+    let close = s[open..]
+        .find(')')
+        .map(|c| open + c)
+        .ok_or("malformed .npy shape")?;
     let shape = s[open + 1..close]
         .split(',')
         .map(str::trim)

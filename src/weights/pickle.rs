@@ -12,6 +12,7 @@
 //! allocated; containers are reference-counted, so memo references cost nothing.
 
 use std::cell::RefCell;
+use std::collections::HashSet;
 use std::rc::Rc;
 
 use super::array::{ArrayDtype, NdArray};
@@ -240,6 +241,7 @@ pub fn unpickle(data: &[u8], limits: &Limits) -> Result<(Value, usize), String> 
         marks: Vec::new(),
         memo: std::collections::HashMap::new(),
         limits,
+        keep: HashSet::new(),
     }
     .run()
 }
@@ -249,6 +251,157 @@ enum Item {
     V(Value),
 }
 
+/// The values a container holds directly.
+fn children(v: &Value) -> Vec<Value> {
+    match v {
+        Value::List(l) => l.borrow().clone(),
+        Value::Tuple(t) => t.as_ref().clone(),
+        Value::Dict(d) => d
+            .borrow()
+            .iter()
+            .flat_map(|(k, v)| [k.clone(), v.clone()])
+            .collect(),
+        Value::Array(a) => match &*a.borrow() {
+            PickledArray::Object { items, .. } => items.clone(),
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
+    }
+}
+
+fn container_id(v: &Value) -> Option<usize> {
+    match v {
+        Value::List(l) => Some(Rc::as_ptr(l) as *const () as usize),
+        Value::Tuple(t) => Some(Rc::as_ptr(t) as *const () as usize),
+        Value::Dict(d) => Some(Rc::as_ptr(d) as *const () as usize),
+        Value::Array(a) => Some(Rc::as_ptr(a) as *const () as usize),
+        _ => None,
+    }
+}
+
+/// Refuse values nested deeper than `max_depth` containers, or containing themselves (a list
+/// appended to itself through the memo): either would overflow the stack of any recursive walk,
+/// and deep chains even of the destructor. Iterative, visiting each shared container once.
+fn check_nesting(root: &Value, max_depth: usize) -> Result<HashSet<usize>, String> {
+    use std::collections::HashMap;
+    // container id -> Some(depth) when done, None while on the current path
+    let mut state: HashMap<usize, Option<usize>> = HashMap::new();
+    // (value, children not yet visited, deepest child so far)
+    let mut path: Vec<(Value, Vec<Value>, usize)> = Vec::new();
+    let enter = |v: &Value,
+                 state: &mut HashMap<usize, Option<usize>>,
+                 path: &mut Vec<(Value, Vec<Value>, usize)>|
+     -> Result<Option<usize>, String> {
+        let Some(id) = container_id(v) else {
+            return Ok(Some(0));
+        };
+        match state.get(&id) {
+            Some(Some(d)) => Ok(Some(*d)),
+            Some(None) => Err("pickle holds a container that contains itself; refusing it".into()),
+            None => {
+                if path.len() >= max_depth {
+                    return Err(format!(
+                        "pickle nests containers more than {max_depth} deep; refusing it"
+                    ));
+                }
+                state.insert(id, None);
+                let mut kids = children(v);
+                kids.reverse();
+                path.push((v.clone(), kids, 0));
+                Ok(None)
+            }
+        }
+    };
+    enter(root, &mut state, &mut path)?;
+    while let Some((_, kids, deepest)) = path.last_mut() {
+        match kids.pop() {
+            Some(k) => {
+                if let Some(d) = enter(&k, &mut state, &mut path)? {
+                    if let Some(top) = path.last_mut() {
+                        top.2 = top.2.max(d);
+                    }
+                }
+            }
+            None => {
+                let d = *deepest + 1;
+                if let Some((v, _, _)) = path.pop() {
+                    if let Some(id) = container_id(&v) {
+                        state.insert(id, Some(d));
+                    }
+                }
+                if let Some(parent) = path.last_mut() {
+                    parent.2 = parent.2.max(d);
+                }
+            }
+        }
+    }
+    Ok(state.into_keys().collect())
+}
+
+/// Drop values without recursion: a container whose last reference is dropped here hands its
+/// children to the work list instead of dropping them inside its own destructor. Mutable
+/// containers not in `keep` (the returned value's) are emptied even while shared, which breaks
+/// the reference cycles a pickle can build through the memo (they would leak otherwise).
+fn teardown(mut work: Vec<Value>, keep: &HashSet<usize>) {
+    while let Some(v) = work.pop() {
+        let kept = container_id(&v).is_some_and(|id| keep.contains(&id));
+        match v {
+            Value::List(l) if !kept => {
+                work.extend(std::mem::take(&mut *l.borrow_mut()));
+            }
+            Value::Dict(d) if !kept => {
+                for (k, v) in std::mem::take(&mut *d.borrow_mut()) {
+                    work.push(k);
+                    work.push(v);
+                }
+            }
+            Value::Array(a) if !kept => {
+                if let PickledArray::Object { items, .. } = &mut *a.borrow_mut() {
+                    work.extend(std::mem::take(items));
+                }
+            }
+            Value::List(l) => {
+                if let Ok(cell) = Rc::try_unwrap(l) {
+                    work.extend(cell.into_inner());
+                }
+            }
+            Value::Tuple(t) => {
+                if let Ok(items) = Rc::try_unwrap(t) {
+                    work.extend(items);
+                }
+            }
+            Value::Dict(d) => {
+                if let Ok(cell) = Rc::try_unwrap(d) {
+                    for (k, v) in cell.into_inner() {
+                        work.push(k);
+                        work.push(v);
+                    }
+                }
+            }
+            Value::Array(a) => {
+                if let Ok(cell) = Rc::try_unwrap(a) {
+                    if let PickledArray::Object { items, .. } = cell.into_inner() {
+                        work.extend(items);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Drop for Machine<'_> {
+    /// A pickle refused half-way may hold a deep chain on its stack or in its memo.
+    fn drop(&mut self) {
+        let mut work: Vec<Value> = self.memo.drain().map(|(_, v)| v).collect();
+        work.extend(self.stack.drain(..).filter_map(|i| match i {
+            Item::V(v) => Some(v),
+            Item::Mark => None,
+        }));
+        teardown(work, &self.keep);
+    }
+}
+
 struct Machine<'a> {
     data: &'a [u8],
     pos: usize,
@@ -256,6 +409,8 @@ struct Machine<'a> {
     marks: Vec<usize>,
     memo: std::collections::HashMap<u64, Value>,
     limits: &'a Limits,
+    /// Containers of the returned value (kept intact when the machine is dropped).
+    keep: HashSet<usize>,
 }
 
 impl<'a> Machine<'a> {
@@ -406,6 +561,13 @@ impl<'a> Machine<'a> {
                 }
                 op::STOP => {
                     let v = self.pop()?;
+                    match check_nesting(&v, self.limits.max_depth) {
+                        Ok(reachable) => self.keep = reachable,
+                        Err(e) => {
+                            teardown(vec![v], &Default::default());
+                            return Err(e);
+                        }
+                    }
                     return Ok((v, self.pos));
                 }
                 op::MARK => {

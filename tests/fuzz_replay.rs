@@ -1,0 +1,57 @@
+//! Every committed fuzz input (seeds and the inputs that once crashed a target) through the
+//! fuzzed entry points, on stable Rust: a panic here is a regression. `fuzz/harness.rs` is the
+//! code the cargo-fuzz targets run.
+
+include!("../fuzz/harness.rs");
+
+fn replay(target: &str, f: fn(&[u8])) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+    let mut n = 0;
+    for dir in [
+        root.join("corpus").join(target),
+        root.join("regressions").join(target),
+    ] {
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut paths: Vec<_> = rd.flatten().map(|e| e.path()).collect();
+        paths.sort();
+        for p in paths {
+            let data = std::fs::read(&p).unwrap();
+            eprintln!("{target}: {}", p.display());
+            f(&data);
+            n += 1;
+        }
+    }
+    assert!(n > 0, "no inputs for {target}");
+}
+
+#[test]
+fn unpickle() {
+    replay("unpickle", harness::unpickle_bytes);
+}
+
+#[test]
+fn npy() {
+    replay("npy", harness::npy_bytes);
+}
+
+#[test]
+fn weights_file() {
+    replay("weights_file", harness::weights_file);
+}
+
+#[test]
+fn spec() {
+    replay("spec", harness::spec_text);
+}
+
+#[test]
+fn gtsrb_csv() {
+    replay("gtsrb_csv", harness::gtsrb_csv);
+}
+
+#[test]
+fn image() {
+    replay("image", harness::image_bytes);
+}
