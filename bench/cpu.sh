@@ -35,7 +35,7 @@ mode = "grid"
 "head.hidden" = [[], [256]]
 "train.optimizer" = ["adam", "sgd"]
 '
-"$BIN" -q sweep "$work/sweep.toml" --index 0 >/dev/null   # extracts once: the cache is warm
+"$BIN" sweep "$work/sweep.toml" --index 0 -q >/dev/null   # extracts once: the cache is warm
 log="$work/log"
 for p in $(seq "$PAIRS"); do
   "$BIN" bench "$work/alex.toml" --batches 4 --epochs 1 2>/dev/null | sed -n 's/.*extraction \([0-9.]*\) images.*/runner alexnet \1/p' >>"$log"
@@ -44,7 +44,7 @@ for p in $(seq "$PAIRS"); do
   "$PY" bench/torch_peer.py vgg16 --batch 16 --images 48 --runs 2 | sed -n 's/.*: \([0-9.]*\) images\/s.*/torch vgg16 \1/p' >>"$log"
   "$HEAD" 3 | sed -n 's/runner head epoch [2-9]: train \([0-9.]*\) s.*/runner head \1/p' >>"$log"
   "$PY" bench/torch_peer.py head --epochs 3 | sed -n 's/.*: \([0-9.]*\) s\/epoch/torch head \1/p' >>"$log"
-  s=$(date +%s.%N); "$BIN" -q sweep "$work/sweep.toml" --force >/dev/null; e=$(date +%s.%N)
+  s=$(date +%s.%N); "$BIN" sweep "$work/sweep.toml" --force -q >/dev/null; e=$(date +%s.%N)
   echo "runner sweep $(echo "$e - $s" | bc)" >>"$log"
   "$PY" bench/torch_peer.py sweep --epochs 5 --n 2150 | sed -n 's/.*: \([0-9.]*\) s/torch sweep \1/p' >>"$log"
 done

@@ -57,6 +57,15 @@ fn self_containing_and_memo_bomb_pickles() {
     let e = unpickle(&cyc, &Limits::default()).expect_err("refused");
     assert!(e.contains("contains itself"), "{e}");
 
+    // the same without the memo: DUP, then APPEND the list to itself
+    let dup = [0x80, 2, b']', b'2', b'a', b'.'];
+    let e = unpickle(&dup, &Limits::default()).expect_err("refused");
+    assert!(e.contains("contains itself"), "{e}");
+    // a cycle left on the stack beside a harmless result is torn down, not returned
+    let beside = [0x80, 2, b']', b'2', b'a', b']', b'.'];
+    let (v, _) = unpickle(&beside, &Limits::default()).unwrap();
+    assert_eq!(v.as_seq().map(|s| s.len()), Some(0));
+
     // l[i+1] = [l[i], l[i]] 900 times: 2^900 leaves if expanded, 901 lists as stored
     let mut b = vec![0x80, 2, b']', b'r', 0, 0, 0, 0];
     for i in 0u32..900 {

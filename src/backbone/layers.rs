@@ -1,6 +1,6 @@
 //! Layer operations with TensorFlow's semantics, shared by the backbones.
 
-use candle_core::{Tensor, D};
+use candle_core::{DType, Tensor, D};
 
 use crate::error::Result;
 
@@ -69,6 +69,27 @@ pub fn conv2d(
     let x = &x.to_dtype(w.dtype())?;
     let (_, _, h, wd) = x.dims4()?;
     let (_, _, kh, kw) = w.dims4()?;
+    let (pt, pb, pl, pr) = if same {
+        let (pt, pb) = same_padding(h, kh, stride);
+        let (pl, pr) = same_padding(wd, kw, stride);
+        (pt, pb, pl, pr)
+    } else {
+        (0, 0, 0, 0)
+    };
+    // Frozen layers on the CPU: our im2col (parallel, reading groups and padding in place) and
+    // one matrix product per image and group. Trainable layers keep candle's op (it has a
+    // backward pass).
+    // (RUNNER_CANDLE_CONV=1 forces candle's op, for A/B benchmarks.)
+    if x.device().is_cpu()
+        && x.dtype() == DType::F32
+        && !x.track_op()
+        && !w.track_op()
+        && std::env::var_os("RUNNER_CANDLE_CONV").is_none()
+    {
+        let y = conv2d_im2col(x, w, stride, [pt, pb, pl, pr], groups)?;
+        let c = b.dim(0)?;
+        return Ok(y.broadcast_add(&b.reshape((1, c, 1, 1))?)?);
+    }
     let y = if same {
         let (pt, pb) = same_padding(h, kh, stride);
         let (pl, pr) = same_padding(wd, kw, stride);
@@ -85,6 +106,139 @@ pub fn conv2d(
     Ok(y.broadcast_add(&b.reshape((1, c, 1, 1))?)?)
 }
 
+/// Convolution as im2col + matrix products, for f32 NCHW on the CPU: `pads` = [top, bottom,
+/// left, right] (TF's SAME may be uneven), `groups` equal splits of input channels and kernels.
+/// Images go through in chunks whose column matrix stays near 32 MB.
+fn conv2d_im2col(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    pads: [usize; 4],
+    groups: usize,
+) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    let (n, c, h, wd) = x.dims4()?;
+    let (o, cg, kh, kw) = w.dims4()?;
+    if groups == 0 || c != cg * groups || o % groups != 0 || stride == 0 {
+        return Err(crate::Error::Other(format!(
+            "conv2d: input of {c} channels, kernel {o}x{cg}x{kh}x{kw}, {groups} groups"
+        )));
+    }
+    let [pt, pb, pl, pr] = pads;
+    let (hp, wp) = (h + pt + pb, wd + pl + pr);
+    if hp < kh || wp < kw {
+        return Err(crate::Error::Other(format!(
+            "conv2d: kernel {kh}x{kw} larger than the padded input {hp}x{wp}"
+        )));
+    }
+    let (oh, ow) = ((hp - kh) / stride + 1, (wp - kw) / stride + 1);
+    let og = o / groups;
+    let k = cg * kh * kw;
+    let per_image = k * oh * ow * 4;
+    let chunk = (32 << 20) / per_image.max(1);
+    let chunk = chunk.clamp(1, n.max(1));
+    let wg: Vec<Tensor> = (0..groups)
+        .map(|g| w.narrow(0, g * og, og)?.reshape((og, k)))
+        .collect::<candle_core::Result<_>>()?;
+    let mut outs = Vec::with_capacity(n.div_ceil(chunk));
+    let mut start = 0;
+    while start < n {
+        let m = chunk.min(n - start);
+        let mut per_group = Vec::with_capacity(groups);
+        for (g, wg) in wg.iter().enumerate() {
+            let op = Im2Col {
+                n0: start,
+                n: m,
+                c0: g * cg,
+                cg,
+                kh,
+                kw,
+                stride,
+                pt,
+                pl,
+                oh,
+                ow,
+            };
+            let cols = x.apply_op1_no_bwd(&op)?; // (m, k, oh*ow)
+            per_group.push(wg.broadcast_left(m)?.matmul(&cols)?); // (m, og, oh*ow)
+        }
+        // (cat of one tensor is that tensor)
+        outs.push(Tensor::cat(&per_group, 1)?.reshape((m, o, oh, ow))?);
+        start += m;
+    }
+    Ok(Tensor::cat(&outs, 0)?)
+}
+
+/// The column matrices of images `n0..n0+n`, channels `c0..c0+cg` of a contiguous f32 NCHW
+/// tensor: (n, cg*kh*kw, oh*ow), zeros where the window reaches into the padding.
+struct Im2Col {
+    n0: usize,
+    n: usize,
+    c0: usize,
+    cg: usize,
+    kh: usize,
+    kw: usize,
+    stride: usize,
+    pt: usize,
+    pl: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl candle_core::CustomOp1 for Im2Col {
+    fn name(&self) -> &'static str {
+        "im2col"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use rayon::prelude::*;
+        let candle_core::CpuStorage::F32(v) = s else {
+            candle_core::bail!("im2col: f32 input expected")
+        };
+        let Some((o0, o1)) = l.contiguous_offsets() else {
+            candle_core::bail!("im2col: contiguous input expected")
+        };
+        let (_, c, h, w) = l.shape().dims4()?;
+        let x = &v[o0..o1];
+        let p = self.oh * self.ow;
+        let k = self.cg * self.kh * self.kw;
+        let mut out = vec![0f32; self.n * k * p];
+        out.par_chunks_mut(p.max(1))
+            .enumerate()
+            .for_each(|(row, dst)| {
+                let (img, r) = (self.n0 + row / k, row % k);
+                let (ch, ki, kj) = (
+                    self.c0 + r / (self.kh * self.kw),
+                    (r / self.kw) % self.kh,
+                    r % self.kw,
+                );
+                let plane = &x[(img * c + ch) * h * w..(img * c + ch + 1) * h * w];
+                for oy in 0..self.oh {
+                    let iy = (oy * self.stride + ki) as isize - self.pt as isize;
+                    if iy < 0 || iy >= h as isize {
+                        continue;
+                    }
+                    let src = &plane[iy as usize * w..(iy as usize + 1) * w];
+                    let d = &mut dst[oy * self.ow..(oy + 1) * self.ow];
+                    for (ox, dv) in d.iter_mut().enumerate() {
+                        let ix = (ox * self.stride + kj) as isize - self.pl as isize;
+                        if ix >= 0 && (ix as usize) < w {
+                            *dv = src[ix as usize];
+                        }
+                    }
+                }
+            });
+        Ok((
+            candle_core::CpuStorage::F32(out),
+            candle_core::Shape::from((self.n, k, p)),
+        ))
+    }
+}
+
 /// TensorFlow's local response normalization over channels (dim 1 of NCHW):
 /// `x / (bias + alpha * sum_{c-r..c+r} x^2) ^ beta` — alpha is not divided by the window size.
 ///
@@ -96,7 +250,8 @@ pub fn lrn(x: &Tensor, radius: usize, alpha: f64, beta: f64, bias: f64) -> Resul
     let dtype = x.dtype();
     let x = &x.to_dtype(candle_core::DType::F32)?.contiguous()?;
     x.dims4()?;
-    if x.device().is_cpu() {
+    // the fused op has no backward pass: only where no gradient flows (frozen layers)
+    if x.device().is_cpu() && !x.track_op() {
         let op = FusedLrn {
             radius,
             alpha: alpha as f32,
@@ -229,6 +384,58 @@ mod tests {
         }
         let d = sum.affine(alpha, bias).unwrap().powf(beta).unwrap();
         x.div(&d).unwrap()
+    }
+
+    #[test]
+    fn trainable_layers_keep_their_gradients() {
+        // the fused CPU ops have no backward pass: they must not be used where gradients flow
+        let dev = candle_core::Device::Cpu;
+        let v: Vec<f32> = (0..2 * 4 * 5 * 5).map(|i| (i % 7) as f32 - 3.0).collect();
+        let x = candle_core::Var::from_vec(v, (2, 4, 5, 5), &dev).unwrap();
+        let y = lrn(x.as_tensor(), 2, 1e-2, 0.75, 1.0).unwrap();
+        let g = y.sum_all().unwrap().backward().unwrap();
+        assert!(g.get(x.as_tensor()).is_some(), "no gradient through LRN");
+
+        let w =
+            candle_core::Var::from_vec(vec![0.1f32; 6 * 2 * 3 * 3], (6, 2, 3, 3), &dev).unwrap();
+        let b = Tensor::zeros(6, DType::F32, &dev).unwrap();
+        let xs = Tensor::ones((1, 4, 5, 5), DType::F32, &dev).unwrap();
+        let y = conv2d(&xs, w.as_tensor(), &b, 1, true, 2).unwrap();
+        let g = y.sum_all().unwrap().backward().unwrap();
+        assert!(g.get(w.as_tensor()).is_some(), "no gradient through conv2d");
+    }
+
+    #[test]
+    fn im2col_conv_matches_candle() {
+        let dev = candle_core::Device::Cpu;
+        let xv: Vec<f32> = (0..2 * 4 * 9 * 8)
+            .map(|i| ((i * 31 % 17) as f32) - 8.0)
+            .collect();
+        let wv: Vec<f32> = (0..6 * 2 * 3 * 5)
+            .map(|i| ((i * 7 % 11) as f32) * 0.1 - 0.5)
+            .collect();
+        let x = Tensor::from_vec(xv, (2, 4, 9, 8), &dev).unwrap();
+        let w = Tensor::from_vec(wv, (6, 2, 3, 5), &dev).unwrap();
+        for (stride, pads) in [(1, [1, 1, 2, 2]), (2, [0, 1, 1, 2]), (3, [0, 0, 0, 0])] {
+            let got = conv2d_im2col(&x, &w, stride, pads, 2).unwrap();
+            let [pt, pb, pl, pr] = pads;
+            let xp = x
+                .pad_with_zeros(2, pt, pb)
+                .unwrap()
+                .pad_with_zeros(3, pl, pr)
+                .unwrap();
+            let want = xp.conv2d(&w, 0, stride, 1, 2).unwrap();
+            assert_eq!(got.dims(), want.dims());
+            let d = (got - want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(d < 1e-4, "stride {stride} pads {pads:?}: max diff {d}");
+        }
     }
 
     #[test]

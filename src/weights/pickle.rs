@@ -242,6 +242,8 @@ pub fn unpickle(data: &[u8], limits: &Limits) -> Result<(Value, usize), String> 
         memo: std::collections::HashMap::new(),
         limits,
         keep: HashSet::new(),
+        registry: Vec::new(),
+        registered: HashSet::new(),
     }
     .run()
 }
@@ -399,6 +401,16 @@ impl Drop for Machine<'_> {
             Item::Mark => None,
         }));
         teardown(work, &self.keep);
+        for w in std::mem::take(&mut self.registry) {
+            let v = match w {
+                Weak::List(w) => w.upgrade().map(Value::List),
+                Weak::Dict(w) => w.upgrade().map(Value::Dict),
+                Weak::Array(w) => w.upgrade().map(Value::Array),
+            };
+            if let Some(v) = v {
+                teardown(vec![v], &self.keep);
+            }
+        }
     }
 }
 
@@ -411,6 +423,16 @@ struct Machine<'a> {
     limits: &'a Limits,
     /// Containers of the returned value (kept intact when the machine is dropped).
     keep: HashSet<usize>,
+    /// Every mutable container this pickle made (by address, and weakly held): at the end, the
+    /// ones outside `keep` are emptied, so cycles built with DUP or the memo never leak.
+    registry: Vec<Weak>,
+    registered: HashSet<usize>,
+}
+
+enum Weak {
+    List(std::rc::Weak<RefCell<Vec<Value>>>),
+    Dict(std::rc::Weak<RefCell<Vec<(Value, Value)>>>),
+    Array(std::rc::Weak<RefCell<PickledArray>>),
 }
 
 impl<'a> Machine<'a> {
@@ -465,6 +487,17 @@ impl<'a> Machine<'a> {
     }
 
     fn push(&mut self, v: Value) {
+        if let Some(id) = container_id(&v) {
+            if self.registered.insert(id) {
+                let w = match &v {
+                    Value::List(l) => Some(Weak::List(Rc::downgrade(l))),
+                    Value::Dict(d) => Some(Weak::Dict(Rc::downgrade(d))),
+                    Value::Array(a) => Some(Weak::Array(Rc::downgrade(a))),
+                    _ => None,
+                };
+                self.registry.extend(w);
+            }
+        }
         self.stack.push(Item::V(v));
     }
 
