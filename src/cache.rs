@@ -159,6 +159,8 @@ impl FeatureCache {
 
     /// Store features atomically.
     pub fn put(&self, digest: &str, key: &CacheKey, f: &HostFeatures) -> Result<PathBuf> {
+        // what writers killed on this host left behind
+        crate::lock::remove_stale_temps(&self.dir);
         let path = self.path_for(digest);
         let fb: &[u8] = bytemuck::cast_slice(&f.data);
         let lb: &[u8] = bytemuck::cast_slice(&f.labels);
