@@ -336,12 +336,12 @@ fn run_here(spec: &Spec, mode: Mode, skip_finished: bool) -> Result<Option<Outco
     // data
     let full = load_dataset(spec)?;
     let pool = if spec.limit > 0 {
-        full.subset(&split::limit_per_class(
+        std::sync::Arc::new(full.subset(&split::limit_per_class(
             &full.labels,
             full.num_classes,
             spec.limit,
             spec.seed,
-        ))
+        )))
     } else {
         full
     };

@@ -6,6 +6,7 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
@@ -45,8 +46,46 @@ pub fn load_options(spec: &Spec) -> crate::data::LoadOptions {
     }
 }
 
-/// Load the main dataset a spec names (`dataset.path`, or the synthetic set).
-pub fn load_dataset(spec: &Spec) -> Result<Dataset> {
+/// What determines the main dataset of a spec (with the file's size and time for files).
+fn dataset_key(spec: &Spec) -> String {
+    let stamp = std::fs::metadata(&spec.dataset_path)
+        .map(|m| format!("{}:{:?}", m.len(), m.modified().ok()))
+        .unwrap_or_default();
+    let o = load_options(spec);
+    format!(
+        "{:?}|{}|{stamp}|{}|{}|{:?}|{}|{:?}|{:?}|{:?}",
+        spec.dataset_kind,
+        spec.dataset_path.display(),
+        spec.seed,
+        spec.per_class,
+        o.num_classes,
+        o.image_size,
+        o.resize,
+        o.on_bad,
+        o.crop
+    )
+}
+
+/// Load the main dataset a spec names (`dataset.path`, or the synthetic set). The last one
+/// loaded is kept for the process: the points of a sweep differ in head and training settings
+/// and share their data, which is then decoded (or generated) once, not once per point.
+pub fn load_dataset(spec: &Spec) -> Result<Arc<Dataset>> {
+    static LAST: Mutex<Option<(String, Arc<Dataset>)>> = Mutex::new(None);
+    let key = dataset_key(spec);
+    if let Ok(last) = LAST.lock() {
+        if let Some((k, d)) = last.as_ref().filter(|(k, _)| *k == key) {
+            tracing::debug!("dataset {k}: reused");
+            return Ok(d.clone());
+        }
+    }
+    let d = Arc::new(load_dataset_uncached(spec)?);
+    if let Ok(mut last) = LAST.lock() {
+        *last = Some((key, d.clone()));
+    }
+    Ok(d)
+}
+
+fn load_dataset_uncached(spec: &Spec) -> Result<Dataset> {
     match spec.dataset_kind {
         DatasetKind::Synthetic => Ok(crate::data::synthetic::generate(spec.seed, spec.per_class)),
         kind => crate::data::load(kind, &spec.dataset_path, &load_options(spec), false),

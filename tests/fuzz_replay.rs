@@ -14,7 +14,18 @@ fn replay(target: &str, f: fn(&[u8])) {
         let Ok(rd) = std::fs::read_dir(&dir) else {
             continue;
         };
-        let mut paths: Vec<_> = rd.flatten().map(|e| e.path()).collect();
+        // the committed inputs: seeds (`seed-*`) and every regression; a local fuzzing run's
+        // growing corpus is left to the fuzzer
+        let mut paths: Vec<_> = rd
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                dir.ends_with(target)
+                    && (dir.parent().is_some_and(|d| d.ends_with("regressions"))
+                        || p.file_name()
+                            .is_some_and(|n| n.to_string_lossy().starts_with("seed-")))
+            })
+            .collect();
         paths.sort();
         for p in paths {
             let data = std::fs::read(&p).unwrap();
