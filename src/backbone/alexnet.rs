@@ -8,7 +8,7 @@
 use candle_core::{Device, Tensor, Var};
 use rand_chacha::ChaCha8Rng;
 
-use super::layers::{conv2d, flatten, linear, lrn, max_pool_valid, Param};
+use super::layers::{conv2d_relu, flatten, linear, lrn, max_pool_valid, Param};
 use super::{ParamKind, ParamSpec};
 use crate::error::Result;
 use crate::weights::WeightSet;
@@ -176,13 +176,13 @@ impl AlexNet {
             max_pool_valid(&n, 3, 2)
         };
         let y = match i {
-            1 => conv2d(x, &self.conv1.w, &self.conv1.b, 4, true, 1)?.relu()?,
+            1 => conv2d_relu(x, &self.conv1.w, &self.conv1.b, 4, true, 1)?,
             2 => lrn_pool(x)?,
-            3 => conv2d(x, &self.conv2.w, &self.conv2.b, 1, true, 2)?.relu()?,
+            3 => conv2d_relu(x, &self.conv2.w, &self.conv2.b, 1, true, 2)?,
             4 => lrn_pool(x)?,
-            5 => conv2d(x, &self.conv3.w, &self.conv3.b, 1, true, 1)?.relu()?,
-            6 => conv2d(x, &self.conv4.w, &self.conv4.b, 1, true, 2)?.relu()?,
-            7 => conv2d(x, &self.conv5.w, &self.conv5.b, 1, true, 2)?.relu()?,
+            5 => conv2d_relu(x, &self.conv3.w, &self.conv3.b, 1, true, 1)?,
+            6 => conv2d_relu(x, &self.conv4.w, &self.conv4.b, 1, true, 2)?,
+            7 => conv2d_relu(x, &self.conv5.w, &self.conv5.b, 1, true, 2)?,
             8 => max_pool_valid(x, 3, 2)?,
             9 => linear(&flatten(x)?, &self.fc6.w, &self.fc6.b)?.relu()?,
             10 => linear(x, &self.fc7.w, &self.fc7.b)?.relu()?,

@@ -66,6 +66,30 @@ pub fn conv2d(
     same: bool,
     groups: usize,
 ) -> Result<Tensor> {
+    conv2d_act(x, w, b, stride, same, groups, false)
+}
+
+/// `relu(conv2d(..))`, the seed's conv layers: on the CPU, frozen layers do both in one op.
+pub fn conv2d_relu(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    stride: usize,
+    same: bool,
+    groups: usize,
+) -> Result<Tensor> {
+    conv2d_act(x, w, b, stride, same, groups, true)
+}
+
+fn conv2d_act(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    stride: usize,
+    same: bool,
+    groups: usize,
+    relu: bool,
+) -> Result<Tensor> {
     let x = &x.to_dtype(w.dtype())?;
     let (_, _, h, wd) = x.dims4()?;
     let (_, _, kh, kw) = w.dims4()?;
@@ -76,167 +100,35 @@ pub fn conv2d(
     } else {
         (0, 0, 0, 0)
     };
-    // Frozen layers on the CPU: our im2col (parallel, reading groups and padding in place) and
-    // one matrix product per image and group. Trainable layers keep candle's op (it has a
-    // backward pass).
+    // Frozen layers on the CPU: bias, convolution and ReLU as one tiled op (`cpu_conv`).
+    // Trainable layers keep candle's op (it has a backward pass).
     // (RUNNER_CANDLE_CONV=1 forces candle's op, for A/B benchmarks.)
     if x.device().is_cpu()
         && x.dtype() == DType::F32
         && !x.track_op()
         && !w.track_op()
+        && !b.track_op()
         && std::env::var_os("RUNNER_CANDLE_CONV").is_none()
     {
-        let y = conv2d_im2col(x, w, stride, [pt, pb, pl, pr], groups)?;
-        let c = b.dim(0)?;
-        return Ok(y.broadcast_add(&b.reshape((1, c, 1, 1))?)?);
+        let op = super::cpu_conv::FrozenConv {
+            stride,
+            pads: [pt, pb, pl, pr],
+            groups,
+            relu,
+        };
+        return Ok(x
+            .contiguous()?
+            .apply_op3_no_bwd(&w.contiguous()?, &b.contiguous()?, &op)?);
     }
-    let y = if same {
-        let (pt, pb) = same_padding(h, kh, stride);
-        let (pl, pr) = same_padding(wd, kw, stride);
-        if pt == pb && pl == pr && pt == pl {
-            x.conv2d(w, pt, stride, 1, groups)?
-        } else {
-            let xp = x.pad_with_zeros(2, pt, pb)?.pad_with_zeros(3, pl, pr)?;
-            xp.conv2d(w, 0, stride, 1, groups)?
-        }
+    let y = if pt == pb && pl == pr && pt == pl {
+        x.conv2d(w, pt, stride, 1, groups)?
     } else {
-        x.conv2d(w, 0, stride, 1, groups)?
+        let xp = x.pad_with_zeros(2, pt, pb)?.pad_with_zeros(3, pl, pr)?;
+        xp.conv2d(w, 0, stride, 1, groups)?
     };
     let c = b.dim(0)?;
-    Ok(y.broadcast_add(&b.reshape((1, c, 1, 1))?)?)
-}
-
-/// Convolution as im2col + matrix products, for f32 NCHW on the CPU: `pads` = [top, bottom,
-/// left, right] (TF's SAME may be uneven), `groups` equal splits of input channels and kernels.
-/// Images go through in chunks whose column matrix stays near 32 MB.
-fn conv2d_im2col(
-    x: &Tensor,
-    w: &Tensor,
-    stride: usize,
-    pads: [usize; 4],
-    groups: usize,
-) -> Result<Tensor> {
-    let x = x.contiguous()?;
-    let (n, c, h, wd) = x.dims4()?;
-    let (o, cg, kh, kw) = w.dims4()?;
-    if groups == 0 || c != cg * groups || o % groups != 0 || stride == 0 {
-        return Err(crate::Error::Other(format!(
-            "conv2d: input of {c} channels, kernel {o}x{cg}x{kh}x{kw}, {groups} groups"
-        )));
-    }
-    let [pt, pb, pl, pr] = pads;
-    let (hp, wp) = (h + pt + pb, wd + pl + pr);
-    if hp < kh || wp < kw {
-        return Err(crate::Error::Other(format!(
-            "conv2d: kernel {kh}x{kw} larger than the padded input {hp}x{wp}"
-        )));
-    }
-    let (oh, ow) = ((hp - kh) / stride + 1, (wp - kw) / stride + 1);
-    let og = o / groups;
-    let k = cg * kh * kw;
-    let per_image = k * oh * ow * 4;
-    let chunk = (32 << 20) / per_image.max(1);
-    let chunk = chunk.clamp(1, n.max(1));
-    let wg: Vec<Tensor> = (0..groups)
-        .map(|g| w.narrow(0, g * og, og)?.reshape((og, k)))
-        .collect::<candle_core::Result<_>>()?;
-    let mut outs = Vec::with_capacity(n.div_ceil(chunk));
-    let mut start = 0;
-    while start < n {
-        let m = chunk.min(n - start);
-        let mut per_group = Vec::with_capacity(groups);
-        for (g, wg) in wg.iter().enumerate() {
-            let op = Im2Col {
-                n0: start,
-                n: m,
-                c0: g * cg,
-                cg,
-                kh,
-                kw,
-                stride,
-                pt,
-                pl,
-                oh,
-                ow,
-            };
-            let cols = x.apply_op1_no_bwd(&op)?; // (m, k, oh*ow)
-            per_group.push(wg.broadcast_left(m)?.matmul(&cols)?); // (m, og, oh*ow)
-        }
-        // (cat of one tensor is that tensor)
-        outs.push(Tensor::cat(&per_group, 1)?.reshape((m, o, oh, ow))?);
-        start += m;
-    }
-    Ok(Tensor::cat(&outs, 0)?)
-}
-
-/// The column matrices of images `n0..n0+n`, channels `c0..c0+cg` of a contiguous f32 NCHW
-/// tensor: (n, cg*kh*kw, oh*ow), zeros where the window reaches into the padding.
-struct Im2Col {
-    n0: usize,
-    n: usize,
-    c0: usize,
-    cg: usize,
-    kh: usize,
-    kw: usize,
-    stride: usize,
-    pt: usize,
-    pl: usize,
-    oh: usize,
-    ow: usize,
-}
-
-impl candle_core::CustomOp1 for Im2Col {
-    fn name(&self) -> &'static str {
-        "im2col"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s: &candle_core::CpuStorage,
-        l: &candle_core::Layout,
-    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        use rayon::prelude::*;
-        let candle_core::CpuStorage::F32(v) = s else {
-            candle_core::bail!("im2col: f32 input expected")
-        };
-        let Some((o0, o1)) = l.contiguous_offsets() else {
-            candle_core::bail!("im2col: contiguous input expected")
-        };
-        let (_, c, h, w) = l.shape().dims4()?;
-        let x = &v[o0..o1];
-        let p = self.oh * self.ow;
-        let k = self.cg * self.kh * self.kw;
-        let mut out = vec![0f32; self.n * k * p];
-        out.par_chunks_mut(p.max(1))
-            .enumerate()
-            .for_each(|(row, dst)| {
-                let (img, r) = (self.n0 + row / k, row % k);
-                let (ch, ki, kj) = (
-                    self.c0 + r / (self.kh * self.kw),
-                    (r / self.kw) % self.kh,
-                    r % self.kw,
-                );
-                let plane = &x[(img * c + ch) * h * w..(img * c + ch + 1) * h * w];
-                for oy in 0..self.oh {
-                    let iy = (oy * self.stride + ki) as isize - self.pt as isize;
-                    if iy < 0 || iy >= h as isize {
-                        continue;
-                    }
-                    let src = &plane[iy as usize * w..(iy as usize + 1) * w];
-                    let d = &mut dst[oy * self.ow..(oy + 1) * self.ow];
-                    for (ox, dv) in d.iter_mut().enumerate() {
-                        let ix = (ox * self.stride + kj) as isize - self.pl as isize;
-                        if ix >= 0 && (ix as usize) < w {
-                            *dv = src[ix as usize];
-                        }
-                    }
-                }
-            });
-        Ok((
-            candle_core::CpuStorage::F32(out),
-            candle_core::Shape::from((self.n, k, p)),
-        ))
-    }
+    let y = y.broadcast_add(&b.reshape((1, c, 1, 1))?)?;
+    Ok(if relu { y.relu()? } else { y })
 }
 
 /// TensorFlow's local response normalization over channels (dim 1 of NCHW):
@@ -406,35 +298,73 @@ mod tests {
     }
 
     #[test]
-    fn im2col_conv_matches_candle() {
+    fn frozen_cpu_conv_matches_candle() {
+        // the tiled CPU op (bias + conv + ReLU) against candle's conv on padded input: groups,
+        // strides, uneven SAME padding, kernels wider than tall, images taller than a band
         let dev = candle_core::Device::Cpu;
-        let xv: Vec<f32> = (0..2 * 4 * 9 * 8)
-            .map(|i| ((i * 31 % 17) as f32) - 8.0)
-            .collect();
-        let wv: Vec<f32> = (0..6 * 2 * 3 * 5)
-            .map(|i| ((i * 7 % 11) as f32) * 0.1 - 0.5)
-            .collect();
-        let x = Tensor::from_vec(xv, (2, 4, 9, 8), &dev).unwrap();
-        let w = Tensor::from_vec(wv, (6, 2, 3, 5), &dev).unwrap();
-        for (stride, pads) in [(1, [1, 1, 2, 2]), (2, [0, 1, 1, 2]), (3, [0, 0, 0, 0])] {
-            let got = conv2d_im2col(&x, &w, stride, pads, 2).unwrap();
-            let [pt, pb, pl, pr] = pads;
+        for (c, h, wd, stride, same, groups) in [
+            (4, 9, 8, 1, true, 2),
+            (4, 9, 8, 2, true, 2),
+            (4, 9, 8, 3, false, 1),
+            (1, 200, 100, 1, true, 1), // 20,000 outputs: two bands of rows, the last shorter
+            (2, 70, 9, 1, false, 2),
+            (3, 31, 29, 4, true, 1),
+        ] {
+            let xv: Vec<f32> = (0..2 * c * h * wd)
+                .map(|i| ((i * 31 % 17) as f32) - 8.0)
+                .collect();
+            let o = 6;
+            let wv: Vec<f32> = (0..o * (c / groups) * 3 * 5)
+                .map(|i| ((i * 7 % 11) as f32) * 0.1 - 0.5)
+                .collect();
+            let x = Tensor::from_vec(xv, (2, c, h, wd), &dev).unwrap();
+            let w = Tensor::from_vec(wv, (o, c / groups, 3, 5), &dev).unwrap();
+            let b = Tensor::from_vec(vec![0.5f32, -1.0, 0.0, 2.0, -3.0, 0.25], o, &dev).unwrap();
+            let (pt, pb) = if same {
+                same_padding(h, 3, stride)
+            } else {
+                (0, 0)
+            };
+            let (pl, pr) = if same {
+                same_padding(wd, 5, stride)
+            } else {
+                (0, 0)
+            };
             let xp = x
                 .pad_with_zeros(2, pt, pb)
                 .unwrap()
                 .pad_with_zeros(3, pl, pr)
                 .unwrap();
-            let want = xp.conv2d(&w, 0, stride, 1, 2).unwrap();
-            assert_eq!(got.dims(), want.dims());
-            let d = (got - want)
+            let want = xp
+                .conv2d(&w, 0, stride, 1, groups)
                 .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
+                .broadcast_add(&b.reshape((1, o, 1, 1)).unwrap())
                 .unwrap();
-            assert!(d < 1e-4, "stride {stride} pads {pads:?}: max diff {d}");
+            for relu in [false, true] {
+                let got = if relu {
+                    conv2d_relu(&x, &w, &b, stride, same, groups).unwrap()
+                } else {
+                    conv2d(&x, &w, &b, stride, same, groups).unwrap()
+                };
+                let want = if relu {
+                    want.relu().unwrap()
+                } else {
+                    want.clone()
+                };
+                assert_eq!(got.dims(), want.dims());
+                let d = (got - want)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert!(
+                    d < 1e-4,
+                    "{c}x{h}x{wd} stride {stride} relu {relu}: max diff {d}"
+                );
+            }
         }
     }
 

@@ -3,6 +3,7 @@
 //! stop at any named layer.
 
 pub mod alexnet;
+mod cpu_conv;
 pub mod layers;
 pub mod vgg;
 

@@ -10,7 +10,7 @@
 use candle_core::{Device, Tensor, Var};
 use rand_chacha::ChaCha8Rng;
 
-use super::layers::{conv2d, flatten, linear, max_pool_valid, Param};
+use super::layers::{conv2d_relu, flatten, linear, max_pool_valid, Param};
 use super::{ParamKind, ParamSpec};
 use crate::error::Result;
 use crate::weights::WeightSet;
@@ -199,7 +199,7 @@ impl Vgg {
             (Some(p), "fc6") => linear(&flatten(x)?, &p.w, &p.b)?.relu()?,
             (Some(p), "fc7") => linear(x, &p.w, &p.b)?.relu()?,
             (Some(p), "fc8") => linear(x, &p.w, &p.b)?,
-            (Some(p), _) => conv2d(x, &p.w, &p.b, 1, true, 1)?.relu()?,
+            (Some(p), _) => conv2d_relu(x, &p.w, &p.b, 1, true, 1)?,
         };
         let trains =
             matches!(name, "fc6" | "fc7") && self.params[i].as_ref().is_some_and(|p| p.trainable);
