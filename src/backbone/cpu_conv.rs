@@ -230,3 +230,272 @@ impl CustomOp3 for FrozenConv {
         Ok((CpuStorage::F32(out), Shape::from((n, g.o, g.oh, g.ow))))
     }
 }
+
+/// Columns of the per-thread buffers of one Winograd band aim at this many bytes.
+const WINO_BYTES: usize = 2 << 20;
+
+/// A frozen 3x3, stride-1 convolution (+ bias, + ReLU) by Winograd's minimal filtering
+/// F(2x2, 3x3) (Lavin & Gray, 2016): each 2x2 block of outputs costs 16 products per input
+/// channel instead of 36, 2.25x fewer. The transforms' coefficients are 0, +-1 and +-1/2, so
+/// the result differs from the direct sum only by a few roundings (the golden tests hold it to
+/// TensorFlow's numbers).
+///
+/// Per job (a group and a band of 2x2 output tiles, across images): the input tiles are
+/// transformed into 16 matrices V (channels x tiles), 16 single-threaded `gemm` calls give
+/// M = U V with the transformed kernels U (kernels x channels), and the inverse transform
+/// writes the outputs, bias and ReLU applied.
+pub(super) struct WinogradConv {
+    pub pads: [usize; 4],
+    pub groups: usize,
+    pub relu: bool,
+}
+
+impl WinogradConv {
+    /// U = G g G^T for every (kernel, channel): 16 matrices of o x cg, `[xi][o][c]`.
+    fn kernels(w: &[f32], o: usize, cg: usize) -> Vec<f32> {
+        let mut u = vec![0f32; 16 * o * cg];
+        for oc in 0..o * cg {
+            let g = &w[oc * 9..oc * 9 + 9];
+            // G g: 4 rows of 3
+            let mut t = [[0f32; 3]; 4];
+            for j in 0..3 {
+                let (g0, g1, g2) = (g[j], g[3 + j], g[6 + j]);
+                t[0][j] = g0;
+                t[1][j] = 0.5 * (g0 + g1 + g2);
+                t[2][j] = 0.5 * (g0 - g1 + g2);
+                t[3][j] = g2;
+            }
+            // (G g) G^T: 4 x 4
+            for (i, r) in t.iter().enumerate() {
+                let v = [
+                    r[0],
+                    0.5 * (r[0] + r[1] + r[2]),
+                    0.5 * (r[0] - r[1] + r[2]),
+                    r[2],
+                ];
+                for (j, v) in v.into_iter().enumerate() {
+                    u[(i * 4 + j) * o * cg + oc] = v;
+                }
+            }
+        }
+        u
+    }
+}
+
+impl CustomOp3 for WinogradConv {
+    fn name(&self) -> &'static str {
+        "frozen-conv2d-winograd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let conv = FrozenConv {
+            stride: 1,
+            pads: self.pads,
+            groups: self.groups,
+            relu: self.relu,
+        };
+        let (n, g) = conv.geom(xl.shape(), wl.shape(), bl.shape())?;
+        if (g.kh, g.kw) != (3, 3) {
+            candle_core::bail!(
+                "winograd conv2d: 3x3 kernels expected, got {}x{}",
+                g.kh,
+                g.kw
+            )
+        }
+        let (x, w, b) = (
+            f32_slice(xs, xl, "input")?,
+            f32_slice(ws, wl, "kernel")?,
+            f32_slice(bs, bl, "bias")?,
+        );
+        let (pt, pl) = (self.pads[0] as isize, self.pads[2] as isize);
+        let (cg, og) = (g.cg, g.o / self.groups);
+        let (th, tw) = (g.oh.div_ceil(2), g.ow.div_ceil(2));
+        let u = Self::kernels(w, g.o, cg);
+        // a band: whole rows of tiles (of one or more images), about WINO_BYTES of V or M
+        let tile_rows = n * th;
+        let want = (WINO_BYTES / (64 * cg.max(og).max(1))).clamp(32, 512);
+        let rb = want.div_ceil(tw.max(1)).clamp(1, tile_rows.max(1));
+        let bands = tile_rows.div_ceil(rb);
+        let p = g.oh * g.ow;
+        let mut out = vec![0f32; n * g.o * p];
+        let dst = OutPtr(out.as_mut_ptr());
+        let (h, wd) = (g.h as isize, g.w as isize);
+        let span = 2 * tw + 2; // input columns under a row of tiles
+        (0..self.groups * bands).into_par_iter().for_each_init(
+            || {
+                let nt = rb * tw;
+                let row = vec![0f32; span];
+                (
+                    vec![0f32; 16 * cg * nt],
+                    vec![0f32; 16 * og * nt],
+                    [row.clone(), row.clone(), row.clone(), row],
+                    vec![0f32; 8 * (tw + 1)],
+                )
+            },
+            |(vbuf, mbuf, rows, scratch), job| {
+                let (grp, band) = (job / bands, job % bands);
+                let r0 = band * rb;
+                let nr = rb.min(tile_rows - r0);
+                let nt = nr * tw;
+                // input transform, one channel and one row of tiles at a time, vectorised
+                // along the row: V[xi][c][t] = (B^T d B)[xi] of the tile's 4x4 inputs d
+                for c in 0..cg {
+                    for rr in 0..nr {
+                        let (img, ty) = ((r0 + rr) / th, (r0 + rr) % th);
+                        let plane = &x[(img * g.c + grp * cg + c) * g.h * g.w..][..g.h * g.w];
+                        for (i, row) in rows.iter_mut().enumerate() {
+                            let iy = 2 * ty as isize + i as isize - pt;
+                            row.fill(0.0);
+                            if iy < 0 || iy >= h {
+                                continue;
+                            }
+                            let src = &plane[iy as usize * g.w..][..g.w];
+                            // row[j] = input column j - pl
+                            let lo = pl.clamp(0, span as isize) as usize;
+                            let hi = (wd + pl).clamp(0, span as isize) as usize;
+                            if hi > lo {
+                                row[lo..hi].copy_from_slice(&src[..hi - lo]);
+                            }
+                        }
+                        // B^T d, whole rows: t0 = d0 - d2, t1 = d1 + d2, t2 = d2 - d1,
+                        // t3 = d1 - d3; then d B along the row, split in even/odd columns
+                        let (e, o) = scratch.split_at_mut(4 * (tw + 1));
+                        let (e0, e) = e.split_at_mut(tw + 1);
+                        let (e1, e) = e.split_at_mut(tw + 1);
+                        let (e2, e3) = e.split_at_mut(tw + 1);
+                        let (o0, o) = o.split_at_mut(tw + 1);
+                        let (o1, o) = o.split_at_mut(tw + 1);
+                        let (o2, o3) = o.split_at_mut(tw + 1);
+                        let [d0, d1, d2, d3] = &*rows;
+                        for k in 0..=tw {
+                            let (a, z) = (2 * k, 2 * k + 1);
+                            e0[k] = d0[a] - d2[a];
+                            o0[k] = d0[z] - d2[z];
+                            e1[k] = d1[a] + d2[a];
+                            o1[k] = d1[z] + d2[z];
+                            e2[k] = d2[a] - d1[a];
+                            o2[k] = d2[z] - d1[z];
+                            e3[k] = d1[a] - d3[a];
+                            o3[k] = d1[z] - d3[z];
+                        }
+                        let (e, o) = scratch.split_at(4 * (tw + 1));
+                        let base = c * nt + rr * tw;
+                        for q in 0..4 {
+                            let ev = &e[q * (tw + 1)..(q + 1) * (tw + 1)];
+                            let od = &o[q * (tw + 1)..(q + 1) * (tw + 1)];
+                            let plane = |j: usize| (q * 4 + j) * cg * nt + base;
+                            let v0 = &mut vbuf[plane(0)..plane(0) + tw];
+                            for (k, v) in v0.iter_mut().enumerate() {
+                                *v = ev[k] - ev[k + 1];
+                            }
+                            let v1 = &mut vbuf[plane(1)..plane(1) + tw];
+                            for (k, v) in v1.iter_mut().enumerate() {
+                                *v = od[k] + ev[k + 1];
+                            }
+                            let v2 = &mut vbuf[plane(2)..plane(2) + tw];
+                            for (k, v) in v2.iter_mut().enumerate() {
+                                *v = ev[k + 1] - od[k];
+                            }
+                            let v3 = &mut vbuf[plane(3)..plane(3) + tw];
+                            for (k, v) in v3.iter_mut().enumerate() {
+                                *v = od[k] - od[k + 1];
+                            }
+                        }
+                    }
+                }
+                // 16 products: M[xi] (og x nt) = U[xi] (group rows, og x cg) x V[xi] (cg x nt)
+                for xi in 0..16 {
+                    // SAFETY: the buffers hold 16*og*nt, 16*o*cg and 16*cg*nt values.
+                    unsafe {
+                        gemm::gemm(
+                            og,
+                            nt,
+                            cg,
+                            mbuf.as_mut_ptr().add(xi * og * nt),
+                            1,
+                            nt as isize,
+                            false,
+                            u.as_ptr().add((xi * g.o + grp * og) * cg),
+                            1,
+                            cg as isize,
+                            vbuf.as_ptr().add(xi * cg * nt),
+                            1,
+                            nt as isize,
+                            0.0f32,
+                            1.0f32,
+                            false,
+                            false,
+                            false,
+                            gemm::Parallelism::None,
+                        );
+                    }
+                }
+                // output transform, one kernel and one row of tiles at a time:
+                // Y = A^T M A (2x2 per tile), + bias, ReLU
+                for oi in 0..og {
+                    let o = grp * og + oi;
+                    let bias = b[o];
+                    for rr in 0..nr {
+                        let (img, ty) = ((r0 + rr) / th, (r0 + rr) % th);
+                        let m = |xi: usize| {
+                            let s = (xi * og + oi) * nt + rr * tw;
+                            &mbuf[s..s + tw]
+                        };
+                        // A^T M: s0 = m0 + m1 + m2, s1 = m1 - m2 - m3 (rows of 4 columns)
+                        let (s0, s1) = scratch.split_at_mut(4 * (tw + 1));
+                        for j in 0..4 {
+                            let (a, bb, cc, dd) = (m(j), m(4 + j), m(8 + j), m(12 + j));
+                            let z0 = &mut s0[j * (tw + 1)..j * (tw + 1) + tw];
+                            for (k, z) in z0.iter_mut().enumerate() {
+                                *z = a[k] + bb[k] + cc[k];
+                            }
+                            let z1 = &mut s1[j * (tw + 1)..j * (tw + 1) + tw];
+                            for (k, z) in z1.iter_mut().enumerate() {
+                                *z = bb[k] - cc[k] - dd[k];
+                            }
+                        }
+                        for (dy, sv) in [&*s0, &*s1].into_iter().enumerate() {
+                            let oy = 2 * ty + dy;
+                            if oy >= g.oh {
+                                continue;
+                            }
+                            let col = |j: usize| &sv[j * (tw + 1)..j * (tw + 1) + tw];
+                            let (c0, c1, c2, c3) = (col(0), col(1), col(2), col(3));
+                            // SAFETY: row oy of (img, o) lies in the buffer and belongs to this
+                            // job's group and tiles alone (see OutPtr).
+                            let orow = unsafe {
+                                std::slice::from_raw_parts_mut(
+                                    dst.get().add((img * g.o + o) * p + oy * g.ow),
+                                    g.ow,
+                                )
+                            };
+                            let act = |v: f32| {
+                                let y = v + bias;
+                                if self.relu {
+                                    y.max(0.0)
+                                } else {
+                                    y
+                                }
+                            };
+                            for (k, pair) in orow.chunks_mut(2).enumerate() {
+                                pair[0] = act(c0[k] + c1[k] + c2[k]);
+                                if let Some(second) = pair.get_mut(1) {
+                                    *second = act(c1[k] - c2[k] - c3[k]);
+                                }
+                            }
+                        }
+                    }
+                }
+            },
+        );
+        Ok((CpuStorage::F32(out), Shape::from((n, g.o, g.oh, g.ow))))
+    }
+}
