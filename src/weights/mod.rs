@@ -399,8 +399,9 @@ fn check_shape(
 /// HWIO -> OIHW for convs; `[in, out]` -> `[out, in]` for fc, with NHWC-flatten rows moved to
 /// NCHW-flatten columns where the fc follows a feature map.
 pub fn tf_to_candle(spec: &ParamSpec, w: &[f32]) -> Vec<f32> {
-    let mut out = vec![0f32; w.len()];
-    match spec.kind {
+    // TF stores both as rows of `cout` values (one row per HWI position / fc input); candle's
+    // layout has one row per output. Output `o`, column `col` reads TF row `row_of(col)`.
+    let (cout, len, row_of): (usize, usize, Box<dyn Fn(usize) -> usize + Sync>) = match spec.kind {
         ParamKind::Conv {
             kh,
             kw,
@@ -409,39 +410,57 @@ pub fn tf_to_candle(spec: &ParamSpec, w: &[f32]) -> Vec<f32> {
             groups,
         } => {
             let ci = cin / groups;
-            for h in 0..kh {
-                for x in 0..kw {
-                    for i in 0..ci {
-                        let src = ((h * kw + x) * ci + i) * cout;
-                        for o in 0..cout {
-                            out[((o * ci + i) * kh + h) * kw + x] = w[src + o];
-                        }
-                    }
-                }
-            }
+            // col = (i*kh + h)*kw + x  <-  row = (h*kw + x)*ci + i
+            let f = move |col: usize| {
+                let (i, hx) = (col / (kh * kw), col % (kh * kw));
+                hx * ci + i
+            };
+            (cout, ci * kh * kw, Box::new(f))
         }
         ParamKind::Fc {
             cin,
             cout,
             flatten_chw,
-        } => {
-            for r in 0..cin {
-                // r is the TF row; col is where that input sits in candle's flatten
-                let col = match flatten_chw {
-                    Some((c, hh, ww)) => {
-                        let ch = r % c;
-                        let hw = r / c;
-                        ch * hh * ww + hw
-                    }
-                    None => r,
-                };
-                let src = r * cout;
-                for o in 0..cout {
-                    out[o * cin + col] = w[src + o];
+        } => match flatten_chw {
+            // TF row r = hw*c + ch (NHWC flatten) sits at column ch*hh*ww + hw (NCHW flatten)
+            Some((c, hh, ww)) => {
+                let f = move |col: usize| (col % (hh * ww)) * c + col / (hh * ww);
+                (cout, cin, Box::new(f))
+            }
+            None => (cout, cin, Box::new(|col: usize| col)),
+        },
+    };
+    transpose_rows(w, cout, len, &*row_of)
+}
+
+/// `out[o*len + col] = w[row_of(col)*cout + o]`, by blocks of 16 outputs: each TF row's
+/// 16 values (one cache line) are read once per block and the block's 16 output rows are
+/// written in order, so neither side strides through memory (a 25088 x 4096 fc6 went from a
+/// cache miss per value to streaming). Blocks run in parallel.
+fn transpose_rows(
+    w: &[f32],
+    cout: usize,
+    len: usize,
+    row_of: &(dyn Fn(usize) -> usize + Sync),
+) -> Vec<f32> {
+    use rayon::prelude::*;
+    const B: usize = 16;
+    let mut out = vec![0f32; w.len()];
+    if len == 0 {
+        return out;
+    }
+    out.par_chunks_mut(B * len)
+        .enumerate()
+        .for_each(|(blk, rows)| {
+            let o0 = blk * B;
+            let nb = rows.len() / len;
+            for col in 0..len {
+                let src = &w[row_of(col) * cout + o0..][..nb];
+                for (j, v) in src.iter().enumerate() {
+                    rows[j * len + col] = *v;
                 }
             }
-        }
-    }
+        });
     out
 }
 
@@ -576,17 +595,21 @@ mod tests {
             layer: "fc",
             kind: ParamKind::Fc {
                 cin: 12,
-                cout: 1,
+                cout: 37, // two whole blocks of 16 outputs and a partial one
                 flatten_chw: Some((3, 2, 2)),
             },
         };
-        // TF row r = (h*2 + w)*3 + c holds value r
-        let w: Vec<f32> = (0..12).map(|r| r as f32).collect();
+        // TF row r = (h*2 + w)*3 + c, output o holds value 100 r + o
+        let w: Vec<f32> = (0..12 * 37)
+            .map(|i| (i / 37 * 100 + i % 37) as f32)
+            .collect();
         let out = tf_to_candle(&spec, &w);
-        // candle column c*4 + h*2 + w must hold the TF row (h*2+w)*3 + c
-        for c in 0..3 {
-            for hw in 0..4 {
-                assert_eq!(out[c * 4 + hw], (hw * 3 + c) as f32);
+        // candle row o, column c*4 + h*2 + w must hold TF row (h*2+w)*3 + c, output o
+        for o in 0..37 {
+            for c in 0..3 {
+                for hw in 0..4 {
+                    assert_eq!(out[o * 12 + c * 4 + hw], ((hw * 3 + c) * 100 + o) as f32);
+                }
             }
         }
     }
@@ -599,20 +622,20 @@ mod tests {
                 kh: 2,
                 kw: 3,
                 cin: 4,
-                cout: 5,
+                cout: 37,
                 groups: 2,
             },
         };
-        let n = 2 * 3 * 2 * 5;
+        let n = 2 * 3 * 2 * 37;
         let w: Vec<f32> = (0..n).map(|i| i as f32).collect();
         let out = tf_to_candle(&spec, &w);
-        for o in 0..5 {
+        for o in 0..37 {
             for i in 0..2 {
                 for h in 0..2 {
                     for x in 0..3 {
                         assert_eq!(
                             out[((o * 2 + i) * 2 + h) * 3 + x],
-                            (((h * 3 + x) * 2 + i) * 5 + o) as f32
+                            (((h * 3 + x) * 2 + i) * 37 + o) as f32
                         );
                     }
                 }
