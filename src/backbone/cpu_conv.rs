@@ -499,3 +499,47 @@ impl CustomOp3 for WinogradConv {
         Ok((CpuStorage::F32(out), Shape::from((n, g.o, g.oh, g.ow))))
     }
 }
+
+/// VALID max pooling (k x k windows, stride) of a contiguous f32 NCHW tensor, one plane per
+/// rayon task; the window's maximum by the same comparisons as candle's pool (a NaN in the
+/// window is skipped unless it is the first value).
+pub(super) struct MaxPool {
+    pub k: usize,
+    pub stride: usize,
+}
+
+impl candle_core::CustomOp1 for MaxPool {
+    fn name(&self) -> &'static str {
+        "max-pool2d"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, "input")?;
+        let (n, c, h, w) = l.shape().dims4()?;
+        let (k, st) = (self.k, self.stride);
+        if k == 0 || st == 0 || h < k || w < k {
+            candle_core::bail!("max pool: {k}x{k} windows, stride {st}, over {h}x{w}")
+        }
+        let (oh, ow) = ((h - k) / st + 1, (w - k) / st + 1);
+        let mut out = vec![0f32; n * c * oh * ow];
+        out.par_chunks_mut((oh * ow).max(1))
+            .zip(x.par_chunks(h * w))
+            .for_each(|(dst, plane)| {
+                for (oy, drow) in dst.chunks_exact_mut(ow).enumerate() {
+                    for (ox, d) in drow.iter_mut().enumerate() {
+                        let (y0, x0) = (oy * st, ox * st);
+                        let mut m = plane[y0 * w + x0];
+                        for row in plane[y0 * w..].chunks(w).take(k) {
+                            for &v in &row[x0..x0 + k] {
+                                if m < v {
+                                    m = v;
+                                }
+                            }
+                        }
+                        *d = m;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), Shape::from((n, c, oh, ow))))
+    }
+}

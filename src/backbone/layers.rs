@@ -253,6 +253,15 @@ impl candle_core::CustomOp1 for FusedLrn {
 
 /// Max pooling with a square window, TF "VALID" padding.
 pub fn max_pool_valid(x: &Tensor, k: usize, stride: usize) -> Result<Tensor> {
+    // frozen f32 on the CPU: the same comparisons as candle's op, one plane per rayon task
+    // (candle's CPU pool runs on one thread)
+    if x.device().is_cpu() && x.dtype() == DType::F32 && !x.track_op() {
+        let (_, _, h, w) = x.dims4()?;
+        if k >= 1 && stride >= 1 && h >= k && w >= k {
+            let op = super::cpu_conv::MaxPool { k, stride };
+            return Ok(x.contiguous()?.apply_op1_no_bwd(&op)?);
+        }
+    }
     Ok(x.max_pool2d_with_stride(k, stride)?)
 }
 
@@ -387,6 +396,31 @@ mod tests {
                     "{c}x{h}x{wd} k{kh}x{kw} stride {stride} relu {relu}: max diff {d}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn parallel_max_pool_matches_candle() {
+        let dev = candle_core::Device::Cpu;
+        let v: Vec<f32> = (0..3 * 4 * 13 * 11)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.3)
+            .collect();
+        let x = Tensor::from_vec(v, (3, 4, 13, 11), &dev).unwrap();
+        for (k, s) in [(2, 2), (3, 2), (3, 1), (11, 1)] {
+            let got: Vec<f32> = max_pool_valid(&x, k, s)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let want: Vec<f32> = x
+                .max_pool2d_with_stride(k, s)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            assert_eq!(got, want, "k {k} stride {s}");
         }
     }
 
