@@ -32,21 +32,22 @@ fn run_here(spec: &Spec, batches: usize, epochs: usize) -> Result<BenchReport> {
     let device = crate::device::select(spec.device, spec.tf32)?;
     let device_name = crate::device::describe(&device);
     let data = load_dataset(spec)?;
-    let n = (batches.max(1) * spec.extract_batch).min(data.n);
+    let batch = spec.extract_batch_for(&device);
+    let n = (batches.max(1) * batch).min(data.n);
     let data = data.subset(&(0..n).collect::<Vec<_>>());
     let net = load_network(spec, &device)?;
     let ex = Extractor {
         net: &net,
         until: spec.freeze,
         resize: spec.resize,
-        batch: spec.extract_batch,
+        batch,
         device: &device,
     };
     let mut feats = Vec::new();
     let mut times = Vec::new();
     let mut start = 0;
     while start < n {
-        let b = spec.extract_batch.min(n - start);
+        let b = batch.min(n - start);
         device.synchronize()?;
         let t = Instant::now();
         let f = ex.batch(&data, start, b)?;

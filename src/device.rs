@@ -101,6 +101,43 @@ fn select_inner(spec: DeviceSpec) -> Result<Device> {
     }
 }
 
+/// `run.extract_batch = "auto"`, given the bytes of the largest activation of one image.
+/// CPU: 64 (what `bench/cpu.sh` measures; a larger batch only costs memory there). GPU: as
+/// many images as fit in a quarter of its memory at three such activations each (a layer's
+/// input, its output and the library's workspace), a multiple of 16 in 16..=256; 256 is the
+/// batch the H200 timings of `scripts/gpu-check.sh` were measured at.
+pub fn auto_extract_batch(device: &Device, largest_activation_bytes: usize) -> usize {
+    let n = match gpu_memory(device) {
+        None => 64,
+        Some(total) => batch_for_memory(total, 3 * largest_activation_bytes as u64),
+    };
+    tracing::info!(
+        "run.extract_batch = \"auto\": {n} images per batch on {}",
+        kind(device)
+    );
+    n
+}
+
+/// The GPU rule of `auto_extract_batch`: total memory / 4 / per-image bytes, a multiple of 16
+/// in 16..=256.
+pub fn batch_for_memory(total_bytes: u64, per_image_bytes: u64) -> usize {
+    let b = (total_bytes / 4 / per_image_bytes.max(1)).min(256) as usize;
+    (b / 16 * 16).max(16)
+}
+
+#[cfg(feature = "cuda")]
+fn gpu_memory(device: &Device) -> Option<u64> {
+    match device {
+        Device::Cuda(d) => d.cuda_stream().context().total_mem().ok().map(|b| b as u64),
+        _ => None,
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn gpu_memory(_: &Device) -> Option<u64> {
+    None
+}
+
 /// One line per usable device: what `runner devices` prints.
 pub fn list() -> Vec<String> {
     let mut out = vec![format!(
@@ -224,4 +261,24 @@ fn cpu_model() -> String {
                 .map(|(_, v)| v.trim().to_string())
         })
         .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_batch_fits_the_memory() {
+        let gib = 1u64 << 30;
+        // the CPU keeps the measured 64
+        assert_eq!(auto_extract_batch(&Device::Cpu, 1 << 20), 64);
+        // VGG16 f32 (64x224x224 floats, 12.8 MB; 3 copies per image)
+        let vgg = 3 * 64 * 224 * 224 * 4;
+        assert_eq!(batch_for_memory(141 * gib, vgg), 256); // H200: the cap
+        assert_eq!(batch_for_memory(8 * gib, vgg), 48);
+        assert_eq!(batch_for_memory(4 * gib, vgg), 16); // GTX 970
+        assert_eq!(batch_for_memory(gib, vgg), 16); // never below 16
+                                                    // AlexNet f32 (96x57x57 floats): 256 even on 4 GiB
+        assert_eq!(batch_for_memory(4 * gib, 3 * 96 * 57 * 57 * 4), 256);
+    }
 }

@@ -168,7 +168,7 @@ impl FeatureSource<'_> {
             net,
             until: spec.freeze,
             resize: spec.resize,
-            batch: spec.extract_batch,
+            batch: spec.extract_batch_for(device),
             device,
         };
         let per: usize = spec.arch.output_shape(spec.freeze).iter().product();

@@ -181,7 +181,7 @@ fn extract_here(spec: &Spec, out: &Path) -> Result<ExtractReport> {
         net: &net,
         until: spec.freeze,
         resize: spec.resize,
-        batch: spec.extract_batch,
+        batch: spec.extract_batch_for(&device),
         device: &device,
     };
     let t0 = Instant::now();

@@ -253,7 +253,7 @@ pub fn predict(run_dir: &Path, inputs: &[PathBuf], top: usize) -> Result<Vec<Pre
         let n = names.len();
         let feature_end = m.spec.arch.feature_end().max(m.spec.freeze);
         let mut out = Vec::with_capacity(n);
-        let batch = m.spec.extract_batch.max(1);
+        let batch = m.spec.extract_batch_for(&device).max(1);
         let mut start = 0;
         while start < n {
             let b = batch.min(n - start);

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use runner::spec::{load_str, DeviceSpec, WeightsSource};
+use runner::spec::{load_str, BatchSize, DeviceSpec, WeightsSource};
 
 fn load(text: &str, sets: &[&str], env: &[(&str, &str)]) -> Result<runner::spec::Spec, String> {
     let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
@@ -33,7 +33,7 @@ fn defaults_fill_everything_and_name_is_the_file_stem() {
         "freeze = \"fc7\"",
         "resize = \"tf1\"",
         "device = \"auto\"",
-        "extract_batch = 64",
+        "extract_batch = \"auto\"",
     ] {
         assert!(t.contains(key), "{key} missing from {t}");
     }
@@ -52,7 +52,10 @@ fn layering_file_then_env_then_set() {
         ],
     )
     .unwrap();
-    assert_eq!((s.freeze_name(), s.extract_batch), ("pool5", 8));
+    assert_eq!(
+        (s.freeze_name(), s.extract_batch),
+        ("pool5", BatchSize::Fixed(8))
+    );
     let s = load(
         BASE,
         &["backbone.freeze=fc7"],
@@ -135,7 +138,14 @@ fn bad_overrides_name_the_key() {
         "{e}"
     );
     let e = load(BASE, &["run.extract_batch=lots"], &[]).unwrap_err();
+    assert!(
+        e.contains("run.extract_batch") && e.contains("\"auto\""),
+        "{e}"
+    );
+    let e = load(BASE, &["run.extract_batch=-3"], &[]).unwrap_err();
     assert!(e.contains("run.extract_batch"), "{e}");
+    let e = load(BASE, &["run.extract_batch=0"], &[]).unwrap_err();
+    assert!(e.contains("at least 1"), "{e}");
     let e = load(BASE, &["noequals"], &[]).unwrap_err();
     assert!(e.contains("section.key=value"), "{e}");
 }
@@ -177,4 +187,16 @@ fn track_split_needs_gtsrb() {
     let s = load("[dataset]\nkind = \"gtsrb\"\npath = \"g\"\n", &[], &[]).unwrap();
     assert!(s.track_split, "track is the default for gtsrb");
     assert_eq!(s.image_size, 32);
+}
+
+#[test]
+fn extract_batch_is_a_number_or_auto() {
+    let cpu = candle_core::Device::Cpu;
+    let s = load(BASE, &["run.extract_batch=\"auto\""], &[]).unwrap();
+    assert_eq!(s.extract_batch, BatchSize::Auto);
+    assert_eq!(s.extract_batch_for(&cpu), 64, "auto on the CPU");
+    let s = load(BASE, &["run.extract_batch=24"], &[]).unwrap();
+    assert_eq!(s.extract_batch_for(&cpu), 24);
+    let s = load(BASE, &[], &[("RUNNER_RUN__EXTRACT_BATCH", "auto")]).unwrap();
+    assert_eq!(s.extract_batch, BatchSize::Auto);
 }

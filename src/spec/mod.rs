@@ -82,7 +82,8 @@ pub struct Spec {
     pub head: HeadSection,
     pub train: TrainSection,
     pub device: DeviceSpec,
-    pub extract_batch: usize,
+    /// Use `extract_batch_for(device)`.
+    pub extract_batch: raw::BatchSize,
     /// Number format of the frozen part.
     pub precision: Precision,
     /// TF32 for f32 matrix work on CUDA.
@@ -98,6 +99,22 @@ pub struct Spec {
 impl Spec {
     pub fn freeze_name(&self) -> &'static str {
         self.arch.layers()[self.freeze]
+    }
+
+    /// Images per extraction batch on `device`: the file's number, or for `auto` what
+    /// `device::auto_extract_batch` picks for this backbone's activations and number format.
+    pub fn extract_batch_for(&self, device: &candle_core::Device) -> usize {
+        match self.extract_batch {
+            BatchSize::Fixed(n) => n,
+            BatchSize::Auto => {
+                let largest = (0..=self.freeze.max(self.arch.feature_end()))
+                    .map(|l| self.arch.output_shape(l).iter().product::<usize>())
+                    .max()
+                    .unwrap_or(1);
+                let bytes = self.precision.dtype().size_in_bytes();
+                crate::device::auto_extract_batch(device, largest * bytes)
+            }
+        }
     }
 }
 
@@ -252,7 +269,7 @@ fn validate(path: &Path, text: &str, raw: RawSpec) -> Result<Spec> {
         return Err(err("dataset", "num_classes", "must be at least 1".into()));
     }
     let device = parse_device(&raw.run.device).map_err(|m| err("run", "device", m))?;
-    if raw.run.extract_batch == 0 {
+    if raw.run.extract_batch == raw::BatchSize::Fixed(0) {
         return Err(err("run", "extract_batch", "must be at least 1".into()));
     }
     let in_unit = |section: &str, key: &str, v: f64, hi_inclusive: bool| -> Result<()> {

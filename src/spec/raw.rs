@@ -272,6 +272,55 @@ impl Default for DatasetSection {
     }
 }
 
+/// `run.extract_batch`: images per batch through the frozen backbone, or `"auto"` (chosen
+/// for the device when the run starts: see `device::auto_extract_batch`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchSize {
+    Auto,
+    Fixed(usize),
+}
+
+impl Serialize for BatchSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            BatchSize::Auto => s.serialize_str("auto"),
+            BatchSize::Fixed(n) => s.serialize_u64(*n as u64),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for BatchSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = BatchSize;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number of images (e.g. 64) or \"auto\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<BatchSize, E> {
+                usize::try_from(v)
+                    .map(BatchSize::Fixed)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<BatchSize, E> {
+                u64::try_from(v)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+                    .and_then(|v| self.visit_u64(v))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<BatchSize, E> {
+                match v.trim() {
+                    "auto" => Ok(BatchSize::Auto),
+                    t => t
+                        .parse::<usize>()
+                        .map(BatchSize::Fixed)
+                        .map_err(|_| E::invalid_value(serde::de::Unexpected::Str(v), &self)),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// Number format of the frozen backbone's arithmetic.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -312,8 +361,8 @@ impl Precision {
 pub struct RunSection {
     /// `auto` | `cpu` | `cuda` | `cuda:N`
     pub device: String,
-    /// Images per batch through the frozen backbone.
-    pub extract_batch: usize,
+    /// Images per batch through the frozen backbone, or `auto` (for the device).
+    pub extract_batch: BatchSize,
     /// Number format of the frozen part: `f32` | `bf16` | `f16` (the head always trains in f32).
     pub dtype: Precision,
     /// On CUDA, let f32 matrix products and convolutions use TF32 tensor cores.
@@ -329,7 +378,7 @@ impl Default for RunSection {
     fn default() -> Self {
         RunSection {
             device: "auto".into(),
-            extract_batch: 64,
+            extract_batch: BatchSize::Auto,
             dtype: Precision::F32,
             tf32: false,
             cache: true,
