@@ -7,10 +7,17 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
+
+// Files are little-endian (safetensors), written and read as plain copies of memory.
+#[cfg(target_endian = "big")]
+compile_error!("the feature cache and head files assume a little-endian target");
 
 /// Bump when the stored layout or the meaning of features changes.
 pub const FORMAT_VERSION: u32 = 1;
@@ -53,6 +60,73 @@ pub fn file_hash(path: &Path) -> Result<String> {
         h.update(&buf[..n]);
     }
     Ok(format!("{:x}", h.finalize()))
+}
+
+/// [`file_hash`], remembered for the process by (path, size, modification time): the points of
+/// a sweep share their weights file (hundreds of MB), which is then hashed once, not per point.
+pub fn file_hash_memo(path: &Path) -> Result<String> {
+    type Seen = Vec<(PathBuf, u64, Option<SystemTime>, String)>;
+    static SEEN: Mutex<Seen> = Mutex::new(Vec::new());
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    let (len, modified) = (meta.len(), meta.modified().ok());
+    let same = |e: &&(PathBuf, u64, Option<SystemTime>, String)| {
+        e.0 == path && e.1 == len && e.2 == modified
+    };
+    if let Some(h) = SEEN
+        .lock()
+        .ok()
+        .and_then(|s| s.iter().find(same).map(|e| e.3.clone()))
+    {
+        return Ok(h);
+    }
+    let h = file_hash(path)?;
+    if let Ok(mut s) = SEEN.lock() {
+        s.retain(|e| e.0 != path);
+        s.push((path.to_path_buf(), len, modified, h.clone()));
+    }
+    Ok(h)
+}
+
+/// Whether the last feature set read or computed stays in memory (see [`remembered`]).
+static KEEP: AtomicBool = AtomicBool::new(false);
+type Kept = Option<(String, Arc<HostFeatures>)>;
+static LAST: Mutex<Kept> = Mutex::new(None);
+
+/// Keep the last feature set in memory for this process (on for a sweep that runs several
+/// points in one process: they share their features, which are then read and checked once,
+/// not once per point). Off drops what is kept.
+pub fn keep_last_in_memory(on: bool) {
+    KEEP.store(on, Ordering::Relaxed);
+    if !on {
+        if let Ok(mut l) = LAST.lock() {
+            *l = None;
+        }
+    }
+}
+
+/// Whether the last feature set is kept in memory.
+pub fn keeping() -> bool {
+    KEEP.load(Ordering::Relaxed)
+}
+
+/// The features kept in memory under `digest`, if any.
+pub fn remembered(digest: &str) -> Option<Arc<HostFeatures>> {
+    if !KEEP.load(Ordering::Relaxed) {
+        return None;
+    }
+    let l = LAST.lock().ok()?;
+    l.as_ref()
+        .filter(|(d, _)| d == digest)
+        .map(|(_, f)| f.clone())
+}
+
+/// Keep `f` as the features under `digest` (when keeping is on).
+pub fn remember(digest: &str, f: &Arc<HostFeatures>) {
+    if KEEP.load(Ordering::Relaxed) {
+        if let Ok(mut l) = LAST.lock() {
+            *l = Some((digest.to_string(), f.clone()));
+        }
+    }
 }
 
 /// Host features: `shape[0]` rows, row-major f32.
@@ -133,20 +207,22 @@ impl FeatureCache {
         if f.dtype() != safetensors::Dtype::F32 || l.dtype() != safetensors::Dtype::I64 {
             return Err(corrupt("unexpected dtypes"));
         }
-        if meta.get("checksum").map(String::as_str) != Some(&payload_checksum(f.data(), l.data())) {
+        // The checksum and the copy out of the file's bytes (little-endian, as every target
+        // runner builds for; not aligned for f32 inside the buffer) run side by side.
+        let (sum, (data, labels)) = rayon::join(
+            || payload_checksum(f.data(), l.data()),
+            || {
+                let mut data = vec![0f32; f.data().len() / 4];
+                bytemuck::cast_slice_mut(&mut data).copy_from_slice(f.data());
+                let mut labels = vec![0i64; l.data().len() / 8];
+                bytemuck::cast_slice_mut(&mut labels).copy_from_slice(l.data());
+                (data, labels)
+            },
+        );
+        if meta.get("checksum") != Some(&sum) {
             return Err(corrupt("checksum mismatch"));
         }
         let shape = f.shape().to_vec();
-        let data = f
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        let labels = l
-            .data()
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
-            .collect::<Vec<_>>();
         if shape.first() != Some(&labels.len()) {
             return Err(corrupt("row count mismatch"));
         }
@@ -196,6 +272,39 @@ impl FeatureCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remembered_hashes_follow_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("w.npy");
+        std::fs::write(&p, b"first").unwrap();
+        let a = file_hash_memo(&p).unwrap();
+        assert_eq!(a, file_hash(&p).unwrap());
+        assert_eq!(file_hash_memo(&p).unwrap(), a);
+        std::fs::write(&p, b"second, longer").unwrap();
+        let b = file_hash_memo(&p).unwrap();
+        assert_ne!(a, b, "a changed file is hashed again");
+        assert_eq!(b, file_hash(&p).unwrap());
+    }
+
+    #[test]
+    fn features_are_kept_only_while_asked() {
+        let f = Arc::new(HostFeatures {
+            shape: vec![1, 2],
+            data: vec![1.0, 2.0],
+            labels: vec![0],
+        });
+        // other tests may toggle keeping; this digest is ours alone
+        let d = "test-only-digest-kept";
+        keep_last_in_memory(true);
+        remember(d, &f);
+        let got = remembered(d);
+        keep_last_in_memory(false);
+        assert!(got.is_some_and(|g| Arc::ptr_eq(&g, &f)));
+        assert!(remembered(d).is_none(), "off drops what was kept");
+        remember(d, &f);
+        assert!(remembered(d).is_none(), "nothing is kept while off");
+    }
 
     #[test]
     fn roundtrip_and_corruption_is_detected() {

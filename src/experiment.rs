@@ -3,6 +3,7 @@
 //! cache already has, and what to train, then hands each piece to its module.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
@@ -79,7 +80,7 @@ struct FeatureSource<'a> {
 }
 
 struct Extracted {
-    features: HostFeatures,
+    features: Arc<HostFeatures>,
     hit: bool,
     seconds: f64,
 }
@@ -108,7 +109,7 @@ impl FeatureSource<'_> {
             WeightsSource::Random => {
                 format!("random-v2:{}:{}", self.spec.arch.name(), self.spec.seed)
             }
-            WeightsSource::File(p) => format!("sha256:{}", cache::file_hash(p)?),
+            WeightsSource::File(p) => format!("sha256:{}", cache::file_hash_memo(p)?),
         };
         self.weights_id = Some(id.clone());
         Ok(id)
@@ -119,7 +120,7 @@ impl FeatureSource<'_> {
             weights: self.weights_id()?,
             arch: self.spec.arch.name().to_string(),
             freeze: self.spec.freeze_name().to_string(),
-            data: data.content_hash(),
+            data: crate::features::dataset_hash(data),
             preprocessing: format!(
                 "resize={};size={}",
                 self.spec.resize.name(),
@@ -133,16 +134,29 @@ impl FeatureSource<'_> {
     }
 
     fn features(&mut self, data: &Dataset, what: &str) -> Result<Extracted> {
-        let digest = match &self.cache {
-            Some(_) => Some((self.key(data)?, self.key(data)?.digest())),
-            None => None,
+        let digest = if self.cache.is_some() || cache::keeping() {
+            let key = self.key(data)?;
+            let d = key.digest();
+            Some((key, d))
+        } else {
+            None
         };
+        if let Some(f) = digest.as_ref().and_then(|(_, d)| cache::remembered(d)) {
+            tracing::info!("{what}: features kept in memory from the previous point");
+            return Ok(Extracted {
+                features: f,
+                hit: true,
+                seconds: 0.0,
+            });
+        }
         let mut _lock = None;
         if let (Some(c), Some((_, d))) = (&self.cache, &digest) {
             for attempt in 0..2 {
                 match c.get(d) {
                     Ok(f) => {
                         tracing::info!("{what}: feature cache hit {}", c.path_for(d).display());
+                        let f = Arc::new(f);
+                        cache::remember(d, &f);
                         return Ok(Extracted {
                             features: f,
                             hit: true,
@@ -194,6 +208,10 @@ impl FeatureSource<'_> {
             let p = c.put(d, key, &features)?;
             tracing::info!("{what}: stored features in {}", p.display());
         }
+        let features = Arc::new(features);
+        if let Some((_, d)) = &digest {
+            cache::remember(d, &features);
+        }
         Ok(Extracted {
             features,
             hit: false,
@@ -236,11 +254,12 @@ fn check_labels(d: &Dataset, classes: usize, path: &std::path::Path) -> Result<(
     Ok(())
 }
 
-fn save_vars(
+/// A safetensors file of named f32 tensors (`path` only names it in errors).
+fn vars_bytes(
     path: &std::path::Path,
     named: &[(String, Tensor)],
     meta: std::collections::HashMap<String, String>,
-) -> Result<()> {
+) -> Result<Vec<u8>> {
     let host: Vec<(String, Vec<usize>, Vec<f32>)> = named
         .iter()
         .map(|(n, t)| {
@@ -251,22 +270,18 @@ fn save_vars(
             ))
         })
         .collect::<Result<_>>()?;
-    let bytes_of = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-    let raw: Vec<(String, Vec<usize>, Vec<u8>)> = host
-        .into_iter()
-        .map(|(n, s, v)| (n, s, bytes_of(&v)))
-        .collect();
-    let views = raw
+    // safetensors stores little-endian, which is every target runner builds for
+    let views = host
         .iter()
-        .map(|(n, s, b)| {
+        .map(|(n, s, v)| {
+            let b: &[u8] = bytemuck::cast_slice(v);
             safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
                 .map(|v| (n.clone(), v))
                 .map_err(|e| Error::Other(format!("{}: {e}", path.display())))
         })
         .collect::<Result<Vec<_>>>()?;
-    let bytes = safetensors::serialize(views, Some(meta))
-        .map_err(|e| Error::Other(format!("{}: {e}", path.display())))?;
-    results::write_atomic(path, &bytes)
+    safetensors::serialize(views, Some(meta))
+        .map_err(|e| Error::Other(format!("{}: {e}", path.display())))
 }
 
 /// The candle release runner is built against (kept in step with Cargo.toml).
@@ -484,11 +499,16 @@ fn run_here(spec: &Spec, mode: Mode, skip_finished: bool) -> Result<Option<Outco
         n_train: train_split.n,
         extract_seconds,
     };
+    // the best head so far is written while the next epoch trains
+    let mut writer = results::BackgroundWriter::new();
     let outcome = train::fit(spec, &model, &train_split, &val_split, &device, |s, m| {
         let row = EpochRow::new(s, &ctx);
         rd.push_epoch(row)?;
         if s.improved {
-            save_vars(&head_path, &m.snapshot()?, head_meta.clone())?;
+            writer.write(
+                &head_path,
+                vars_bytes(&head_path, &m.snapshot()?, head_meta.clone())?,
+            )?;
         }
         task.advance(
             1,
@@ -506,6 +526,7 @@ fn run_here(spec: &Spec, mode: Mode, skip_finished: bool) -> Result<Option<Outco
         Ok(!crate::interrupt::requested())
     })?;
     task.finish();
+    writer.finish()?;
     if crate::interrupt::requested() {
         let summary = serde_json::json!({
             "run_id": run_id,

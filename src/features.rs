@@ -6,7 +6,7 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
@@ -70,19 +70,45 @@ fn dataset_key(spec: &Spec) -> String {
 /// loaded is kept for the process: the points of a sweep differ in head and training settings
 /// and share their data, which is then decoded (or generated) once, not once per point.
 pub fn load_dataset(spec: &Spec) -> Result<Arc<Dataset>> {
-    static LAST: Mutex<Option<(String, Arc<Dataset>)>> = Mutex::new(None);
     let key = dataset_key(spec);
-    if let Ok(last) = LAST.lock() {
-        if let Some((k, d)) = last.as_ref().filter(|(k, _)| *k == key) {
-            tracing::debug!("dataset {k}: reused");
-            return Ok(d.clone());
+    if let Ok(last) = LAST_DATASET.lock() {
+        if let Some(l) = last.as_ref().filter(|l| l.key == key) {
+            tracing::debug!("dataset {key}: reused");
+            return Ok(l.data.clone());
         }
     }
     let d = Arc::new(load_dataset_uncached(spec)?);
-    if let Ok(mut last) = LAST.lock() {
-        *last = Some((key, d.clone()));
+    if let Ok(mut last) = LAST_DATASET.lock() {
+        *last = Some(LastDataset {
+            key,
+            data: d.clone(),
+            hash: OnceLock::new(),
+        });
     }
     Ok(d)
+}
+
+struct LastDataset {
+    key: String,
+    data: Arc<Dataset>,
+    hash: OnceLock<String>,
+}
+
+static LAST_DATASET: Mutex<Option<LastDataset>> = Mutex::new(None);
+
+/// `d.content_hash()`, computed once for the dataset [`load_dataset`] keeps (the points of a
+/// sweep share it: hashing GTSRB's 120 MB of pixels per point would cost a second each).
+/// Kept datasets are shared and never changed, so the address identifies the content.
+pub fn dataset_hash(d: &Dataset) -> String {
+    if let Ok(last) = LAST_DATASET.lock() {
+        if let Some(l) = last
+            .as_ref()
+            .filter(|l| std::ptr::eq(Arc::as_ptr(&l.data), d))
+        {
+            return l.hash.get_or_init(|| d.content_hash()).clone();
+        }
+    }
+    d.content_hash()
 }
 
 fn load_dataset_uncached(spec: &Spec) -> Result<Dataset> {

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
+use crate::cache;
 use crate::error::{Error, Result};
 use crate::experiment;
 use crate::progress::Mode;
@@ -92,6 +93,9 @@ pub fn run(path: &Path, o: &Options) -> Result<Report> {
         }
     }
     if o.jobs <= 1 || todo.len() <= 1 {
+        // The points share their frozen features: read (and checked) once, then kept.
+        cache::keep_last_in_memory(todo.len() > 1);
+        let _forget = Forget;
         for p in todo {
             let mut spec = p.spec.clone();
             if let Some(d) = o.devices.first() {
@@ -128,6 +132,15 @@ pub fn run(path: &Path, o: &Options) -> Result<Report> {
     }
     run_parallel(path, o, &todo, &mut report)?;
     Ok(report)
+}
+
+/// Drops the features an in-process sweep kept, however it ends.
+struct Forget;
+
+impl Drop for Forget {
+    fn drop(&mut self) {
+        cache::keep_last_in_memory(false);
+    }
 }
 
 /// `jobs` worker processes (`runner sweep SPEC --index I`), each with cores/jobs threads.

@@ -75,15 +75,23 @@ fn grid_sweep_resume_jobs_and_shards() {
         first.len()
     );
     let (id0, s0) = first[0].clone();
-    let out = run_in(d.path(), &["sw.toml", "--set", "run.results_dir=a"]);
+    let out = run_in(d.path(), &["-v", "sw.toml", "--set", "run.results_dir=a"]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("finished earlier, skipped"));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("finished earlier, skipped"));
     let all = finished(&d.path().join("a"));
     assert_eq!(all.len(), 4);
+    // the points run by one process read the cached features once and keep them
+    assert_eq!(
+        log.matches("features kept in memory from the previous point")
+            .count(),
+        4 - first.len() - 1,
+        "{log}"
+    );
     let again = &all.iter().find(|(k, _)| *k == id0).unwrap().1;
     assert_eq!(
         again["finished_at"], s0["finished_at"],

@@ -67,6 +67,86 @@ impl Drop for AtomicFile {
     }
 }
 
+/// Atomic writes on a background thread, in the order given, so that a file written every
+/// epoch (the best head so far) is synced to disk while the next epoch trains. When writes
+/// queue up for the same file, only the newest is written. [`BackgroundWriter::finish`] waits
+/// for everything given and returns the first error; dropping the writer also waits.
+pub struct BackgroundWriter {
+    tx: Option<std::sync::mpsc::Sender<(PathBuf, Vec<u8>)>>,
+    thread: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl BackgroundWriter {
+    pub fn new() -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<(PathBuf, Vec<u8>)>();
+        let thread = std::thread::Builder::new()
+            .name("runner-writer".into())
+            .spawn(move || -> Result<()> {
+                while let Ok(mut job) = rx.recv() {
+                    // a newer version of the same file already waiting replaces this one
+                    let mut later = Vec::new();
+                    while let Ok(next) = rx.try_recv() {
+                        if next.0 == job.0 && later.is_empty() {
+                            job = next;
+                        } else {
+                            later.push(next);
+                        }
+                    }
+                    write_atomic(&job.0, &job.1)?;
+                    for (p, b) in later {
+                        write_atomic(&p, &b)?;
+                    }
+                }
+                Ok(())
+            })
+            .ok();
+        BackgroundWriter {
+            tx: thread.as_ref().map(|_| tx),
+            thread,
+        }
+    }
+
+    /// Queue `bytes` for `dest` (written at once, on this thread, if no thread could start).
+    /// An error from an earlier write is returned here or by `finish`.
+    pub fn write(&mut self, dest: &Path, bytes: Vec<u8>) -> Result<()> {
+        match &self.tx {
+            Some(tx) => match tx.send((dest.to_path_buf(), bytes)) {
+                Ok(()) => Ok(()),
+                // the thread stopped: it returns why
+                Err(std::sync::mpsc::SendError((p, b))) => {
+                    self.finish()?;
+                    write_atomic(&p, &b)
+                }
+            },
+            None => write_atomic(dest, &bytes),
+        }
+    }
+
+    /// Wait until every queued write is on disk; the first error, if any.
+    pub fn finish(&mut self) -> Result<()> {
+        self.tx = None;
+        match self.thread.take().map(|t| t.join()) {
+            None => Ok(()),
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(Error::Other("the background file writer panicked".into())),
+        }
+    }
+}
+
+impl Default for BackgroundWriter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for BackgroundWriter {
+    fn drop(&mut self) {
+        if let Err(e) = self.finish() {
+            tracing::warn!("{e}");
+        }
+    }
+}
+
 /// Write `bytes` to `dest` atomically.
 pub fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<()> {
     let mut f = AtomicFile::create(dest)?;
@@ -378,4 +458,40 @@ pub fn write_class_reports(
     };
     write_atomic(&dir.join("per_class.csv"), &bytes(pc)?)?;
     write_atomic(&dir.join("confusion.csv"), &bytes(cm)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn background_writes_land_in_order_and_errors_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.bin"), dir.path().join("b.bin"));
+        let mut w = BackgroundWriter::new();
+        for i in 0..50u32 {
+            w.write(&a, i.to_le_bytes().repeat(1000)).unwrap();
+        }
+        w.write(&b, b"other".to_vec()).unwrap();
+        w.write(&a, b"last".to_vec()).unwrap();
+        w.finish().unwrap();
+        assert_eq!(
+            std::fs::read(&a).unwrap(),
+            b"last",
+            "the newest version wins"
+        );
+        assert_eq!(std::fs::read(&b).unwrap(), b"other");
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left.len(), 2, "no temporary files left: {left:?}");
+
+        // a destination under a plain file cannot be written: the error is reported
+        let blocked = dir.path().join("a.bin").join("head.safetensors");
+        let mut w = BackgroundWriter::new();
+        let first = w.write(&blocked, vec![1, 2, 3]);
+        let err = first.and_then(|_| w.finish()).unwrap_err();
+        assert!(err.to_string().contains("a.bin"), "{err}");
+    }
 }
