@@ -220,34 +220,40 @@ impl candle_core::CustomOp1 for FusedLrn {
         let plane = h * w;
         let img = c * plane;
         let mut out = vec![0f32; x.len()];
-        let three_quarters = self.beta == 0.75;
         out.par_chunks_mut(img.max(1))
             .zip(x.par_chunks(img.max(1)))
-            .for_each(|(o, xi)| {
-                let sq: Vec<f32> = xi.iter().map(|v| v * v).collect();
-                let mut sum = vec![0f32; plane];
-                for ch in 0..c {
-                    sum.iter_mut().for_each(|s| *s = 0.0);
-                    let lo = ch.saturating_sub(self.radius);
-                    let hi = (ch + self.radius).min(c - 1);
-                    for k in lo..=hi {
-                        for (s, q) in sum.iter_mut().zip(&sq[k * plane..(k + 1) * plane]) {
-                            *s += q;
-                        }
-                    }
-                    let xs = &xi[ch * plane..(ch + 1) * plane];
-                    let os = &mut o[ch * plane..(ch + 1) * plane];
-                    for ((o, &xv), &s) in os.iter_mut().zip(xs).zip(&sum) {
-                        let d = self.bias + self.alpha * s;
-                        *o = if three_quarters {
-                            xv / (d.sqrt() * d.sqrt().sqrt())
-                        } else {
-                            xv / d.powf(self.beta)
-                        };
-                    }
-                }
-            });
+            .for_each(|(o, xi)| lrn_image(o, xi, c, plane, self));
         Ok((candle_core::CpuStorage::F32(out), l.shape().clone()))
+    }
+}
+
+/// One image of `FusedLrn`: `c` planes of `plane` values from `xi` into `o`.
+fn lrn_image(o: &mut [f32], xi: &[f32], c: usize, plane: usize, p: &FusedLrn) {
+    let sq: Vec<f32> = xi.iter().map(|v| v * v).collect();
+    let mut sum = vec![0f32; plane];
+    let (bias, alpha) = (p.bias, p.alpha);
+    for ch in 0..c {
+        sum.iter_mut().for_each(|s| *s = 0.0);
+        let lo = ch.saturating_sub(p.radius);
+        let hi = (ch + p.radius).min(c - 1);
+        for k in lo..=hi {
+            for (s, q) in sum.iter_mut().zip(&sq[k * plane..(k + 1) * plane]) {
+                *s += q;
+            }
+        }
+        let xs = &xi[ch * plane..(ch + 1) * plane];
+        let os = &mut o[ch * plane..(ch + 1) * plane];
+        // two loops, not a branch per element: the first one vectorises
+        if p.beta == 0.75 {
+            for ((o, &xv), &s) in os.iter_mut().zip(xs).zip(&sum) {
+                let d = bias + alpha * s;
+                *o = xv / (d.sqrt() * d.sqrt().sqrt());
+            }
+        } else {
+            for ((o, &xv), &s) in os.iter_mut().zip(xs).zip(&sum) {
+                *o = xv / (bias + alpha * s).powf(p.beta);
+            }
+        }
     }
 }
 
