@@ -13,7 +13,6 @@ use runner::{features, spec, weights, Error};
     name = "runner",
     version,
     about = "Transfer learning of image classifiers from TOML experiment files",
-    args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true
 )]
 struct Cli {

@@ -239,3 +239,26 @@ fn slurm_dry_run_writes_a_job_array_script() {
         assert!(script.contains(want), "{want} missing:\n{script}");
     }
 }
+
+#[test]
+fn global_flags_may_come_before_the_subcommand() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("sw.toml"), SPEC).unwrap();
+    for args in [
+        &["-v", "plan", "sw.toml"][..],
+        &["plan", "sw.toml", "-v"],
+        &["--set", "train.epochs=2", "plan", "sw.toml"],
+    ] {
+        let out = run_in(d.path(), args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).lines().count(),
+            4,
+            "{args:?}"
+        );
+    }
+}
