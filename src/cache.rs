@@ -236,7 +236,7 @@ impl FeatureCache {
     /// Store features atomically.
     pub fn put(&self, digest: &str, key: &CacheKey, f: &HostFeatures) -> Result<PathBuf> {
         // what writers killed on this host left behind
-        crate::lock::remove_stale_temps(&self.dir);
+        crate::fsio::remove_stale_temps(&self.dir);
         let path = self.path_for(digest);
         let fb: &[u8] = bytemuck::cast_slice(&f.data);
         let lb: &[u8] = bytemuck::cast_slice(&f.labels);
@@ -264,7 +264,7 @@ impl FeatureCache {
         ];
         let bytes = safetensors::serialize(views, Some(meta))
             .map_err(|e| Error::Other(format!("cache: {e}")))?;
-        crate::results::write_atomic(&path, &bytes)?;
+        crate::fsio::write_atomic(&path, &bytes)?;
         Ok(path)
     }
 }

@@ -3,7 +3,29 @@
 use candle_core::Device;
 
 use crate::error::{Error, Result};
-use crate::spec::DeviceSpec;
+
+/// Which device a spec asks for (`run.device`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+/// Parse `run.device`: `auto`, `cpu`, `cuda` or `cuda:N`.
+pub fn parse_device(s: &str) -> std::result::Result<DeviceSpec, String> {
+    match s {
+        "auto" => Ok(DeviceSpec::Auto),
+        "cpu" => Ok(DeviceSpec::Cpu),
+        "cuda" => Ok(DeviceSpec::Cuda(0)),
+        _ => match s.strip_prefix("cuda:").map(|n| n.parse::<usize>()) {
+            Some(Ok(n)) => Ok(DeviceSpec::Cuda(n)),
+            _ => Err(format!(
+                "unknown device {s:?}; expected auto, cpu, cuda or cuda:N"
+            )),
+        },
+    }
+}
 
 /// Make the CPU flush denormal floats to zero (FTZ and DAZ), on this thread and on every rayon
 /// worker. Training drives optimizer moments and small activations into the denormal range,

@@ -1,4 +1,7 @@
-//! Running the frozen part of a backbone over a dataset, and writing the features.
+//! The frozen part of a run: loading its datasets (`load_run_data`), the backbone
+//! (`load_network`), and its features (`FeatureSource`: from the feature cache when it has
+//! them, else by running the backbone batch by batch and storing the result); and
+//! `runner extract`, which writes features to a file.
 //!
 //! `runner extract` writes an `.npz` that numpy reads: `features` float32 (N, D) and `labels`
 //! int64 (N). Feature-map layers (conv*, pool*) are flattened in TensorFlow's NHWC order, so the
@@ -12,10 +15,13 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 
 use crate::backbone::{Arch, Network};
-use crate::data::{preprocess, Dataset};
+use crate::cache::{self, CacheKey, FeatureCache, HostFeatures, Miss};
+use crate::data::{preprocess, split, Dataset};
 use crate::error::{Error, Result};
-use crate::results::AtomicFile;
+use crate::fsio::AtomicFile;
+use crate::progress::{Mode, Task};
 use crate::spec::{DatasetKind, Spec, WeightsSource};
+use crate::train::Split;
 use crate::weights::{self, npy};
 
 /// Load the backbone a spec names, onto `device`.
@@ -121,6 +127,273 @@ fn load_dataset_uncached(spec: &Spec) -> Result<Dataset> {
 /// Load a separate validation or test set named by the spec.
 pub fn load_extra(spec: &Spec, path: &Path, test: bool) -> Result<Dataset> {
     crate::data::load(spec.dataset_kind, path, &load_options(spec), test)
+}
+
+/// The datasets a run reads: the pool (`dataset.path`, after `dataset.limit`) and the separate
+/// validation and test sets where the spec names them.
+pub struct RunData {
+    pub pool: Arc<Dataset>,
+    pub val_file: Option<Dataset>,
+    pub test_file: Option<Dataset>,
+    /// The training set's classes (`dataset.num_classes`, else the pool's).
+    pub classes: usize,
+}
+
+/// Load the datasets of a run; labels of the separate files are checked against the classes.
+pub fn load_run_data(spec: &Spec) -> Result<RunData> {
+    let full = load_dataset(spec)?;
+    let pool = if spec.limit > 0 {
+        let keep = split::limit_per_class(&full.labels, full.num_classes, spec.limit, spec.seed);
+        Arc::new(full.subset(&keep))
+    } else {
+        full
+    };
+    let classes = spec.num_classes.unwrap_or(pool.num_classes);
+    let extra = |p: &Option<std::path::PathBuf>, test: bool| -> Result<Option<Dataset>> {
+        match p {
+            Some(p) => {
+                let d = load_extra(spec, p, test)?;
+                d.check_labels(classes, p)?;
+                Ok(Some(d))
+            }
+            None => Ok(None),
+        }
+    };
+    Ok(RunData {
+        val_file: extra(&spec.val_path, false)?,
+        test_file: extra(&spec.test_path, true)?,
+        pool,
+        classes,
+    })
+}
+
+/// A run's features on the device, and how they were had.
+pub struct RunFeatures {
+    pub train: Split,
+    pub val: Split,
+    pub test: Option<Split>,
+    /// Seconds spent running the backbone (0 when everything came from the cache).
+    pub extract_seconds: f64,
+    /// Whether every part came from the cache (or from the previous sweep point).
+    pub cache_hit: bool,
+}
+
+/// Supplies frozen features: from the cache when it has them, else by running the backbone
+/// (loaded on first need) and storing the result.
+pub struct FeatureSource<'a> {
+    spec: &'a Spec,
+    device: &'a Device,
+    net: Option<Network>,
+    weights_id: Option<String>,
+    cache: Option<FeatureCache>,
+    mode: Mode,
+}
+
+pub struct Extracted {
+    pub features: Arc<HostFeatures>,
+    pub hit: bool,
+    pub seconds: f64,
+}
+
+impl<'a> FeatureSource<'a> {
+    /// A source for `spec` on `device`: the cache the spec names (if any); the backbone is
+    /// loaded on first need.
+    pub fn new(spec: &'a Spec, device: &'a Device, mode: Mode) -> Self {
+        FeatureSource {
+            spec,
+            device,
+            net: None,
+            weights_id: None,
+            cache: spec.cache_dir.as_deref().map(FeatureCache::new),
+            mode,
+        }
+    }
+
+    /// The backbone, loaded now if no extraction needed it (for a trainable tail).
+    pub fn into_network(mut self) -> Result<Network> {
+        self.network()?;
+        self.net
+            .take()
+            .ok_or_else(|| Error::Other("backbone not loaded".into()))
+    }
+
+    /// Features of a run's splits on the device: the pool's rows divided into train,
+    /// validation and test (`split::train_val_test`), or the separate files where given.
+    pub fn for_run(&mut self, data: &RunData) -> Result<RunFeatures> {
+        let spec = self.spec;
+        let pool = &data.pool;
+        let pool_f = self.features(pool, "train")?;
+        let (mut extract_seconds, mut cache_hit) = (pool_f.seconds, pool_f.hit);
+        let frac = |file: &Option<Dataset>, f: f64| if file.is_some() { 0.0 } else { f };
+        let groups = pool.groups.as_deref().filter(|_| spec.track_split);
+        let (train_idx, val_idx, test_idx) = split::train_val_test(
+            &pool.labels,
+            groups,
+            data.classes,
+            frac(&data.val_file, spec.val_fraction),
+            frac(&data.test_file, spec.test_fraction),
+            spec.seed,
+        );
+        let device = self.device;
+        let rows = |idx: &[usize]| Split::from_host(&pool_f.features, Some(idx), device);
+        let train = rows(&train_idx)?;
+        let mut from_file = |d: &Dataset, what: &str| -> Result<Split> {
+            let f = self.features(d, what)?;
+            extract_seconds += f.seconds;
+            cache_hit &= f.hit;
+            Split::from_host(&f.features, None, device)
+        };
+        let val = match &data.val_file {
+            Some(d) => from_file(d, "val")?,
+            None => rows(&val_idx)?,
+        };
+        let test = match &data.test_file {
+            Some(d) => Some(from_file(d, "test")?),
+            None if !test_idx.is_empty() => Some(rows(&test_idx)?),
+            None => None,
+        };
+        Ok(RunFeatures {
+            train,
+            val,
+            test,
+            extract_seconds,
+            cache_hit,
+        })
+    }
+
+    fn network(&mut self) -> Result<&mut Network> {
+        if self.net.is_none() {
+            let t = Instant::now();
+            self.net = Some(load_network(self.spec, self.device)?);
+            tracing::info!(
+                "loaded {} weights in {:.1} s",
+                self.spec.arch.name(),
+                t.elapsed().as_secs_f64()
+            );
+        }
+        self.net
+            .as_mut()
+            .ok_or_else(|| Error::Other("backbone not loaded".into()))
+    }
+
+    fn weights_id(&mut self) -> Result<String> {
+        if let Some(w) = &self.weights_id {
+            return Ok(w.clone());
+        }
+        let id = match &self.spec.weights {
+            WeightsSource::Random => {
+                format!("random-v2:{}:{}", self.spec.arch.name(), self.spec.seed)
+            }
+            WeightsSource::File(p) => format!("sha256:{}", cache::file_hash_memo(p)?),
+        };
+        self.weights_id = Some(id.clone());
+        Ok(id)
+    }
+
+    fn key(&mut self, data: &Dataset) -> Result<CacheKey> {
+        Ok(CacheKey {
+            weights: self.weights_id()?,
+            arch: self.spec.arch.name().to_string(),
+            freeze: self.spec.freeze_name().to_string(),
+            data: dataset_hash(data),
+            preprocessing: format!(
+                "resize={};size={}",
+                self.spec.resize.name(),
+                self.spec.arch.input_size()
+            ),
+            dtype: self
+                .spec
+                .precision
+                .label(self.spec.tf32 && !self.device.is_cpu()),
+        })
+    }
+
+    /// Features of every sample of `data`, from the cache or the backbone.
+    pub fn features(&mut self, data: &Dataset, what: &str) -> Result<Extracted> {
+        let digest = if self.cache.is_some() || cache::keeping() {
+            let key = self.key(data)?;
+            let d = key.digest();
+            Some((key, d))
+        } else {
+            None
+        };
+        if let Some(f) = digest.as_ref().and_then(|(_, d)| cache::remembered(d)) {
+            tracing::info!("{what}: features kept in memory from the previous point");
+            return Ok(Extracted {
+                features: f,
+                hit: true,
+                seconds: 0.0,
+            });
+        }
+        let mut _lock = None;
+        if let (Some(c), Some((_, d))) = (&self.cache, &digest) {
+            for attempt in 0..2 {
+                match c.get(d) {
+                    Ok(f) => {
+                        tracing::info!("{what}: feature cache hit {}", c.path_for(d).display());
+                        let f = Arc::new(f);
+                        cache::remember(d, &f);
+                        return Ok(Extracted {
+                            features: f,
+                            hit: true,
+                            seconds: 0.0,
+                        });
+                    }
+                    Err(Miss::Absent) => tracing::info!("{what}: feature cache miss"),
+                    Err(Miss::Corrupt(m)) => {
+                        tracing::warn!("{what}: ignoring a damaged cache file ({m}); recomputing")
+                    }
+                }
+                if attempt == 0 {
+                    // another process may be computing this entry: wait for it, then look again
+                    _lock = Some(c.lock(d)?);
+                }
+            }
+        }
+        let (spec, device, mode) = (self.spec, self.device, self.mode);
+        let net: &Network = self.network()?;
+        device.synchronize()?;
+        let t0 = Instant::now();
+        let ex = Extractor {
+            net,
+            until: spec.freeze,
+            resize: spec.resize,
+            batch: spec.extract_batch_for(device),
+            device,
+        };
+        let per: usize = spec.arch.output_shape(spec.freeze).iter().product();
+        let mut out = Vec::with_capacity(data.n * per);
+        let mut task = Task::new(mode, &format!("extract {what}"), data.n as u64, "img");
+        ex.for_each(data, |_, f| {
+            let b = f.dim(0)?;
+            out.extend(f.flatten_all()?.to_vec1::<f32>()?);
+            task.advance(b as u64, "");
+            Ok(())
+        })?;
+        task.finish();
+        device.synchronize()?;
+        let seconds = t0.elapsed().as_secs_f64();
+        let mut shape = vec![data.n];
+        shape.extend(spec.arch.output_shape(spec.freeze));
+        let features = HostFeatures {
+            shape,
+            data: out,
+            labels: data.labels.clone(),
+        };
+        if let (Some(c), Some((key, d))) = (&self.cache, &digest) {
+            let p = c.put(d, key, &features)?;
+            tracing::info!("{what}: stored features in {}", p.display());
+        }
+        let features = Arc::new(features);
+        if let Some((_, d)) = &digest {
+            cache::remember(d, &features);
+        }
+        Ok(Extracted {
+            features,
+            hit: false,
+            seconds,
+        })
+    }
 }
 
 /// Runs images through the network up to a layer, batch by batch.

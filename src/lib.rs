@@ -2,6 +2,7 @@
 //!
 //! Data flows one way: spec -> data -> frozen backbone -> features -> results.
 
+pub mod arch;
 pub mod backbone;
 pub mod bench;
 pub mod cache;
@@ -11,12 +12,13 @@ pub mod device;
 pub mod error;
 pub mod experiment;
 pub mod features;
+pub mod fsio;
 pub mod interrupt;
-pub mod lock;
 pub mod plot;
 pub mod predict;
 pub mod profile;
 pub mod progress;
+pub mod record;
 pub mod results;
 pub mod spec;
 pub mod sweep;

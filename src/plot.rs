@@ -237,7 +237,7 @@ pub fn save(svg: &str, out: &Path) -> Result<()> {
         .map(|e| e.to_ascii_lowercase())
         .as_deref()
     {
-        Some("svg") => crate::results::write_atomic(out, svg.as_bytes()),
+        Some("svg") => crate::fsio::write_atomic(out, svg.as_bytes()),
         Some("png") => {
             let mut opt = resvg::usvg::Options::default();
             opt.fontdb_mut().load_system_fonts();
@@ -265,7 +265,7 @@ pub fn save(svg: &str, out: &Path) -> Result<()> {
                 &mut pixmap.as_mut(),
             );
             let png = pixmap.encode_png().map_err(perr)?;
-            crate::results::write_atomic(out, &png)
+            crate::fsio::write_atomic(out, &png)
         }
         _ => Err(Error::Other(format!(
             "plot: {} must end in .svg or .png",

@@ -329,7 +329,7 @@ pub fn slurm(path: &Path, o: &SlurmOptions) -> Result<(PathBuf, Option<String>)>
         q(&spec_abs.to_string_lossy())
     ));
     let script = dir.join("sweep.sbatch");
-    crate::results::write_atomic(&script, (lines.join("\n") + "\n").as_bytes())?;
+    crate::fsio::write_atomic(&script, (lines.join("\n") + "\n").as_bytes())?;
     if o.dry_run {
         return Ok((script, None));
     }

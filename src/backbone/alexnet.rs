@@ -9,82 +9,9 @@ use candle_core::{Device, Tensor, Var};
 use rand_chacha::ChaCha8Rng;
 
 use super::layers::{conv2d_relu, flatten, linear, lrn, max_pool_valid, Param};
-use super::{ParamKind, ParamSpec};
+pub use crate::arch::alexnet::*;
 use crate::error::Result;
 use crate::weights::WeightSet;
-
-pub const INPUT_SIZE: usize = 227;
-
-pub const LAYERS: &[&str] = &[
-    "input", "conv1", "pool1", "conv2", "pool2", "conv3", "conv4", "conv5", "pool5", "fc6", "fc7",
-    "fc8",
-];
-
-/// LRN settings of the seed: depth_radius 2, alpha 2e-5, beta 0.75, bias 1.0.
-pub const LRN_RADIUS: usize = 2;
-pub const LRN_ALPHA: f64 = 2e-5;
-pub const LRN_BETA: f64 = 0.75;
-pub const LRN_BIAS: f64 = 1.0;
-
-pub fn params() -> Vec<ParamSpec> {
-    let conv = |layer, k, cin, cout, groups| ParamSpec {
-        layer,
-        kind: ParamKind::Conv {
-            kh: k,
-            kw: k,
-            cin,
-            cout,
-            groups,
-        },
-    };
-    vec![
-        conv("conv1", 11, 3, 96, 1),
-        conv("conv2", 5, 96, 256, 2),
-        conv("conv3", 3, 256, 384, 1),
-        conv("conv4", 3, 384, 384, 2),
-        conv("conv5", 3, 384, 256, 2),
-        ParamSpec {
-            layer: "fc6",
-            kind: ParamKind::Fc {
-                cin: 9216,
-                cout: 4096,
-                flatten_chw: Some((256, 6, 6)),
-            },
-        },
-        ParamSpec {
-            layer: "fc7",
-            kind: ParamKind::Fc {
-                cin: 4096,
-                cout: 4096,
-                flatten_chw: None,
-            },
-        },
-        ParamSpec {
-            layer: "fc8",
-            kind: ParamKind::Fc {
-                cin: 4096,
-                cout: 1000,
-                flatten_chw: None,
-            },
-        },
-    ]
-}
-
-pub fn output_shape(layer: usize) -> Vec<usize> {
-    match LAYERS.get(layer).copied() {
-        Some("input") => vec![3, 227, 227],
-        Some("conv1") => vec![96, 57, 57],
-        Some("pool1") => vec![96, 28, 28],
-        Some("conv2") => vec![256, 28, 28],
-        Some("pool2") => vec![256, 13, 13],
-        Some("conv3") => vec![384, 13, 13],
-        Some("conv4") => vec![384, 13, 13],
-        Some("conv5") => vec![256, 13, 13],
-        Some("pool5") => vec![256, 6, 6],
-        Some("fc6") | Some("fc7") => vec![4096],
-        _ => vec![1000],
-    }
-}
 
 pub struct AlexNet {
     conv1: Param,
@@ -190,7 +117,7 @@ impl AlexNet {
         };
         let trains = (i == 9 && self.fc6.trainable) || (i == 10 && self.fc7.trainable);
         match dropout {
-            Some((rng, p)) if trains => crate::train::head::dropout(&y, p, rng),
+            Some((rng, p)) if trains => super::layers::dropout(&y, p, rng),
             _ => Ok(y),
         }
     }

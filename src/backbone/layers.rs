@@ -1,6 +1,8 @@
 //! Layer operations with TensorFlow's semantics, shared by the backbones.
 
 use candle_core::{DType, Tensor, D};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
 
 use crate::error::Result;
 
@@ -285,6 +287,19 @@ pub fn flatten(x: &Tensor) -> Result<Tensor> {
 /// Softmax over the last dimension (for predictions).
 pub fn softmax(x: &Tensor) -> Result<Tensor> {
     Ok(candle_nn::ops::softmax(x, D::Minus1)?)
+}
+
+/// Inverted dropout on `x` with a host-drawn mask (kept units scaled by 1/(1-p)).
+pub fn dropout(x: &Tensor, p: f64, rng: &mut ChaCha8Rng) -> Result<Tensor> {
+    if p <= 0.0 {
+        return Ok(x.clone());
+    }
+    let scale = (1.0 / (1.0 - p)) as f32;
+    let mask: Vec<f32> = (0..x.elem_count())
+        .map(|_| if rng.gen_bool(1.0 - p) { scale } else { 0.0 })
+        .collect();
+    let m = Tensor::from_vec(mask, x.shape(), x.device())?;
+    Ok(x.mul(&m)?)
 }
 
 #[cfg(test)]

@@ -11,112 +11,9 @@ use candle_core::{Device, Tensor, Var};
 use rand_chacha::ChaCha8Rng;
 
 use super::layers::{conv2d_relu, flatten, linear, max_pool_valid, Param};
-use super::{ParamKind, ParamSpec};
+pub use crate::arch::vgg::*;
 use crate::error::Result;
 use crate::weights::WeightSet;
-
-pub const INPUT_SIZE: usize = 224;
-pub const BGR_MEAN: [f32; 3] = [103.939, 116.779, 123.68];
-
-/// Convolutions per block.
-fn blocks(depth: usize) -> [usize; 5] {
-    if depth == 19 {
-        [2, 2, 4, 4, 4]
-    } else {
-        [2, 2, 3, 3, 3]
-    }
-}
-
-const WIDTHS: [usize; 5] = [64, 128, 256, 512, 512];
-
-pub const LAYERS16: &[&str] = &[
-    "input", "conv1_1", "conv1_2", "pool1", "conv2_1", "conv2_2", "pool2", "conv3_1", "conv3_2",
-    "conv3_3", "pool3", "conv4_1", "conv4_2", "conv4_3", "pool4", "conv5_1", "conv5_2", "conv5_3",
-    "pool5", "fc6", "fc7", "fc8",
-];
-
-pub const LAYERS19: &[&str] = &[
-    "input", "conv1_1", "conv1_2", "pool1", "conv2_1", "conv2_2", "pool2", "conv3_1", "conv3_2",
-    "conv3_3", "conv3_4", "pool3", "conv4_1", "conv4_2", "conv4_3", "conv4_4", "pool4", "conv5_1",
-    "conv5_2", "conv5_3", "conv5_4", "pool5", "fc6", "fc7", "fc8",
-];
-
-pub fn layers(depth: usize) -> &'static [&'static str] {
-    if depth == 19 {
-        LAYERS19
-    } else {
-        LAYERS16
-    }
-}
-
-pub fn params(depth: usize) -> Vec<ParamSpec> {
-    let mut out = Vec::new();
-    let names = layers(depth);
-    let mut cin = 3;
-    let mut k = 0;
-    for (b, &n) in blocks(depth).iter().enumerate() {
-        for _ in 0..n {
-            k += 1;
-            let layer = names
-                .iter()
-                .filter(|l| l.starts_with("conv"))
-                .nth(k - 1)
-                .copied()
-                .unwrap_or("conv");
-            out.push(ParamSpec {
-                layer,
-                kind: ParamKind::Conv {
-                    kh: 3,
-                    kw: 3,
-                    cin,
-                    cout: WIDTHS[b],
-                    groups: 1,
-                },
-            });
-            cin = WIDTHS[b];
-        }
-    }
-    out.push(ParamSpec {
-        layer: "fc6",
-        kind: ParamKind::Fc {
-            cin: 25088,
-            cout: 4096,
-            flatten_chw: Some((512, 7, 7)),
-        },
-    });
-    out.push(ParamSpec {
-        layer: "fc7",
-        kind: ParamKind::Fc {
-            cin: 4096,
-            cout: 4096,
-            flatten_chw: None,
-        },
-    });
-    out.push(ParamSpec {
-        layer: "fc8",
-        kind: ParamKind::Fc {
-            cin: 4096,
-            cout: 1000,
-            flatten_chw: None,
-        },
-    });
-    out
-}
-
-pub fn output_shape(depth: usize, layer: usize) -> Vec<usize> {
-    let names = layers(depth);
-    let name = names.get(layer).copied().unwrap_or("fc8");
-    match name {
-        "input" => vec![3, 224, 224],
-        "fc6" | "fc7" => vec![4096],
-        "fc8" => vec![1000],
-        n => {
-            let block: usize = n[4..5].parse().unwrap_or(1);
-            let side = 224 >> (block - if n.starts_with("pool") { 0 } else { 1 });
-            vec![WIDTHS[block - 1], side, side]
-        }
-    }
-}
 
 pub struct Vgg {
     depth: usize,
@@ -204,7 +101,7 @@ impl Vgg {
         let trains =
             matches!(name, "fc6" | "fc7") && self.params[i].as_ref().is_some_and(|p| p.trainable);
         match dropout {
-            Some((rng, p)) if trains => crate::train::head::dropout(&y, p, rng),
+            Some((rng, p)) if trains => super::layers::dropout(&y, p, rng),
             _ => Ok(y),
         }
     }
@@ -229,60 +126,5 @@ impl Vgg {
             };
         }
         Ok(x)
-    }
-}
-
-/// torchvision's VGG names -> runner's (`features.N` / `classifier.N`).
-pub fn torchvision_name(depth: usize, runner: &str) -> Option<String> {
-    let names = layers(depth);
-    let (layer, suffix) = runner.rsplit_once('.')?;
-    let idx = match layer {
-        "fc6" => return Some(format!("classifier.0.{suffix}")),
-        "fc7" => return Some(format!("classifier.3.{suffix}")),
-        "fc8" => return Some(format!("classifier.6.{suffix}")),
-        l => names.iter().position(|n| *n == l)?,
-    };
-    // features.N counts conv (+ReLU) and pool modules: each conv is 2 modules, each pool 1
-    let mut n = 0;
-    for &name in &names[1..idx] {
-        n += if name.starts_with("pool") { 1 } else { 2 };
-    }
-    Some(format!("features.{n}.{suffix}"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shapes_and_names() {
-        let p = params(16);
-        assert_eq!(p.len(), 16);
-        assert_eq!(p[0].weight_shape(), vec![64, 3, 3, 3]);
-        assert_eq!(p[12].layer, "conv5_3");
-        assert_eq!(params(19).len(), 19);
-        assert_eq!(output_shape(16, 18), vec![512, 7, 7]);
-        assert_eq!(output_shape(16, 17), vec![512, 14, 14]);
-        assert_eq!(output_shape(16, 1), vec![64, 224, 224]);
-        assert_eq!(
-            torchvision_name(16, "conv1_1.weight").as_deref(),
-            Some("features.0.weight")
-        );
-        assert_eq!(
-            torchvision_name(16, "conv2_1.bias").as_deref(),
-            Some("features.5.bias")
-        );
-        assert_eq!(
-            torchvision_name(16, "conv5_3.weight").as_deref(),
-            Some("features.28.weight")
-        );
-        assert_eq!(
-            torchvision_name(19, "conv5_4.weight").as_deref(),
-            Some("features.34.weight")
-        );
-        assert_eq!(
-            torchvision_name(16, "fc7.weight").as_deref(),
-            Some("classifier.3.weight")
-        );
     }
 }

@@ -58,6 +58,24 @@ impl Dataset {
         }
     }
 
+    /// An error naming `path` when a label lies outside `0..classes` (the training set's classes).
+    pub fn check_labels(&self, classes: usize, path: &std::path::Path) -> crate::Result<()> {
+        match self
+            .labels
+            .iter()
+            .enumerate()
+            .find(|(_, &l)| l as u64 >= classes as u64)
+        {
+            Some((i, l)) => Err(crate::Error::data(
+                path,
+                format!(
+                    "label {l} of sample {i} is out of range for the training set's {classes} classes"
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// SHA-256 of the decoded content (shape, pixels, labels): the dataset's identity in the
     /// feature cache, whatever file format it came from.
     pub fn content_hash(&self) -> String {

@@ -8,24 +8,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::error::Result;
 
-/// How source coordinates are computed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ResizeMethod {
-    /// TF 1.x `tf.image.resize_images` (the seed): `src = dst * in / out`, no half-pixel offset.
-    Tf1,
-    /// The modern convention (TF2, PyTorch align_corners=False): `src = (dst + 0.5) * in / out - 0.5`.
-    HalfPixel,
-}
-
-impl ResizeMethod {
-    pub fn name(&self) -> &'static str {
-        match self {
-            ResizeMethod::Tf1 => "tf1",
-            ResizeMethod::HalfPixel => "half_pixel",
-        }
-    }
-}
+pub use crate::spec::ResizeMethod;
 
 /// The `out x inp` bilinear interpolation matrix.
 pub fn interp_matrix(inp: usize, out: usize, method: ResizeMethod) -> Vec<f32> {

@@ -99,6 +99,39 @@ pub fn by_group(
     (train, held)
 }
 
+/// Train, validation and test indices of a pool of `labels.len()` samples. Validation and test
+/// are drawn together (per class, or per group when `groups` is given: GTSRB's tracks) and then
+/// divided, as the seed's flowers split did; a fraction of 0 leaves that part empty. All three
+/// lists ascending, and together a partition of the pool.
+pub fn train_val_test(
+    labels: &[i64],
+    groups: Option<&[u64]>,
+    classes: usize,
+    val_fraction: f64,
+    test_fraction: f64,
+    seed: u64,
+) -> (Vec<usize>, Vec<usize>, Vec<usize>) {
+    let hold = |idx: &[usize], frac: f64, salt: u64| -> (Vec<usize>, Vec<usize>) {
+        if frac <= 0.0 {
+            return (idx.to_vec(), Vec::new());
+        }
+        match groups {
+            Some(g) => by_group(labels, g, idx, classes, frac, seed ^ salt),
+            None => stratified(labels, idx, classes, frac, seed ^ salt),
+        }
+    };
+    let all: Vec<usize> = (0..labels.len()).collect();
+    let (train, held) = hold(&all, val_fraction + test_fraction, 0);
+    let (val, test) = if test_fraction > 0.0 && val_fraction > 0.0 {
+        hold(&held, test_fraction / (val_fraction + test_fraction), 1)
+    } else if test_fraction > 0.0 {
+        (Vec::new(), held)
+    } else {
+        (held, Vec::new())
+    };
+    (train, val, test)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,6 +151,31 @@ mod tests {
         assert_eq!(both, all, "a partition");
         assert_eq!(stratified(&labels, &all, 3, 0.2, 7), (t.clone(), v.clone()));
         assert_ne!(stratified(&labels, &all, 3, 0.2, 8).1, v);
+    }
+
+    #[test]
+    fn train_val_test_partitions_the_pool() {
+        let labels: Vec<i64> = (0..400).map(|i| (i % 4) as i64).collect();
+        let (t, v, s) = train_val_test(&labels, None, 4, 0.1, 0.1, 3);
+        assert_eq!((t.len(), v.len(), s.len()), (320, 40, 40));
+        let mut all: Vec<usize> = t.iter().chain(&v).chain(&s).copied().collect();
+        all.sort();
+        assert_eq!(all, (0..400).collect::<Vec<_>>());
+        let (t2, v2, s2) = train_val_test(&labels, None, 4, 0.2, 0.0, 3);
+        assert_eq!((t2.len(), v2.len(), s2.len()), (320, 80, 0));
+        assert_eq!(
+            v2,
+            [v, s]
+                .concat()
+                .into_iter()
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect::<Vec<_>>(),
+            "val and test are drawn together, then divided"
+        );
+        let (_, v3, s3) = train_val_test(&labels, None, 4, 0.0, 0.2, 3);
+        assert!(v3.is_empty());
+        assert_eq!(s3, v2);
     }
 
     #[test]

@@ -354,7 +354,7 @@ pub fn write_pickle(path: &std::path::Path, seed: u64, per_class: usize) -> crat
         ),
         ("labels".into(), PyObj::i64_array(vec![n], &d.labels)),
     ]);
-    let mut f = crate::results::AtomicFile::create(path)?;
+    let mut f = crate::fsio::AtomicFile::create(path)?;
     let tmp = f.path().to_path_buf();
     write_pickle(f.writer(), &obj, Flavor::Python3).map_err(|e| crate::Error::io(&tmp, e))?;
     f.commit()?;

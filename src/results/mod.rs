@@ -1,160 +1,43 @@
-//! Run folders and result files. Every file runner writes goes through `write_atomic` or
-//! `AtomicFile`: written to a temporary file in the same folder, flushed, then renamed.
+//! Run folders and result files: the run folder (`RunDir`) with its per-epoch CSV, the
+//! sweep's `summary.csv`, class reports, and the environment a run records
+//! (`results::env`). Every file goes through `fsio::write_atomic` or `fsio::AtomicFile`.
 
-use std::io::Write;
+pub mod env;
+pub mod summary;
+
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::fsio::write_atomic;
 
-/// A file being written next to its final path; `commit` renames it into place, dropping it
-/// without commit removes it.
-pub struct AtomicFile {
-    tmp: PathBuf,
-    dest: PathBuf,
-    file: Option<std::io::BufWriter<std::fs::File>>,
-}
-
-impl AtomicFile {
-    pub fn create(dest: &Path) -> Result<Self> {
-        if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        }
-        let name = dest
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_default();
-        // `.NAME.HOST.PID.tmp`: a killed writer's leftovers are recognisable
-        // (`lock::remove_stale_temps`), and two hosts sharing a folder never collide.
-        let tmp = dest.with_file_name(format!(
-            ".{name}.{}.{}.tmp",
-            crate::lock::host_tag(),
-            std::process::id()
-        ));
-        let f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        Ok(AtomicFile {
-            tmp,
-            dest: dest.to_path_buf(),
-            file: Some(std::io::BufWriter::new(f)),
+/// A safetensors file of named f32 tensors with metadata `meta` (`path` only names it in errors).
+pub fn safetensors_bytes(
+    path: &Path,
+    named: &[(String, candle_core::Tensor)],
+    meta: std::collections::HashMap<String, String>,
+) -> Result<Vec<u8>> {
+    let host: Vec<(String, Vec<usize>, Vec<f32>)> = named
+        .iter()
+        .map(|(n, t)| {
+            Ok((
+                n.clone(),
+                t.dims().to_vec(),
+                t.flatten_all()?.to_vec1::<f32>()?,
+            ))
         })
-    }
-
-    pub fn writer(&mut self) -> &mut std::io::BufWriter<std::fs::File> {
-        // `file` is Some until commit() consumes self
-        self.file.as_mut().expect("AtomicFile used after commit")
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.tmp
-    }
-
-    pub fn commit(mut self) -> Result<()> {
-        if let Some(w) = self.file.take() {
-            let f = w
-                .into_inner()
-                .map_err(|e| Error::io(&self.tmp, e.into_error()))?;
-            f.sync_all().map_err(|e| Error::io(&self.tmp, e))?;
-        }
-        std::fs::rename(&self.tmp, &self.dest).map_err(|e| Error::io(&self.dest, e))
-    }
-}
-
-impl Drop for AtomicFile {
-    fn drop(&mut self) {
-        if self.file.is_some() {
-            self.file = None;
-            let _ = std::fs::remove_file(&self.tmp);
-        }
-    }
-}
-
-/// Atomic writes on a background thread, in the order given, so that a file written every
-/// epoch (the best head so far) is synced to disk while the next epoch trains. When writes
-/// queue up for the same file, only the newest is written. [`BackgroundWriter::finish`] waits
-/// for everything given and returns the first error; dropping the writer also waits.
-pub struct BackgroundWriter {
-    tx: Option<std::sync::mpsc::Sender<(PathBuf, Vec<u8>)>>,
-    thread: Option<std::thread::JoinHandle<Result<()>>>,
-}
-
-impl BackgroundWriter {
-    pub fn new() -> Self {
-        let (tx, rx) = std::sync::mpsc::channel::<(PathBuf, Vec<u8>)>();
-        let thread = std::thread::Builder::new()
-            .name("runner-writer".into())
-            .spawn(move || -> Result<()> {
-                while let Ok(mut job) = rx.recv() {
-                    // a newer version of the same file already waiting replaces this one
-                    let mut later = Vec::new();
-                    while let Ok(next) = rx.try_recv() {
-                        if next.0 == job.0 && later.is_empty() {
-                            job = next;
-                        } else {
-                            later.push(next);
-                        }
-                    }
-                    write_atomic(&job.0, &job.1)?;
-                    for (p, b) in later {
-                        write_atomic(&p, &b)?;
-                    }
-                }
-                Ok(())
-            })
-            .ok();
-        BackgroundWriter {
-            tx: thread.as_ref().map(|_| tx),
-            thread,
-        }
-    }
-
-    /// Queue `bytes` for `dest` (written at once, on this thread, if no thread could start).
-    /// An error from an earlier write is returned here or by `finish`.
-    pub fn write(&mut self, dest: &Path, bytes: Vec<u8>) -> Result<()> {
-        match &self.tx {
-            Some(tx) => match tx.send((dest.to_path_buf(), bytes)) {
-                Ok(()) => Ok(()),
-                // the thread stopped: it returns why
-                Err(std::sync::mpsc::SendError((p, b))) => {
-                    self.finish()?;
-                    write_atomic(&p, &b)
-                }
-            },
-            None => write_atomic(dest, &bytes),
-        }
-    }
-
-    /// Wait until every queued write is on disk; the first error, if any.
-    pub fn finish(&mut self) -> Result<()> {
-        self.tx = None;
-        match self.thread.take().map(|t| t.join()) {
-            None => Ok(()),
-            Some(Ok(r)) => r,
-            Some(Err(_)) => Err(Error::Other("the background file writer panicked".into())),
-        }
-    }
-}
-
-impl Default for BackgroundWriter {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Drop for BackgroundWriter {
-    fn drop(&mut self) {
-        if let Err(e) = self.finish() {
-            tracing::warn!("{e}");
-        }
-    }
-}
-
-/// Write `bytes` to `dest` atomically.
-pub fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f = AtomicFile::create(dest)?;
-    let tmp = f.path().to_path_buf();
-    f.writer()
-        .write_all(bytes)
-        .map_err(|e| Error::io(&tmp, e))?;
-    f.commit()
+        .collect::<Result<_>>()?;
+    // safetensors stores little-endian, which is every target runner builds for
+    let views = host
+        .iter()
+        .map(|(n, s, v)| {
+            let b: &[u8] = bytemuck::cast_slice(v);
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| Error::Other(format!("{}: {e}", path.display())))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    safetensors::serialize(views, Some(meta))
+        .map_err(|e| Error::Other(format!("{}: {e}", path.display())))
 }
 
 /// The columns of `epochs.csv`, in order.
@@ -215,7 +98,7 @@ pub struct RowContext<'a> {
 }
 
 impl EpochRow {
-    pub fn new(s: &crate::train::EpochStats, c: &RowContext<'_>) -> EpochRow {
+    pub fn new(s: &crate::record::EpochStats, c: &RowContext<'_>) -> EpochRow {
         let extract = if s.epoch == 1 { c.extract_seconds } else { 0.0 };
         EpochRow {
             epoch: s.epoch,
@@ -258,6 +141,15 @@ impl RunDir {
             dir,
             rows: Vec::new(),
         })
+    }
+
+    /// Create the run folder of a spec's run and write its resolved `config.toml`.
+    pub fn start(spec: &crate::spec::Spec, run_id: &str) -> Result<RunDir> {
+        let rd = RunDir::create(&spec.results_dir, &spec.name, run_id)?;
+        let config =
+            toml::to_string(&spec.raw).map_err(|e| Error::Other(format!("config.toml: {e}")))?;
+        rd.write_file("config.toml", config.as_bytes())?;
+        Ok(rd)
     }
 
     pub fn write_file(&self, name: &str, bytes: &[u8]) -> Result<()> {
@@ -317,7 +209,7 @@ pub fn append_summary(path: &Path, row: &SummaryRow) -> Result<()> {
             .map(|n| n.to_string_lossy())
             .unwrap_or_default()
     ));
-    let _lock = crate::lock::acquire(&lock_path)?;
+    let _lock = crate::fsio::lock::acquire(&lock_path)?;
     let err = |e: csv::Error| Error::format(path, format!("summary.csv: {e}"));
     let mut w = csv::WriterBuilder::new()
         .has_headers(false)
@@ -458,40 +350,4 @@ pub fn write_class_reports(
     };
     write_atomic(&dir.join("per_class.csv"), &bytes(pc)?)?;
     write_atomic(&dir.join("confusion.csv"), &bytes(cm)?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn background_writes_land_in_order_and_errors_come_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let (a, b) = (dir.path().join("a.bin"), dir.path().join("b.bin"));
-        let mut w = BackgroundWriter::new();
-        for i in 0..50u32 {
-            w.write(&a, i.to_le_bytes().repeat(1000)).unwrap();
-        }
-        w.write(&b, b"other".to_vec()).unwrap();
-        w.write(&a, b"last".to_vec()).unwrap();
-        w.finish().unwrap();
-        assert_eq!(
-            std::fs::read(&a).unwrap(),
-            b"last",
-            "the newest version wins"
-        );
-        assert_eq!(std::fs::read(&b).unwrap(), b"other");
-        let left: Vec<_> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(left.len(), 2, "no temporary files left: {left:?}");
-
-        // a destination under a plain file cannot be written: the error is reported
-        let blocked = dir.path().join("a.bin").join("head.safetensors");
-        let mut w = BackgroundWriter::new();
-        let first = w.write(&blocked, vec![1, 2, 3]);
-        let err = first.and_then(|_| w.finish()).unwrap_err();
-        assert!(err.to_string().contains("a.bin"), "{err}");
-    }
 }

@@ -15,8 +15,8 @@ use figment::Figment;
 
 pub use raw::*;
 
-use crate::backbone::Arch;
-use crate::data::preprocess::ResizeMethod;
+use crate::arch::Arch;
+pub use crate::device::{parse_device, DeviceSpec};
 use crate::error::{Error, Result};
 
 /// Where the backbone's weights come from.
@@ -44,13 +44,6 @@ impl DatasetKind {
             DatasetKind::Gtsrb => "gtsrb",
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeviceSpec {
-    Auto,
-    Cpu,
-    Cuda(usize),
 }
 
 /// A validated experiment.
@@ -416,20 +409,6 @@ fn validate(path: &Path, text: &str, raw: RawSpec) -> Result<Spec> {
         raw,
         point_label: String::new(),
     })
-}
-
-pub fn parse_device(s: &str) -> std::result::Result<DeviceSpec, String> {
-    match s {
-        "auto" => Ok(DeviceSpec::Auto),
-        "cpu" => Ok(DeviceSpec::Cpu),
-        "cuda" => Ok(DeviceSpec::Cuda(0)),
-        _ => match s.strip_prefix("cuda:").map(|n| n.parse::<usize>()) {
-            Some(Ok(n)) => Ok(DeviceSpec::Cuda(n)),
-            _ => Err(format!(
-                "unknown device {s:?}; expected auto, cpu, cuda or cuda:N"
-            )),
-        },
-    }
 }
 
 /// Files the spec names that are missing, each with where to get it.

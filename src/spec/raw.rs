@@ -2,8 +2,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::data::preprocess::ResizeMethod;
-
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawSpec {
@@ -384,6 +382,25 @@ impl Default for RunSection {
             cache: true,
             cache_dir: "results/.cache".into(),
             results_dir: "results".into(),
+        }
+    }
+}
+
+/// How source coordinates are computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResizeMethod {
+    /// TF 1.x `tf.image.resize_images` (the seed): `src = dst * in / out`, no half-pixel offset.
+    Tf1,
+    /// The modern convention (TF2, PyTorch align_corners=False): `src = (dst + 0.5) * in / out - 0.5`.
+    HalfPixel,
+}
+
+impl ResizeMethod {
+    pub fn name(&self) -> &'static str {
+        match self {
+            ResizeMethod::Tf1 => "tf1",
+            ResizeMethod::HalfPixel => "half_pixel",
         }
     }
 }

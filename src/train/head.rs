@@ -31,18 +31,7 @@ pub fn truncated_normal(rng: &mut ChaCha8Rng, n: usize, sd: f64) -> Vec<f32> {
         .collect()
 }
 
-/// Inverted dropout on `x` with a host-drawn mask (kept units scaled by 1/(1-p)).
-pub fn dropout(x: &Tensor, p: f64, rng: &mut ChaCha8Rng) -> Result<Tensor> {
-    if p <= 0.0 {
-        return Ok(x.clone());
-    }
-    let scale = (1.0 / (1.0 - p)) as f32;
-    let mask: Vec<f32> = (0..x.elem_count())
-        .map(|_| if rng.gen_bool(1.0 - p) { scale } else { 0.0 })
-        .collect();
-    let m = Tensor::from_vec(mask, x.shape(), x.device())?;
-    Ok(x.mul(&m)?)
-}
+pub use crate::backbone::layers::dropout;
 
 pub fn activate(x: &Tensor, a: Activation) -> Result<Tensor> {
     Ok(match a {

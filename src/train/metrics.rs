@@ -17,26 +17,7 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor, eps: f64) -> Result<Tenso
     Ok(((nll * (1.0 - eps))? + (uniform * eps)?)?)
 }
 
-/// Sums over a set of samples.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Sums {
-    pub n: usize,
-    pub loss: f64,
-    pub correct: f64,
-    pub top5: f64,
-}
-
-impl Sums {
-    pub fn loss(&self) -> f64 {
-        self.loss / self.n.max(1) as f64
-    }
-    pub fn acc(&self) -> f64 {
-        self.correct / self.n.max(1) as f64
-    }
-    pub fn top5(&self) -> f64 {
-        self.top5 / self.n.max(1) as f64
-    }
-}
+pub use crate::record::Sums;
 
 /// Per-batch (summed cross-entropy without smoothing, correct count, top-5 count) as device
 /// scalars, so no host sync is needed until the end of an epoch.

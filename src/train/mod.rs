@@ -15,6 +15,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::backbone::Network;
+use crate::cache::HostFeatures;
 use crate::error::Result;
 use crate::spec::{Metric, Spec};
 use head::Head;
@@ -41,6 +42,39 @@ impl Split {
             n,
         })
     }
+
+    /// The rows `rows` of host features (all rows for `None`), copied to `device`.
+    pub fn from_host(f: &HostFeatures, rows: Option<&[usize]>, device: &Device) -> Result<Split> {
+        let per: usize = f.shape[1..].iter().product();
+        let (data, labels): (Vec<f32>, Vec<i64>) = match rows {
+            None => (f.data.clone(), f.labels.clone()),
+            Some(r) => {
+                let mut d = Vec::with_capacity(r.len() * per);
+                for &i in r {
+                    d.extend_from_slice(&f.data[i * per..(i + 1) * per]);
+                }
+                (d, r.iter().map(|&i| f.labels[i]).collect())
+            }
+        };
+        let mut shape = vec![labels.len()];
+        shape.extend_from_slice(&f.shape[1..]);
+        Split::new(Tensor::from_vec(data, shape, device)?, &labels, device)
+    }
+}
+
+/// The last layer of a spec's trainable tail: fc7, or the freeze point when it is above fc7.
+pub fn tail_end(spec: &Spec) -> usize {
+    spec.arch.feature_end().max(spec.freeze)
+}
+
+/// Whether layers above the freeze point train with the head (they need the network).
+pub fn has_tail(spec: &Spec) -> bool {
+    spec.freeze < tail_end(spec)
+}
+
+/// How many values the head reads per sample.
+pub fn head_input_dim(spec: &Spec) -> usize {
+    spec.arch.output_shape(tail_end(spec)).iter().product()
 }
 
 /// The trainable model: an optional backbone tail (layers `from+1 ..= until`) and the head.
@@ -52,6 +86,44 @@ pub struct Model {
 }
 
 impl Model {
+    /// The model a spec trains: the layers of `net` above the freeze point up to `tail_end`
+    /// (when `has_tail`; `net` is then required), initialised from their loaded weights, and a
+    /// fresh head for `classes`, drawn from the spec's seed.
+    pub fn assemble(
+        spec: &Spec,
+        net: Option<Network>,
+        classes: usize,
+        device: &Device,
+    ) -> Result<Model> {
+        let end = tail_end(spec);
+        let (tail, tail_vars) = match net {
+            Some(mut net) if has_tail(spec) => {
+                let vars = net.make_trainable(spec.freeze, end)?;
+                (Some((net, spec.freeze, end)), vars)
+            }
+            None if has_tail(spec) => {
+                return Err(crate::Error::Other(
+                    "the trainable tail needs the backbone".into(),
+                ))
+            }
+            _ => (None, Vec::new()),
+        };
+        let mut init_rng = ChaCha8Rng::seed_from_u64(spec.seed);
+        let head = Head::new(
+            head_input_dim(spec),
+            classes,
+            &spec.head,
+            &mut init_rng,
+            device,
+        )?;
+        Ok(Model {
+            tail,
+            tail_vars,
+            head,
+            backbone_dropout: spec.raw.backbone.dropout,
+        })
+    }
+
     fn forward(&self, x: &Tensor, train: Option<&mut ChaCha8Rng>) -> Result<Tensor> {
         match (&self.tail, train) {
             (Some((net, from, until)), Some(rng)) => {
@@ -128,17 +200,7 @@ impl Model {
     }
 }
 
-/// What one epoch produced.
-#[derive(Debug, Clone)]
-pub struct EpochStats {
-    pub epoch: usize,
-    pub lr: f64,
-    pub train: Sums,
-    pub val: Sums,
-    pub train_seconds: f64,
-    pub eval_seconds: f64,
-    pub improved: bool,
-}
+pub use crate::record::EpochStats;
 
 pub struct FitOutcome {
     pub best_epoch: usize,

@@ -7,7 +7,7 @@
 //! `b[i] = unit(i, 2k+2+64*seed) * 0.2`, in the seed's layout (HWIO, `[in, out]`);
 //! image n: `pixel[i] = fmix32(i + (n + 1000) * 0x9E3779B9) >> 24`.
 
-use crate::backbone::Arch;
+use crate::arch::Arch;
 
 pub fn fmix32(mut x: u32) -> u32 {
     x ^= x >> 16;

@@ -21,7 +21,7 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
-use crate::backbone::{Arch, ParamKind, ParamSpec};
+use crate::arch::{Arch, ParamKind, ParamSpec};
 use crate::error::{Error, Result};
 use array::NdArray;
 use pickle::{Limits, Value};
@@ -73,7 +73,7 @@ impl WeightSet {
         );
         let bytes = safetensors::serialize(views, Some(meta))
             .map_err(|e| Error::Other(format!("cannot serialize weights: {e}")))?;
-        crate::results::write_atomic(path, &bytes)
+        crate::fsio::write_atomic(path, &bytes)
     }
 }
 

@@ -138,30 +138,6 @@ pub fn acquire(path: &Path) -> Result<Lock> {
     })
 }
 
-/// Remove temporary files (`.NAME.HOST.PID.tmp`, see `results::AtomicFile`) that a process of
-/// this host left behind when it was killed. Files of live processes and of other hosts stay.
-pub fn remove_stale_temps(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    let host = host_tag();
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().to_string();
-        let Some(stem) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")) else {
-            continue;
-        };
-        let mut parts = stem.rsplitn(3, '.');
-        let (Some(pid), Some(h)) = (parts.next(), parts.next()) else {
-            continue;
-        };
-        if let Ok(pid) = pid.parse::<u32>() {
-            if h == host && !pid_alive(pid) {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,24 +169,5 @@ mod tests {
             "other hosts' holders are never guessed dead"
         );
         assert!(stale("garbage"));
-    }
-
-    #[test]
-    fn stale_temporary_files_are_removed() {
-        let dir = tempfile::tempdir().unwrap();
-        let host = host_tag();
-        let dead = dir
-            .path()
-            .join(format!(".a.csv.{host}.{}.tmp", u32::MAX - 1));
-        let live = dir
-            .path()
-            .join(format!(".b.csv.{host}.{}.tmp", std::process::id()));
-        let other = dir.path().join(".c.csv.elsewhere.1.tmp");
-        for p in [&dead, &live, &other] {
-            std::fs::write(p, b"x").unwrap();
-        }
-        remove_stale_temps(dir.path());
-        assert!(!dead.exists());
-        assert!(live.exists() && other.exists());
     }
 }
