@@ -7,11 +7,12 @@
 
 use std::time::Instant;
 
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::error::{Error, Result};
+use crate::data::Dataset;
+use crate::error::Result;
 use crate::features::{load_dataset, load_network, Extractor};
 use crate::results::{median, EpochRow, RowContext, RunDir};
 use crate::spec::Spec;
@@ -35,27 +36,7 @@ fn run_here(spec: &Spec, batches: usize, epochs: usize) -> Result<BenchReport> {
     let batch = spec.extract_batch_for(&device);
     let n = (batches.max(1) * batch).min(data.n);
     let data = data.subset(&(0..n).collect::<Vec<_>>());
-    let net = load_network(spec, &device)?;
-    let ex = Extractor {
-        net: &net,
-        until: spec.freeze,
-        resize: spec.resize,
-        batch,
-        device: &device,
-    };
-    let mut feats = Vec::new();
-    let mut times = Vec::new();
-    let mut start = 0;
-    while start < n {
-        let b = batch.min(n - start);
-        device.synchronize()?;
-        let t = Instant::now();
-        let f = ex.batch(&data, start, b)?;
-        device.synchronize()?;
-        times.push((b, t.elapsed().as_secs_f64()));
-        feats.push(f);
-        start += b;
-    }
+    let (x, times) = time_extraction(spec, &data, batch, &device)?;
     let timed = if times.len() > 1 {
         &times[1..]
     } else {
@@ -68,45 +49,22 @@ fn run_here(spec: &Spec, batches: usize, epochs: usize) -> Result<BenchReport> {
     let ips = median(&rates);
     let extract_seconds: f64 = times.iter().map(|t| t.1).sum();
 
-    let x = Tensor::cat(&feats, 0)?;
     let split = Split::new(x, &data.labels, &device)?;
-    let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
-    let dim: usize = spec.arch.output_shape(spec.freeze).iter().product();
-    let head = Head::new(dim, data.num_classes, &spec.head, &mut rng, &device)?;
-    let model = Model {
-        tail: None,
-        tail_vars: vec![],
-        head,
-        backbone_dropout: 0.0,
-    };
-    let mut bench_spec = spec.clone();
-    bench_spec.train.epochs = epochs.max(1);
-    bench_spec.train.early_stopping.patience = 0;
-
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let id = format!("bench-{}-{stamp}", crate::device::kind(&device));
-    let mut rd = RunDir::create(&spec.results_dir, &spec.name, &id)?;
-    let config =
-        toml::to_string(&spec.raw).map_err(|e| Error::Other(format!("config.toml: {e}")))?;
-    rd.write_file("config.toml", config.as_bytes())?;
-    let mut epoch_seconds = Vec::new();
-    let kind = crate::device::kind(&device);
+    let mut rd = RunDir::start(spec, &id)?;
     let ctx = RowContext {
         run_id: &id,
-        device: kind,
+        device: crate::device::kind(&device),
         device_name: &device_name,
         cache_hit: false,
         n_train: split.n,
         extract_seconds,
     };
-    train::fit(&bench_spec, &model, &split, &split, &device, |s, _| {
-        epoch_seconds.push(s.train_seconds + s.eval_seconds);
-        rd.push_epoch(EpochRow::new(s, &ctx))?;
-        Ok(true)
-    })?;
+    let epoch_seconds = time_head(spec, epochs, &split, data.num_classes, &mut rd, &ctx)?;
     let summary = serde_json::json!({
         "run_id": id,
         "name": spec.name,
@@ -132,4 +90,68 @@ fn run_here(spec: &Spec, batches: usize, epochs: usize) -> Result<BenchReport> {
         extract_images_per_second: ips,
         epoch_seconds,
     })
+}
+
+/// The frozen part over `data` batch by batch, each batch timed alone (device synchronised):
+/// the features and (images, seconds) per batch.
+fn time_extraction(
+    spec: &Spec,
+    data: &Dataset,
+    batch: usize,
+    device: &Device,
+) -> Result<(Tensor, Vec<(usize, f64)>)> {
+    let net = load_network(spec, device)?;
+    let ex = Extractor {
+        net: &net,
+        until: spec.freeze,
+        resize: spec.resize,
+        batch,
+        device,
+    };
+    let mut feats = Vec::new();
+    let mut times = Vec::new();
+    let mut start = 0;
+    while start < data.n {
+        let b = batch.min(data.n - start);
+        device.synchronize()?;
+        let t = Instant::now();
+        let f = ex.batch(data, start, b)?;
+        device.synchronize()?;
+        times.push((b, t.elapsed().as_secs_f64()));
+        feats.push(f);
+        start += b;
+    }
+    Ok((Tensor::cat(&feats, 0)?, times))
+}
+
+/// `epochs` epochs of a fresh head on `split` (trained and evaluated on it), a row each in
+/// `rd`; the seconds of each epoch.
+fn time_head(
+    spec: &Spec,
+    epochs: usize,
+    split: &Split,
+    classes: usize,
+    rd: &mut RunDir,
+    ctx: &RowContext<'_>,
+) -> Result<Vec<f64>> {
+    let device = split.x.device();
+    let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
+    let dim: usize = spec.arch.output_shape(spec.freeze).iter().product();
+    let head = Head::new(dim, classes, &spec.head, &mut rng, device)?;
+    let model = Model {
+        tail: None,
+        tail_vars: vec![],
+        head,
+        backbone_dropout: 0.0,
+    };
+    let mut bench_spec = spec.clone();
+    bench_spec.train.epochs = epochs.max(1);
+    bench_spec.train.early_stopping.patience = 0;
+    let mut epoch_seconds = Vec::new();
+    train::fit(&bench_spec, &model, split, split, device, |s, _| {
+        epoch_seconds.push(s.train_seconds + s.eval_seconds);
+        rd.push_epoch(EpochRow::new(s, ctx))?;
+        Ok(true)
+    })?;
+    Ok(epoch_seconds)
 }

@@ -145,6 +145,16 @@ fn run_from_epochs(path: &Path) -> std::result::Result<RunRecord, String> {
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_else(|| "?".into());
     rec.keys.insert("experiment".into(), experiment);
+    settings_from_config(dir, &mut rec);
+    rec.keys
+        .entry("dtype".into())
+        .or_insert_with(|| "f32".into());
+    results_from_summary(dir, &mut rec);
+    Ok(rec)
+}
+
+/// The settings a run folder's `config.toml` records, as grouping keys.
+fn settings_from_config(dir: &Path, rec: &mut RunRecord) {
     if let Ok(text) = std::fs::read_to_string(dir.join("config.toml")) {
         if let Ok(cfg) = toml::from_str::<toml::Table>(&text) {
             let get = |sec: &str, key: &str| {
@@ -170,9 +180,10 @@ fn run_from_epochs(path: &Path) -> std::result::Result<RunRecord, String> {
             put("optimizer", get("train", "optimizer"));
         }
     }
-    rec.keys
-        .entry("dtype".into())
-        .or_insert_with(|| "f32".into());
+}
+
+/// Best validation and test accuracy, number format and extracted images from `summary.json`.
+fn results_from_summary(dir: &Path, rec: &mut RunRecord) {
     if let Some(s) = read_json(&dir.join("summary.json")) {
         rec.best_val_acc = num(&s["best_val_acc"]);
         rec.test_acc = num(&s["test_acc"]);
@@ -187,7 +198,6 @@ fn run_from_epochs(path: &Path) -> std::result::Result<RunRecord, String> {
             rec.extract_images = n;
         }
     }
-    Ok(rec)
 }
 
 fn runs_from_summary(path: &Path) -> std::result::Result<Vec<RunRecord>, String> {

@@ -1,6 +1,7 @@
-//! The `runner` command line: parses arguments and calls the library. No logic lives here.
+//! The `runner` command line: parses arguments and calls the library, one small function per
+//! subcommand (`cmd_*`); `run` is the dispatch table. No logic lives here.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -297,12 +298,14 @@ fn report(r: runner::sweep::Report) -> Result<(), Error> {
     )))
 }
 
+/// The subcommands, each to its function.
 fn run(cli: Cli) -> Result<(), Error> {
+    let (sets, quiet) = (&cli.sets, cli.quiet);
     let Some(cmd) = cli.cmd else {
-        return run_specs(&cli.specs, &cli.sets, cli.quiet);
+        return run_specs(&cli.specs, sets, quiet);
     };
     match cmd {
-        Cmd::Run { specs } => run_specs(&specs, &cli.sets, cli.quiet),
+        Cmd::Run { specs } => run_specs(&specs, sets, quiet),
         Cmd::Sweep {
             spec,
             index,
@@ -310,154 +313,32 @@ fn run(cli: Cli) -> Result<(), Error> {
             jobs,
             devices,
             force,
-        } => {
-            let selection = match (index, shard) {
-                (Some(i), _) => Selection::Index(i),
-                (None, Some(s)) => {
-                    Selection::parse_shard(&s).map_err(|m| Error::Spec(format!("--shard: {m}")))?
-                }
-                (None, None) => Selection::All,
-            };
-            let o = sweep_options(selection, force, jobs.max(1), devices, &cli.sets, cli.quiet);
-            report(runner::sweep::run(&spec, &o)?)
-        }
+        } => cmd_sweep(&spec, index, shard, jobs, devices, force, sets, quiet),
         Cmd::Compare {
             paths,
             by,
             format,
             baseline,
-        } => {
-            let (runs, warnings) = runner::compare::collect(&paths);
-            if runs.is_empty() {
-                return Err(Error::Other(format!(
-                    "compare: no runs could be read: {}",
-                    warnings.join("; ")
-                )));
-            }
-            for w in &warnings {
-                eprintln!("warning: {w}");
-            }
-            let by: Vec<String> = if by.is_empty() {
-                runner::compare::DEFAULT_BY
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect()
-            } else {
-                by
-            };
-            let rows = runner::compare::group(&runs, &by, baseline.as_deref())?;
-            print!("{}", runner::compare::render(&rows, &by, &format)?);
-            Ok(())
-        }
+        } => cmd_compare(&paths, by, &format, baseline.as_deref()),
         Cmd::Predict {
             run_dir,
             inputs,
             top,
             format,
-        } => {
-            let preds = runner::predict::predict(&run_dir, &inputs, top)?;
-            match format.as_str() {
-                "json" => println!(
-                    "{}",
-                    serde_json::to_string_pretty(&preds).unwrap_or_default()
-                ),
-                "csv" => {
-                    println!("input,label,rank,class,name,probability");
-                    for p in &preds {
-                        for (r, (c, n, pr)) in p.top.iter().enumerate() {
-                            let label = p.label.map(|l| l.to_string()).unwrap_or_default();
-                            println!("{:?},{label},{},{c},{n:?},{pr:.6}", p.input, r + 1);
-                        }
-                    }
-                }
-                "table" => {
-                    for p in &preds {
-                        let label = p.label.map(|l| format!(" (label {l})")).unwrap_or_default();
-                        let top: Vec<String> = p
-                            .top
-                            .iter()
-                            .map(|(c, n, pr)| format!("{c} {n} {pr:.3}"))
-                            .collect();
-                        println!("{}{label}: {}", p.input, top.join(" | "));
-                    }
-                }
-                other => {
-                    return Err(Error::Other(format!(
-                        "--format {other:?}: expected table, csv or json"
-                    )))
-                }
-            }
-            Ok(())
-        }
+        } => cmd_predict(&run_dir, &inputs, top, &format),
         Cmd::Bench {
-            spec: path,
+            spec,
             batches,
             epochs,
-        } => {
-            let s = spec::load(&path, &cli.sets)?;
-            let r = runner::bench::run(&s, batches, epochs)?;
-            let med = runner::results::median(&r.epoch_seconds[1.min(r.epoch_seconds.len())..]);
-            println!(
-                "{}: extraction {:.1} images/s ({} images), head epoch {:.4} s (median of epochs 2..); written to {}",
-                s.name,
-                r.extract_images_per_second,
-                r.images,
-                med,
-                r.dir.display()
-            );
-            Ok(())
-        }
+        } => cmd_bench(&spec, batches, epochs, sets),
         Cmd::Plot {
             paths,
             out,
             kind,
             by,
-        } => {
-            let (runs, warnings) = runner::compare::collect(&paths);
-            if runs.is_empty() {
-                return Err(Error::Other(format!(
-                    "plot: no runs could be read: {}",
-                    warnings.join("; ")
-                )));
-            }
-            for w in &warnings {
-                eprintln!("warning: {w}");
-            }
-            let svg = match kind.as_str() {
-                "curves" => runner::plot::curves_svg(&runs)?,
-                "scatter" => runner::plot::scatter_svg(&runs)?,
-                "times" => {
-                    let by: Vec<String> = if by.is_empty() {
-                        vec!["device_name".into()]
-                    } else {
-                        by
-                    };
-                    runner::plot::times_svg(&runner::compare::group(&runs, &by, None)?, &by)?
-                }
-                other => {
-                    return Err(Error::Other(format!(
-                        "--kind {other:?}: expected curves, times or scatter"
-                    )))
-                }
-            };
-            runner::plot::save(&svg, &out)?;
-            if !cli.quiet {
-                eprintln!("wrote {}", out.display());
-            }
-            Ok(())
-        }
-        Cmd::Plan { spec } => {
-            for (i, id, desc) in runner::sweep::plan(&spec, &cli.sets)? {
-                println!("{i:>4}  {id:<40}  {desc}");
-            }
-            Ok(())
-        }
-        Cmd::Status { spec } => {
-            for (i, id, state) in runner::sweep::status(&spec, &cli.sets)? {
-                println!("{i:>4}  {id:<40}  {state}");
-            }
-            Ok(())
-        }
+        } => cmd_plot(&paths, &out, &kind, by, quiet),
+        Cmd::Plan { spec } => cmd_plan(&spec, sets),
+        Cmd::Status { spec } => cmd_status(&spec, sets),
         Cmd::Slurm {
             spec,
             partition,
@@ -473,108 +354,283 @@ fn run(cli: Cli) -> Result<(), Error> {
                 time,
                 max_parallel,
                 sbatch_args,
-                sets: cli.sets.clone(),
+                sets: sets.clone(),
                 dry_run,
             };
-            let (script, id) = runner::sweep::slurm(&spec, &o)?;
-            match id {
-                Some(id) => println!("{id}"),
-                None => println!("wrote {} (not submitted)", script.display()),
-            }
-            Ok(())
+            cmd_slurm(&spec, &o)
         }
         Cmd::Data(DataCmd::Synth {
             out,
             per_class,
             seed,
             preview,
-        }) => {
-            let n = runner::data::synthetic::write_pickle(&out, seed, per_class)?;
-            if let Some(p) = preview {
-                let d = runner::data::synthetic::generate(seed, per_class);
-                let idx: Vec<usize> = (0..d.n).filter(|i| i % per_class < 8).collect();
-                runner::data::save_grid(&d, &idx, 16, &p)?;
-            }
-            if !cli.quiet {
-                eprintln!("wrote {} ({n} images, 43 classes, 32x32)", out.display());
-            }
-            Ok(())
-        }
-        Cmd::Devices => {
-            for line in runner::device::list() {
-                println!("{line}");
-            }
-            Ok(())
-        }
-        Cmd::Check { specs } => {
-            if specs.is_empty() {
-                return Err(Error::Other(
-                    "runner check: name at least one experiment file".into(),
-                ));
-            }
-            for p in specs {
-                let s = spec::load(&p, &cli.sets)?;
-                let issues = runner::spec::check_files(&s);
-                if issues.is_empty() {
-                    println!(
-                        "{}: ok ({} {} frozen to {})",
-                        p.display(),
-                        s.name,
-                        s.arch.name(),
-                        s.freeze_name()
-                    );
-                } else {
-                    return Err(Error::Spec(format!(
-                        "{}: {}",
-                        p.display(),
-                        issues.join("; ")
-                    )));
-                }
-            }
-            Ok(())
-        }
-        Cmd::Extract { spec: path, out } => {
-            let s = spec::load(&path, &cli.sets)?;
-            let r = features::extract_to_npz(&s, &out)?;
-            if !cli.quiet {
-                eprintln!(
-                    "wrote {} ({} x {} {} features) in {:.1} s ({:.1} images/s)",
-                    out.display(),
-                    r.n,
-                    r.dim,
-                    s.freeze_name(),
-                    r.seconds,
-                    r.n as f64 / r.seconds.max(1e-9)
-                );
-            }
-            Ok(())
-        }
-        Cmd::Weights(WeightsCmd::Inspect { file }) => {
-            for t in weights::inspect(&file)? {
-                println!(
-                    "{:<24} {:<20} {}",
-                    t.name,
-                    format!("{:?}", t.shape),
-                    t.dtype
-                );
-            }
-            Ok(())
-        }
+        }) => cmd_synth(&out, per_class, seed, preview.as_deref(), quiet),
+        Cmd::Devices => cmd_devices(),
+        Cmd::Check { specs } => cmd_check(&specs, sets),
+        Cmd::Extract { spec, out } => cmd_extract(&spec, &out, sets, quiet),
+        Cmd::Weights(WeightsCmd::Inspect { file }) => cmd_inspect(&file),
         Cmd::Weights(WeightsCmd::Convert {
             input,
             output,
             arch,
-        }) => {
-            let a = runner::backbone::Arch::parse(&arch)
-                .ok_or_else(|| Error::Other(format!("unknown architecture {arch:?}")))?;
-            let set = weights::load(&input, a)?;
-            set.save_safetensors(&output)?;
-            println!(
-                "wrote {} ({} tensors, candle layout)",
-                output.display(),
-                set.tensors.len()
-            );
-            Ok(())
+        }) => cmd_convert(&input, &output, &arch),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn cmd_sweep(
+    spec: &Path,
+    index: Option<usize>,
+    shard: Option<String>,
+    jobs: usize,
+    devices: Vec<String>,
+    force: bool,
+    sets: &[String],
+    quiet: bool,
+) -> Result<(), Error> {
+    let selection = match (index, shard) {
+        (Some(i), _) => Selection::Index(i),
+        (None, Some(s)) => {
+            Selection::parse_shard(&s).map_err(|m| Error::Spec(format!("--shard: {m}")))?
+        }
+        (None, None) => Selection::All,
+    };
+    let o = sweep_options(selection, force, jobs.max(1), devices, sets, quiet);
+    report(runner::sweep::run(spec, &o)?)
+}
+
+/// Runs from the given places, with what could not be read said on stderr; an error if none.
+fn collect_runs(what: &str, paths: &[PathBuf]) -> Result<Vec<runner::compare::RunRecord>, Error> {
+    let (runs, warnings) = runner::compare::collect(paths);
+    if runs.is_empty() {
+        return Err(Error::Other(format!(
+            "{what}: no runs could be read: {}",
+            warnings.join("; ")
+        )));
+    }
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(runs)
+}
+
+fn cmd_compare(
+    paths: &[PathBuf],
+    by: Vec<String>,
+    format: &str,
+    baseline: Option<&str>,
+) -> Result<(), Error> {
+    let runs = collect_runs("compare", paths)?;
+    let by: Vec<String> = if by.is_empty() {
+        runner::compare::DEFAULT_BY
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    } else {
+        by
+    };
+    let rows = runner::compare::group(&runs, &by, baseline)?;
+    print!("{}", runner::compare::render(&rows, &by, format)?);
+    Ok(())
+}
+
+fn cmd_predict(run_dir: &Path, inputs: &[PathBuf], top: usize, format: &str) -> Result<(), Error> {
+    let preds = runner::predict::predict(run_dir, inputs, top)?;
+    match format {
+        "json" => println!(
+            "{}",
+            serde_json::to_string_pretty(&preds).unwrap_or_default()
+        ),
+        "csv" => {
+            println!("input,label,rank,class,name,probability");
+            for p in &preds {
+                for (r, (c, n, pr)) in p.top.iter().enumerate() {
+                    let label = p.label.map(|l| l.to_string()).unwrap_or_default();
+                    println!("{:?},{label},{},{c},{n:?},{pr:.6}", p.input, r + 1);
+                }
+            }
+        }
+        "table" => {
+            for p in &preds {
+                let label = p.label.map(|l| format!(" (label {l})")).unwrap_or_default();
+                let top: Vec<String> = p
+                    .top
+                    .iter()
+                    .map(|(c, n, pr)| format!("{c} {n} {pr:.3}"))
+                    .collect();
+                println!("{}{label}: {}", p.input, top.join(" | "));
+            }
+        }
+        other => {
+            return Err(Error::Other(format!(
+                "--format {other:?}: expected table, csv or json"
+            )))
         }
     }
+    Ok(())
+}
+
+fn cmd_bench(path: &Path, batches: usize, epochs: usize, sets: &[String]) -> Result<(), Error> {
+    let s = spec::load(path, sets)?;
+    let r = runner::bench::run(&s, batches, epochs)?;
+    let med = runner::results::median(&r.epoch_seconds[1.min(r.epoch_seconds.len())..]);
+    println!(
+        "{}: extraction {:.1} images/s ({} images), head epoch {:.4} s (median of epochs 2..); written to {}",
+        s.name,
+        r.extract_images_per_second,
+        r.images,
+        med,
+        r.dir.display()
+    );
+    Ok(())
+}
+
+fn cmd_plot(
+    paths: &[PathBuf],
+    out: &Path,
+    kind: &str,
+    by: Vec<String>,
+    quiet: bool,
+) -> Result<(), Error> {
+    let runs = collect_runs("plot", paths)?;
+    let svg = match kind {
+        "curves" => runner::plot::curves_svg(&runs)?,
+        "scatter" => runner::plot::scatter_svg(&runs)?,
+        "times" => {
+            let by: Vec<String> = if by.is_empty() {
+                vec!["device_name".into()]
+            } else {
+                by
+            };
+            runner::plot::times_svg(&runner::compare::group(&runs, &by, None)?, &by)?
+        }
+        other => {
+            return Err(Error::Other(format!(
+                "--kind {other:?}: expected curves, times or scatter"
+            )))
+        }
+    };
+    runner::plot::save(&svg, out)?;
+    if !quiet {
+        eprintln!("wrote {}", out.display());
+    }
+    Ok(())
+}
+
+fn cmd_plan(spec: &Path, sets: &[String]) -> Result<(), Error> {
+    for (i, id, desc) in runner::sweep::plan(spec, sets)? {
+        println!("{i:>4}  {id:<40}  {desc}");
+    }
+    Ok(())
+}
+
+fn cmd_status(spec: &Path, sets: &[String]) -> Result<(), Error> {
+    for (i, id, state) in runner::sweep::status(spec, sets)? {
+        println!("{i:>4}  {id:<40}  {state}");
+    }
+    Ok(())
+}
+
+fn cmd_slurm(spec: &Path, o: &runner::sweep::SlurmOptions) -> Result<(), Error> {
+    let (script, id) = runner::sweep::slurm(spec, o)?;
+    match id {
+        Some(id) => println!("{id}"),
+        None => println!("wrote {} (not submitted)", script.display()),
+    }
+    Ok(())
+}
+
+fn cmd_synth(
+    out: &Path,
+    per_class: usize,
+    seed: u64,
+    preview: Option<&Path>,
+    quiet: bool,
+) -> Result<(), Error> {
+    let n = runner::data::synthetic::write_pickle(out, seed, per_class)?;
+    if let Some(p) = preview {
+        let d = runner::data::synthetic::generate(seed, per_class);
+        let idx: Vec<usize> = (0..d.n).filter(|i| i % per_class < 8).collect();
+        runner::data::save_grid(&d, &idx, 16, p)?;
+    }
+    if !quiet {
+        eprintln!("wrote {} ({n} images, 43 classes, 32x32)", out.display());
+    }
+    Ok(())
+}
+
+fn cmd_devices() -> Result<(), Error> {
+    for line in runner::device::list() {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+fn cmd_check(specs: &[PathBuf], sets: &[String]) -> Result<(), Error> {
+    if specs.is_empty() {
+        return Err(Error::Other(
+            "runner check: name at least one experiment file".into(),
+        ));
+    }
+    for p in specs {
+        let s = spec::load(p, sets)?;
+        let issues = runner::spec::check_files(&s);
+        if !issues.is_empty() {
+            return Err(Error::Spec(format!(
+                "{}: {}",
+                p.display(),
+                issues.join("; ")
+            )));
+        }
+        println!(
+            "{}: ok ({} {} frozen to {})",
+            p.display(),
+            s.name,
+            s.arch.name(),
+            s.freeze_name()
+        );
+    }
+    Ok(())
+}
+
+fn cmd_extract(path: &Path, out: &Path, sets: &[String], quiet: bool) -> Result<(), Error> {
+    let s = spec::load(path, sets)?;
+    let r = features::extract_to_npz(&s, out)?;
+    if !quiet {
+        eprintln!(
+            "wrote {} ({} x {} {} features) in {:.1} s ({:.1} images/s)",
+            out.display(),
+            r.n,
+            r.dim,
+            s.freeze_name(),
+            r.seconds,
+            r.n as f64 / r.seconds.max(1e-9)
+        );
+    }
+    Ok(())
+}
+
+fn cmd_inspect(file: &Path) -> Result<(), Error> {
+    for t in weights::inspect(file)? {
+        println!(
+            "{:<24} {:<20} {}",
+            t.name,
+            format!("{:?}", t.shape),
+            t.dtype
+        );
+    }
+    Ok(())
+}
+
+fn cmd_convert(input: &Path, output: &Path, arch: &str) -> Result<(), Error> {
+    let a = runner::arch::Arch::parse(arch)
+        .ok_or_else(|| Error::Other(format!("unknown architecture {arch:?}")))?;
+    let set = weights::load(input, a)?;
+    set.save_safetensors(output)?;
+    println!(
+        "wrote {} ({} tensors, candle layout)",
+        output.display(),
+        set.tensors.len()
+    );
+    Ok(())
 }

@@ -315,7 +315,6 @@ impl CustomOp3 for WinogradConv {
             f32_slice(ws, wl, "kernel")?,
             f32_slice(bs, bl, "bias")?,
         );
-        let (pt, pl) = (self.pads[0] as isize, self.pads[2] as isize);
         let (cg, og) = (g.cg, g.o / self.groups);
         let (th, tw) = (g.oh.div_ceil(2), g.ow.div_ceil(2));
         let u = Self::kernels(w, g.o, cg);
@@ -327,7 +326,21 @@ impl CustomOp3 for WinogradConv {
         let p = g.oh * g.ow;
         let mut out = vec![0f32; n * g.o * p];
         let dst = OutPtr(out.as_mut_ptr());
-        let (h, wd) = (g.h as isize, g.w as isize);
+        let job = WinoJob {
+            g,
+            x,
+            u: &u,
+            b,
+            cg,
+            og,
+            th,
+            tw,
+            pt: self.pads[0] as isize,
+            pl: self.pads[2] as isize,
+            relu: self.relu,
+            p,
+            dst,
+        };
         let span = 2 * tw + 2; // input columns under a row of tiles
         (0..self.groups * bands).into_par_iter().for_each_init(
             || {
@@ -340,163 +353,226 @@ impl CustomOp3 for WinogradConv {
                     vec![0f32; 8 * (tw + 1)],
                 )
             },
-            |(vbuf, mbuf, rows, scratch), job| {
-                let (grp, band) = (job / bands, job % bands);
+            |(vbuf, mbuf, rows, scratch), i| {
+                let (grp, band) = (i / bands, i % bands);
                 let r0 = band * rb;
                 let nr = rb.min(tile_rows - r0);
-                let nt = nr * tw;
-                // input transform, one channel and one row of tiles at a time, vectorised
-                // along the row: V[xi][c][t] = (B^T d B)[xi] of the tile's 4x4 inputs d
-                for c in 0..cg {
-                    for rr in 0..nr {
-                        let (img, ty) = ((r0 + rr) / th, (r0 + rr) % th);
-                        let plane = &x[(img * g.c + grp * cg + c) * g.h * g.w..][..g.h * g.w];
-                        for (i, row) in rows.iter_mut().enumerate() {
-                            let iy = 2 * ty as isize + i as isize - pt;
-                            row.fill(0.0);
-                            if iy < 0 || iy >= h {
-                                continue;
-                            }
-                            let src = &plane[iy as usize * g.w..][..g.w];
-                            // row[j] = input column j - pl
-                            let lo = pl.clamp(0, span as isize) as usize;
-                            let hi = (wd + pl).clamp(0, span as isize) as usize;
-                            if hi > lo {
-                                row[lo..hi].copy_from_slice(&src[..hi - lo]);
-                            }
-                        }
-                        // B^T d, whole rows: t0 = d0 - d2, t1 = d1 + d2, t2 = d2 - d1,
-                        // t3 = d1 - d3; then d B along the row, split in even/odd columns
-                        let (e, o) = scratch.split_at_mut(4 * (tw + 1));
-                        let (e0, e) = e.split_at_mut(tw + 1);
-                        let (e1, e) = e.split_at_mut(tw + 1);
-                        let (e2, e3) = e.split_at_mut(tw + 1);
-                        let (o0, o) = o.split_at_mut(tw + 1);
-                        let (o1, o) = o.split_at_mut(tw + 1);
-                        let (o2, o3) = o.split_at_mut(tw + 1);
-                        let [d0, d1, d2, d3] = &*rows;
-                        for k in 0..=tw {
-                            let (a, z) = (2 * k, 2 * k + 1);
-                            e0[k] = d0[a] - d2[a];
-                            o0[k] = d0[z] - d2[z];
-                            e1[k] = d1[a] + d2[a];
-                            o1[k] = d1[z] + d2[z];
-                            e2[k] = d2[a] - d1[a];
-                            o2[k] = d2[z] - d1[z];
-                            e3[k] = d1[a] - d3[a];
-                            o3[k] = d1[z] - d3[z];
-                        }
-                        let (e, o) = scratch.split_at(4 * (tw + 1));
-                        let base = c * nt + rr * tw;
-                        for q in 0..4 {
-                            let ev = &e[q * (tw + 1)..(q + 1) * (tw + 1)];
-                            let od = &o[q * (tw + 1)..(q + 1) * (tw + 1)];
-                            let plane = |j: usize| (q * 4 + j) * cg * nt + base;
-                            let v0 = &mut vbuf[plane(0)..plane(0) + tw];
-                            for (k, v) in v0.iter_mut().enumerate() {
-                                *v = ev[k] - ev[k + 1];
-                            }
-                            let v1 = &mut vbuf[plane(1)..plane(1) + tw];
-                            for (k, v) in v1.iter_mut().enumerate() {
-                                *v = od[k] + ev[k + 1];
-                            }
-                            let v2 = &mut vbuf[plane(2)..plane(2) + tw];
-                            for (k, v) in v2.iter_mut().enumerate() {
-                                *v = ev[k + 1] - od[k];
-                            }
-                            let v3 = &mut vbuf[plane(3)..plane(3) + tw];
-                            for (k, v) in v3.iter_mut().enumerate() {
-                                *v = od[k] - od[k + 1];
-                            }
-                        }
-                    }
-                }
-                // 16 products: M[xi] (og x nt) = U[xi] (group rows, og x cg) x V[xi] (cg x nt)
-                for xi in 0..16 {
-                    // SAFETY: the buffers hold 16*og*nt, 16*o*cg and 16*cg*nt values.
-                    unsafe {
-                        gemm::gemm(
-                            og,
-                            nt,
-                            cg,
-                            mbuf.as_mut_ptr().add(xi * og * nt),
-                            1,
-                            nt as isize,
-                            false,
-                            u.as_ptr().add((xi * g.o + grp * og) * cg),
-                            1,
-                            cg as isize,
-                            vbuf.as_ptr().add(xi * cg * nt),
-                            1,
-                            nt as isize,
-                            0.0f32,
-                            1.0f32,
-                            false,
-                            false,
-                            false,
-                            gemm::Parallelism::None,
-                        );
-                    }
-                }
-                // output transform, one kernel and one row of tiles at a time:
-                // Y = A^T M A (2x2 per tile), + bias, ReLU
-                for oi in 0..og {
-                    let o = grp * og + oi;
-                    let bias = b[o];
-                    for rr in 0..nr {
-                        let (img, ty) = ((r0 + rr) / th, (r0 + rr) % th);
-                        let m = |xi: usize| {
-                            let s = (xi * og + oi) * nt + rr * tw;
-                            &mbuf[s..s + tw]
-                        };
-                        // A^T M: s0 = m0 + m1 + m2, s1 = m1 - m2 - m3 (rows of 4 columns)
-                        let (s0, s1) = scratch.split_at_mut(4 * (tw + 1));
-                        for j in 0..4 {
-                            let (a, bb, cc, dd) = (m(j), m(4 + j), m(8 + j), m(12 + j));
-                            let z0 = &mut s0[j * (tw + 1)..j * (tw + 1) + tw];
-                            for (k, z) in z0.iter_mut().enumerate() {
-                                *z = a[k] + bb[k] + cc[k];
-                            }
-                            let z1 = &mut s1[j * (tw + 1)..j * (tw + 1) + tw];
-                            for (k, z) in z1.iter_mut().enumerate() {
-                                *z = bb[k] - cc[k] - dd[k];
-                            }
-                        }
-                        for (dy, sv) in [&*s0, &*s1].into_iter().enumerate() {
-                            let oy = 2 * ty + dy;
-                            if oy >= g.oh {
-                                continue;
-                            }
-                            let col = |j: usize| &sv[j * (tw + 1)..j * (tw + 1) + tw];
-                            let (c0, c1, c2, c3) = (col(0), col(1), col(2), col(3));
-                            // SAFETY: row oy of (img, o) lies in the buffer and belongs to this
-                            // job's group and tiles alone (see OutPtr).
-                            let orow = unsafe {
-                                std::slice::from_raw_parts_mut(
-                                    dst.get().add((img * g.o + o) * p + oy * g.ow),
-                                    g.ow,
-                                )
-                            };
-                            let act = |v: f32| {
-                                let y = v + bias;
-                                if self.relu {
-                                    y.max(0.0)
-                                } else {
-                                    y
-                                }
-                            };
-                            for (k, pair) in orow.chunks_mut(2).enumerate() {
-                                pair[0] = act(c0[k] + c1[k] + c2[k]);
-                                if let Some(second) = pair.get_mut(1) {
-                                    *second = act(c1[k] - c2[k] - c3[k]);
-                                }
-                            }
-                        }
-                    }
-                }
+                job.input_transform(grp, r0, nr, vbuf, rows, scratch);
+                job.products(grp, nr * tw, vbuf, mbuf);
+                job.output_transform(grp, r0, nr, mbuf, scratch);
             },
         );
         Ok((CpuStorage::F32(out), Shape::from((n, g.o, g.oh, g.ow))))
+    }
+}
+
+/// What every job of one Winograd call shares: the geometry, the inputs, the transformed
+/// kernels `u` (16 x o x cg) and where the output goes. A job is one group and one band of
+/// rows of 2x2 output tiles; its three steps are the methods below.
+struct WinoJob<'a> {
+    g: Geom,
+    x: &'a [f32],
+    u: &'a [f32],
+    b: &'a [f32],
+    cg: usize,
+    og: usize,
+    /// tile rows and columns per image
+    th: usize,
+    tw: usize,
+    /// top and left padding
+    pt: isize,
+    pl: isize,
+    relu: bool,
+    /// output pixels per plane
+    p: usize,
+    dst: OutPtr,
+}
+
+impl WinoJob<'_> {
+    /// The input transform of tile rows `r0..r0 + nr` of group `grp` into `vbuf`.
+    fn input_transform(
+        &self,
+        grp: usize,
+        r0: usize,
+        nr: usize,
+        vbuf: &mut [f32],
+        rows: &mut [Vec<f32>; 4],
+        scratch: &mut [f32],
+    ) {
+        let (g, x, cg, th, tw, pt, pl) =
+            (self.g, self.x, self.cg, self.th, self.tw, self.pt, self.pl);
+        let (h, wd) = (g.h as isize, g.w as isize);
+        let span = 2 * tw + 2;
+        let nt = nr * tw;
+        // input transform, one channel and one row of tiles at a time, vectorised
+        // along the row: V[xi][c][t] = (B^T d B)[xi] of the tile's 4x4 inputs d
+        for c in 0..cg {
+            for rr in 0..nr {
+                let (img, ty) = ((r0 + rr) / th, (r0 + rr) % th);
+                let plane = &x[(img * g.c + grp * cg + c) * g.h * g.w..][..g.h * g.w];
+                for (i, row) in rows.iter_mut().enumerate() {
+                    let iy = 2 * ty as isize + i as isize - pt;
+                    row.fill(0.0);
+                    if iy < 0 || iy >= h {
+                        continue;
+                    }
+                    let src = &plane[iy as usize * g.w..][..g.w];
+                    // row[j] = input column j - pl
+                    let lo = pl.clamp(0, span as isize) as usize;
+                    let hi = (wd + pl).clamp(0, span as isize) as usize;
+                    if hi > lo {
+                        row[lo..hi].copy_from_slice(&src[..hi - lo]);
+                    }
+                }
+                // B^T d, whole rows: t0 = d0 - d2, t1 = d1 + d2, t2 = d2 - d1,
+                // t3 = d1 - d3; then d B along the row, split in even/odd columns
+                let (e, o) = scratch.split_at_mut(4 * (tw + 1));
+                let (e0, e) = e.split_at_mut(tw + 1);
+                let (e1, e) = e.split_at_mut(tw + 1);
+                let (e2, e3) = e.split_at_mut(tw + 1);
+                let (o0, o) = o.split_at_mut(tw + 1);
+                let (o1, o) = o.split_at_mut(tw + 1);
+                let (o2, o3) = o.split_at_mut(tw + 1);
+                let [d0, d1, d2, d3] = &*rows;
+                for k in 0..=tw {
+                    let (a, z) = (2 * k, 2 * k + 1);
+                    e0[k] = d0[a] - d2[a];
+                    o0[k] = d0[z] - d2[z];
+                    e1[k] = d1[a] + d2[a];
+                    o1[k] = d1[z] + d2[z];
+                    e2[k] = d2[a] - d1[a];
+                    o2[k] = d2[z] - d1[z];
+                    e3[k] = d1[a] - d3[a];
+                    o3[k] = d1[z] - d3[z];
+                }
+                let (e, o) = scratch.split_at(4 * (tw + 1));
+                let base = c * nt + rr * tw;
+                for q in 0..4 {
+                    let ev = &e[q * (tw + 1)..(q + 1) * (tw + 1)];
+                    let od = &o[q * (tw + 1)..(q + 1) * (tw + 1)];
+                    let plane = |j: usize| (q * 4 + j) * cg * nt + base;
+                    let v0 = &mut vbuf[plane(0)..plane(0) + tw];
+                    for (k, v) in v0.iter_mut().enumerate() {
+                        *v = ev[k] - ev[k + 1];
+                    }
+                    let v1 = &mut vbuf[plane(1)..plane(1) + tw];
+                    for (k, v) in v1.iter_mut().enumerate() {
+                        *v = od[k] + ev[k + 1];
+                    }
+                    let v2 = &mut vbuf[plane(2)..plane(2) + tw];
+                    for (k, v) in v2.iter_mut().enumerate() {
+                        *v = ev[k + 1] - od[k];
+                    }
+                    let v3 = &mut vbuf[plane(3)..plane(3) + tw];
+                    for (k, v) in v3.iter_mut().enumerate() {
+                        *v = od[k] - od[k + 1];
+                    }
+                }
+            }
+        }
+    }
+
+    /// The 16 products of group `grp` for `nt` tiles: `vbuf` -> `mbuf`.
+    fn products(&self, grp: usize, nt: usize, vbuf: &[f32], mbuf: &mut [f32]) {
+        let (g, u, cg, og) = (self.g, self.u, self.cg, self.og);
+        // 16 products: M[xi] (og x nt) = U[xi] (group rows, og x cg) x V[xi] (cg x nt)
+        for xi in 0..16 {
+            // SAFETY: the buffers hold 16*og*nt, 16*o*cg and 16*cg*nt values.
+            unsafe {
+                gemm::gemm(
+                    og,
+                    nt,
+                    cg,
+                    mbuf.as_mut_ptr().add(xi * og * nt),
+                    1,
+                    nt as isize,
+                    false,
+                    u.as_ptr().add((xi * g.o + grp * og) * cg),
+                    1,
+                    cg as isize,
+                    vbuf.as_ptr().add(xi * cg * nt),
+                    1,
+                    nt as isize,
+                    0.0f32,
+                    1.0f32,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        }
+    }
+
+    /// The output transform of tile rows `r0..r0 + nr` of group `grp`, with bias and ReLU,
+    /// written into the output.
+    fn output_transform(
+        &self,
+        grp: usize,
+        r0: usize,
+        nr: usize,
+        mbuf: &[f32],
+        scratch: &mut [f32],
+    ) {
+        let (g, b, og, th, tw, p, dst) =
+            (self.g, self.b, self.og, self.th, self.tw, self.p, self.dst);
+        let nt = nr * tw;
+        // output transform, one kernel and one row of tiles at a time:
+        // Y = A^T M A (2x2 per tile), + bias, ReLU
+        for oi in 0..og {
+            let o = grp * og + oi;
+            let bias = b[o];
+            for rr in 0..nr {
+                let (img, ty) = ((r0 + rr) / th, (r0 + rr) % th);
+                let m = |xi: usize| {
+                    let s = (xi * og + oi) * nt + rr * tw;
+                    &mbuf[s..s + tw]
+                };
+                // A^T M: s0 = m0 + m1 + m2, s1 = m1 - m2 - m3 (rows of 4 columns)
+                let (s0, s1) = scratch.split_at_mut(4 * (tw + 1));
+                for j in 0..4 {
+                    let (a, bb, cc, dd) = (m(j), m(4 + j), m(8 + j), m(12 + j));
+                    let z0 = &mut s0[j * (tw + 1)..j * (tw + 1) + tw];
+                    for (k, z) in z0.iter_mut().enumerate() {
+                        *z = a[k] + bb[k] + cc[k];
+                    }
+                    let z1 = &mut s1[j * (tw + 1)..j * (tw + 1) + tw];
+                    for (k, z) in z1.iter_mut().enumerate() {
+                        *z = bb[k] - cc[k] - dd[k];
+                    }
+                }
+                for (dy, sv) in [&*s0, &*s1].into_iter().enumerate() {
+                    let oy = 2 * ty + dy;
+                    if oy >= g.oh {
+                        continue;
+                    }
+                    let col = |j: usize| &sv[j * (tw + 1)..j * (tw + 1) + tw];
+                    let (c0, c1, c2, c3) = (col(0), col(1), col(2), col(3));
+                    // SAFETY: row oy of (img, o) lies in the buffer and belongs to this
+                    // job's group and tiles alone (see OutPtr).
+                    let orow = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            dst.get().add((img * g.o + o) * p + oy * g.ow),
+                            g.ow,
+                        )
+                    };
+                    let act = |v: f32| {
+                        let y = v + bias;
+                        if self.relu {
+                            y.max(0.0)
+                        } else {
+                            y
+                        }
+                    };
+                    for (k, pair) in orow.chunks_mut(2).enumerate() {
+                        pair[0] = act(c0[k] + c1[k] + c2[k]);
+                        if let Some(second) = pair.get_mut(1) {
+                            *second = act(c1[k] - c2[k] - c3[k]);
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 

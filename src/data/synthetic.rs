@@ -170,11 +170,27 @@ fn normal(rng: &mut ChaCha8Rng) -> f32 {
     (-2.0 * u1.ln()).sqrt() * (2.0 * std::f32::consts::PI * u2).cos()
 }
 
-/// Draw one image of class `def` (32x32x3, u8, HWC).
+/// Draw one image of class `def` (32x32x3, u8, HWC): background, clutter, the sign, a blur
+/// for half of the images, then lighting and noise (the generator is read in that order).
 fn draw(def: &ClassDef, rng: &mut ChaCha8Rng) -> Vec<u8> {
     let n = SIZE;
     let mut img = vec![0f32; n * n * 3];
-    // background: vertical gradient between two muted colours
+    background(&mut img, rng);
+    clutter(&mut img, rng);
+    sign(&mut img, def, rng);
+    // blur (half of the images)
+    if rng.gen_bool(0.5) {
+        blur(&mut img);
+    }
+    light_and_noise(&mut img, rng);
+    img.into_iter()
+        .map(|v| v.round().clamp(0.0, 255.0) as u8)
+        .collect()
+}
+
+/// A vertical gradient between two muted colours.
+fn background(img: &mut [f32], rng: &mut ChaCha8Rng) {
+    let n = SIZE;
     let c0: [f32; 3] = std::array::from_fn(|_| rng.gen_range(30.0..200.0));
     let c1: [f32; 3] = std::array::from_fn(|_| rng.gen_range(30.0..200.0));
     for y in 0..n {
@@ -185,7 +201,11 @@ fn draw(def: &ClassDef, rng: &mut ChaCha8Rng) -> Vec<u8> {
             }
         }
     }
-    // clutter: a few random rectangles and lines
+}
+
+/// A few random rectangles and lines.
+fn clutter(img: &mut [f32], rng: &mut ChaCha8Rng) {
+    let n = SIZE;
     for _ in 0..rng.gen_range(2..6) {
         let col: [f32; 3] = std::array::from_fn(|_| rng.gen_range(0.0..255.0));
         let alpha = rng.gen_range(0.3..0.8);
@@ -217,7 +237,11 @@ fn draw(def: &ClassDef, rng: &mut ChaCha8Rng) -> Vec<u8> {
             }
         }
     }
-    // the sign
+}
+
+/// The sign of class `def`: shape, border, fill and glyph, anti-aliased by 2x2 sub-samples.
+fn sign(img: &mut [f32], def: &ClassDef, rng: &mut ChaCha8Rng) {
+    let n = SIZE;
     let (_, border, fill, gcol) = SCHEMES[def.scheme];
     let radius = rng.gen_range(9.0..14.5f32);
     let cx = n as f32 / 2.0 + rng.gen_range(-3.0..3.0f32);
@@ -272,31 +296,36 @@ fn draw(def: &ClassDef, rng: &mut ChaCha8Rng) -> Vec<u8> {
             }
         }
     }
-    // blur (half of the images), 3x3 binomial
-    if rng.gen_bool(0.5) {
-        let k = [1.0f32, 2.0, 1.0];
-        let src = img.clone();
-        for y in 0..n {
-            for x in 0..n {
-                for ch in 0..3 {
-                    let mut s = 0.0;
-                    let mut w = 0.0;
-                    for (dy, ky) in k.iter().enumerate() {
-                        for (dx, kx) in k.iter().enumerate() {
-                            let yy = (y + dy).wrapping_sub(1);
-                            let xx = (x + dx).wrapping_sub(1);
-                            if yy < n && xx < n {
-                                s += src[(yy * n + xx) * 3 + ch] * ky * kx;
-                                w += ky * kx;
-                            }
+}
+
+/// A 3x3 binomial blur.
+fn blur(img: &mut [f32]) {
+    let n = SIZE;
+    let k = [1.0f32, 2.0, 1.0];
+    let src = img.to_vec();
+    for y in 0..n {
+        for x in 0..n {
+            for ch in 0..3 {
+                let mut s = 0.0;
+                let mut w = 0.0;
+                for (dy, ky) in k.iter().enumerate() {
+                    for (dx, kx) in k.iter().enumerate() {
+                        let yy = (y + dy).wrapping_sub(1);
+                        let xx = (x + dx).wrapping_sub(1);
+                        if yy < n && xx < n {
+                            s += src[(yy * n + xx) * 3 + ch] * ky * kx;
+                            w += ky * kx;
                         }
                     }
-                    img[(y * n + x) * 3 + ch] = s / w;
                 }
+                img[(y * n + x) * 3 + ch] = s / w;
             }
         }
     }
-    // lighting, tint and sensor noise
+}
+
+/// Lighting (gain and bias), a colour tint and Gaussian sensor noise.
+fn light_and_noise(img: &mut [f32], rng: &mut ChaCha8Rng) {
     let gain = rng.gen_range(0.45..1.3f32);
     let bias = rng.gen_range(-20.0..20.0f32);
     let tint: [f32; 3] = std::array::from_fn(|_| rng.gen_range(0.9..1.1f32));
@@ -304,9 +333,6 @@ fn draw(def: &ClassDef, rng: &mut ChaCha8Rng) -> Vec<u8> {
     for (i, p) in img.iter_mut().enumerate() {
         *p = *p * gain * tint[i % 3] + bias + sigma * normal(rng);
     }
-    img.into_iter()
-        .map(|v| v.round().clamp(0.0, 255.0) as u8)
-        .collect()
 }
 
 /// `per_class` images of each of the 43 classes, class-major order, from `seed`.

@@ -191,183 +191,21 @@ fn parse_value(v: &str) -> toml::Value {
     }
 }
 
+/// An error for `section.key` of the file, with its line and column.
+type KeyError<'a> = dyn Fn(&str, &str, String) -> Error + 'a;
+
 fn validate(path: &Path, text: &str, raw: RawSpec) -> Result<Spec> {
     let err = |section: &str, key: &str, msg: String| {
         Error::Spec(diagnose::key_error(path, text, section, key, &msg))
     };
-    let arch = Arch::parse(&raw.backbone.arch).ok_or_else(|| {
-        let names: Vec<&str> = Arch::ALL.iter().map(|a| a.name()).collect();
-        err(
-            "backbone",
-            "arch",
-            format!(
-                "unknown architecture {:?}; expected one of {}{}",
-                raw.backbone.arch,
-                names.join(", "),
-                diagnose::did_you_mean(&raw.backbone.arch, &names)
-            ),
-        )
-    })?;
-    let freeze = arch.layer_index(&raw.backbone.freeze).ok_or_else(|| {
-        let layers = arch.layers();
-        err(
-            "backbone",
-            "freeze",
-            format!(
-                "{} has no layer {:?}; layers are {}{}",
-                arch.name(),
-                raw.backbone.freeze,
-                layers.join(", "),
-                diagnose::did_you_mean(&raw.backbone.freeze, layers)
-            ),
-        )
-    })?;
-    let weights = match raw.backbone.weights.as_str() {
-        "random" => WeightsSource::Random,
-        "" => {
-            return Err(err(
-                "backbone",
-                "weights",
-                "is empty; give a weights file or \"random\"".into(),
-            ))
-        }
-        p => WeightsSource::File(PathBuf::from(p)),
-    };
-    let dataset_kind = match raw.dataset.kind.as_str() {
-        "pickle" => DatasetKind::Pickle,
-        "synthetic" => DatasetKind::Synthetic,
-        "folder" => DatasetKind::Folder,
-        "gtsrb" => DatasetKind::Gtsrb,
-        other => {
-            let kinds = ["pickle", "synthetic", "folder", "gtsrb"];
-            return Err(err(
-                "dataset",
-                "kind",
-                format!(
-                    "unknown dataset kind {other:?}; expected one of {}{}",
-                    kinds.join(", "),
-                    diagnose::did_you_mean(other, &kinds)
-                ),
-            ));
-        }
-    };
-    if dataset_kind == DatasetKind::Pickle && raw.dataset.path.is_empty() {
-        return Err(err(
-            "dataset",
-            "path",
-            "is empty; name the train.p file".into(),
-        ));
-    }
-    if raw.dataset.num_classes == Some(0) {
-        return Err(err("dataset", "num_classes", "must be at least 1".into()));
-    }
+    let (arch, freeze, weights) = check_backbone(&raw.backbone, &err)?;
+    let (dataset_kind, track_split, image_size) = check_dataset(&raw.dataset, arch, &err)?;
     let device = parse_device(&raw.run.device).map_err(|m| err("run", "device", m))?;
     if raw.run.extract_batch == raw::BatchSize::Fixed(0) {
         return Err(err("run", "extract_batch", "must be at least 1".into()));
     }
-    let in_unit = |section: &str, key: &str, v: f64, hi_inclusive: bool| -> Result<()> {
-        let ok = v >= 0.0 && (v < 1.0 || (hi_inclusive && v <= 1.0)) && v.is_finite();
-        if ok {
-            Ok(())
-        } else {
-            Err(err(
-                section,
-                key,
-                format!(
-                    "is {v}; expected a number in [0, 1{}",
-                    if hi_inclusive { "]" } else { ")" }
-                ),
-            ))
-        }
-    };
-    let d = &raw.dataset;
-    in_unit("dataset", "val_fraction", d.val_fraction, false)?;
-    in_unit("dataset", "test_fraction", d.test_fraction, false)?;
-    if d.val_fraction + d.test_fraction >= 1.0 {
-        return Err(err(
-            "dataset",
-            "test_fraction",
-            "val_fraction + test_fraction must stay below 1".into(),
-        ));
-    }
-    let track_split = match d.split {
-        SplitKind::Auto => dataset_kind == DatasetKind::Gtsrb,
-        SplitKind::Stratified => false,
-        SplitKind::Track => {
-            if dataset_kind != DatasetKind::Gtsrb {
-                return Err(err(
-                    "dataset",
-                    "split",
-                    "\"track\" needs tracks: only dataset.kind = \"gtsrb\" has them".into(),
-                ));
-            }
-            true
-        }
-    };
-    let image_size = match (d.image_size, dataset_kind) {
-        (0, DatasetKind::Gtsrb) => 32,
-        (0, _) => arch.input_size(),
-        (s, _) => s,
-    };
-    if d.val_fraction == 0.0 && d.val_path.is_empty() {
-        return Err(err(
-            "dataset",
-            "val_fraction",
-            "is 0 and dataset.val_path is empty: training needs a validation set".into(),
-        ));
-    }
-    if dataset_kind == DatasetKind::Synthetic && d.per_class == 0 {
-        return Err(err("dataset", "per_class", "must be at least 1".into()));
-    }
-    in_unit("backbone", "dropout", raw.backbone.dropout, false)?;
-    let h = &raw.head;
-    in_unit("head", "dropout", h.dropout, false)?;
-    if let Some(i) = h.hidden.iter().position(|&w| w == 0) {
-        return Err(err(
-            "head",
-            "hidden",
-            format!("entry {i} is 0; hidden layers need at least 1 unit"),
-        ));
-    }
-    if !(h.init_std > 0.0 && h.init_std.is_finite()) {
-        return Err(err(
-            "head",
-            "init_std",
-            format!("is {}; expected a positive number", h.init_std),
-        ));
-    }
-    let t = &raw.train;
-    if t.epochs == 0 {
-        return Err(err("train", "epochs", "must be at least 1".into()));
-    }
-    if t.batch_size == 0 {
-        return Err(err("train", "batch_size", "must be at least 1".into()));
-    }
-    for (key, v) in [("lr", t.lr), ("eps", t.eps)] {
-        if !(v > 0.0 && v.is_finite()) {
-            return Err(err(
-                "train",
-                key,
-                format!("is {v}; expected a positive number"),
-            ));
-        }
-    }
-    for (key, v) in [
-        ("weight_decay", t.weight_decay),
-        ("backbone_lr_mult", t.backbone_lr_mult),
-        ("gamma", t.gamma),
-    ] {
-        if !(v >= 0.0 && v.is_finite()) {
-            return Err(err("train", key, format!("is {v}; expected a number >= 0")));
-        }
-    }
-    in_unit("train", "momentum", t.momentum, false)?;
-    in_unit("train", "beta1", t.beta1, false)?;
-    in_unit("train", "beta2", t.beta2, false)?;
-    in_unit("train", "label_smoothing", t.label_smoothing, false)?;
-    if t.step_size == 0 {
-        return Err(err("train", "step_size", "must be at least 1".into()));
-    }
+    check_head(&raw.head, &err)?;
+    check_train(&raw.train, &err)?;
     let opt_path = |p: &str| {
         if p.is_empty() {
             None
@@ -409,6 +247,202 @@ fn validate(path: &Path, text: &str, raw: RawSpec) -> Result<Spec> {
         raw,
         point_label: String::new(),
     })
+}
+
+/// `section.key` must lie in [0, 1) (or [0, 1] with `hi_inclusive`).
+fn in_unit(err: &KeyError, section: &str, key: &str, v: f64, hi_inclusive: bool) -> Result<()> {
+    let ok = v >= 0.0 && (v < 1.0 || (hi_inclusive && v <= 1.0)) && v.is_finite();
+    if ok {
+        Ok(())
+    } else {
+        Err(err(
+            section,
+            key,
+            format!(
+                "is {v}; expected a number in [0, 1{}",
+                if hi_inclusive { "]" } else { ")" }
+            ),
+        ))
+    }
+}
+
+/// `[backbone]`: the architecture, the freeze point (an index into its layers), the weights.
+fn check_backbone(b: &BackboneSection, err: &KeyError) -> Result<(Arch, usize, WeightsSource)> {
+    let arch = Arch::parse(&b.arch).ok_or_else(|| {
+        let names: Vec<&str> = Arch::ALL.iter().map(|a| a.name()).collect();
+        err(
+            "backbone",
+            "arch",
+            format!(
+                "unknown architecture {:?}; expected one of {}{}",
+                b.arch,
+                names.join(", "),
+                diagnose::did_you_mean(&b.arch, &names)
+            ),
+        )
+    })?;
+    let freeze = arch.layer_index(&b.freeze).ok_or_else(|| {
+        let layers = arch.layers();
+        err(
+            "backbone",
+            "freeze",
+            format!(
+                "{} has no layer {:?}; layers are {}{}",
+                arch.name(),
+                b.freeze,
+                layers.join(", "),
+                diagnose::did_you_mean(&b.freeze, layers)
+            ),
+        )
+    })?;
+    let weights = match b.weights.as_str() {
+        "random" => WeightsSource::Random,
+        "" => {
+            return Err(err(
+                "backbone",
+                "weights",
+                "is empty; give a weights file or \"random\"".into(),
+            ))
+        }
+        p => WeightsSource::File(PathBuf::from(p)),
+    };
+    in_unit(err, "backbone", "dropout", b.dropout, false)?;
+    Ok((arch, freeze, weights))
+}
+
+/// `[dataset]`: its kind, whether splits keep tracks whole, and the stored image side.
+fn check_dataset(
+    d: &DatasetSection,
+    arch: Arch,
+    err: &KeyError,
+) -> Result<(DatasetKind, bool, usize)> {
+    let kind = match d.kind.as_str() {
+        "pickle" => DatasetKind::Pickle,
+        "synthetic" => DatasetKind::Synthetic,
+        "folder" => DatasetKind::Folder,
+        "gtsrb" => DatasetKind::Gtsrb,
+        other => {
+            let kinds = ["pickle", "synthetic", "folder", "gtsrb"];
+            return Err(err(
+                "dataset",
+                "kind",
+                format!(
+                    "unknown dataset kind {other:?}; expected one of {}{}",
+                    kinds.join(", "),
+                    diagnose::did_you_mean(other, &kinds)
+                ),
+            ));
+        }
+    };
+    if kind == DatasetKind::Pickle && d.path.is_empty() {
+        return Err(err(
+            "dataset",
+            "path",
+            "is empty; name the train.p file".into(),
+        ));
+    }
+    if d.num_classes == Some(0) {
+        return Err(err("dataset", "num_classes", "must be at least 1".into()));
+    }
+    in_unit(err, "dataset", "val_fraction", d.val_fraction, false)?;
+    in_unit(err, "dataset", "test_fraction", d.test_fraction, false)?;
+    if d.val_fraction + d.test_fraction >= 1.0 {
+        return Err(err(
+            "dataset",
+            "test_fraction",
+            "val_fraction + test_fraction must stay below 1".into(),
+        ));
+    }
+    let track_split = match d.split {
+        SplitKind::Auto => kind == DatasetKind::Gtsrb,
+        SplitKind::Stratified => false,
+        SplitKind::Track => {
+            if kind != DatasetKind::Gtsrb {
+                return Err(err(
+                    "dataset",
+                    "split",
+                    "\"track\" needs tracks: only dataset.kind = \"gtsrb\" has them".into(),
+                ));
+            }
+            true
+        }
+    };
+    let image_size = match (d.image_size, kind) {
+        (0, DatasetKind::Gtsrb) => 32,
+        (0, _) => arch.input_size(),
+        (s, _) => s,
+    };
+    if d.val_fraction == 0.0 && d.val_path.is_empty() {
+        return Err(err(
+            "dataset",
+            "val_fraction",
+            "is 0 and dataset.val_path is empty: training needs a validation set".into(),
+        ));
+    }
+    if kind == DatasetKind::Synthetic && d.per_class == 0 {
+        return Err(err("dataset", "per_class", "must be at least 1".into()));
+    }
+    Ok((kind, track_split, image_size))
+}
+
+/// `[head]`: dropout in [0, 1), hidden layers of at least one unit, a positive init_std.
+fn check_head(h: &HeadSection, err: &KeyError) -> Result<()> {
+    in_unit(err, "head", "dropout", h.dropout, false)?;
+    if let Some(i) = h.hidden.iter().position(|&w| w == 0) {
+        return Err(err(
+            "head",
+            "hidden",
+            format!("entry {i} is 0; hidden layers need at least 1 unit"),
+        ));
+    }
+    if !(h.init_std > 0.0 && h.init_std.is_finite()) {
+        return Err(err(
+            "head",
+            "init_std",
+            format!("is {}; expected a positive number", h.init_std),
+        ));
+    }
+    Ok(())
+}
+
+/// `[train]`: counts of at least 1, positive rates, fractions in [0, 1).
+fn check_train(t: &TrainSection, err: &KeyError) -> Result<()> {
+    if t.epochs == 0 {
+        return Err(err("train", "epochs", "must be at least 1".into()));
+    }
+    if t.batch_size == 0 {
+        return Err(err("train", "batch_size", "must be at least 1".into()));
+    }
+    for (key, v) in [("lr", t.lr), ("eps", t.eps)] {
+        if !(v > 0.0 && v.is_finite()) {
+            return Err(err(
+                "train",
+                key,
+                format!("is {v}; expected a positive number"),
+            ));
+        }
+    }
+    for (key, v) in [
+        ("weight_decay", t.weight_decay),
+        ("backbone_lr_mult", t.backbone_lr_mult),
+        ("gamma", t.gamma),
+    ] {
+        if !(v >= 0.0 && v.is_finite()) {
+            return Err(err("train", key, format!("is {v}; expected a number >= 0")));
+        }
+    }
+    for (key, v) in [
+        ("momentum", t.momentum),
+        ("beta1", t.beta1),
+        ("beta2", t.beta2),
+        ("label_smoothing", t.label_smoothing),
+    ] {
+        in_unit(err, "train", key, v, false)?;
+    }
+    if t.step_size == 0 {
+        return Err(err("train", "step_size", "must be at least 1".into()));
+    }
+    Ok(())
 }
 
 /// Files the spec names that are missing, each with where to get it.

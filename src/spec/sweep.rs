@@ -15,7 +15,7 @@ use std::path::Path;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::{load_point, Spec, SweepMode};
+use super::{load_point, Spec, SweepMode, SweepSection};
 use crate::error::{Error, Result};
 
 /// One point of a sweep: its position, its overrides, and its validated spec.
@@ -167,6 +167,11 @@ fn check_points(path: &Path, count: Option<usize>) -> Result<()> {
     }
 }
 
+/// Override sets, one a point.
+type Combos = Vec<Vec<(String, toml::Value)>>;
+
+/// The points of the sweep in `text` (one point, without overrides, when it has no `[sweep]`),
+/// each validated as a whole spec.
 pub fn expand_str(
     path: &Path,
     text: &str,
@@ -193,65 +198,9 @@ pub fn expand_str(
         .iter()
         .map(|(k, v)| Ok((k.clone(), parse_dist(path, k, v, sweep.mode)?)))
         .collect::<Result<_>>()?;
-    let combos: Vec<Vec<(String, toml::Value)>> = match sweep.mode {
-        SweepMode::Grid => {
-            if sweep.samples.is_some() {
-                return Err(Error::Spec(format!(
-                    "{}: key `sweep.samples` is for mode = \"random\"",
-                    path.display()
-                )));
-            }
-            let count = dists.iter().try_fold(1usize, |n, (_, d)| match d {
-                Dist::Choice(v) => n.checked_mul(v.len()),
-                _ => Some(n),
-            });
-            check_points(path, count)?;
-            let mut combos: Vec<Vec<(String, toml::Value)>> = vec![vec![]];
-            for (k, d) in &dists {
-                let Dist::Choice(values) = d else { continue };
-                combos = combos
-                    .into_iter()
-                    .flat_map(|c| {
-                        values.iter().map(move |v| {
-                            let mut c = c.clone();
-                            c.push((k.clone(), v.clone()));
-                            c
-                        })
-                    })
-                    .collect();
-            }
-            combos
-        }
-        SweepMode::Random => {
-            let n = match sweep.samples {
-                Some(n) if n > 0 => n,
-                _ => {
-                    return Err(Error::Spec(format!(
-                        "{}: key `sweep.samples` is missing: mode = \"random\" needs the number of points",
-                        path.display()
-                    )))
-                }
-            };
-            check_points(path, Some(n))?;
-            let mut rng = ChaCha8Rng::seed_from_u64(base.seed ^ 0x5_3ee9);
-            (0..n)
-                .map(|_| {
-                    dists
-                        .iter()
-                        .map(|(k, d)| {
-                            let v = match d {
-                                Dist::Choice(vs) => vs[rng.gen_range(0..vs.len())].clone(),
-                                Dist::Uniform(a, b) => toml::Value::Float(rng.gen_range(*a..*b)),
-                                Dist::LogUniform(a, b) => {
-                                    toml::Value::Float(rng.gen_range(a.ln()..b.ln()).exp())
-                                }
-                            };
-                            (k.clone(), v)
-                        })
-                        .collect()
-                })
-                .collect()
-        }
+    let combos = match sweep.mode {
+        SweepMode::Grid => grid_points(path, &sweep, &dists)?,
+        SweepMode::Random => random_points(path, &sweep, &dists, base.seed)?,
     };
     combos
         .into_iter()
@@ -274,6 +223,73 @@ pub fn expand_str(
             })
         })
         .collect()
+}
+
+/// Every combination of the choices, the first key varying slowest.
+fn grid_points(path: &Path, sweep: &SweepSection, dists: &[(String, Dist)]) -> Result<Combos> {
+    if sweep.samples.is_some() {
+        return Err(Error::Spec(format!(
+            "{}: key `sweep.samples` is for mode = \"random\"",
+            path.display()
+        )));
+    }
+    let count = dists.iter().try_fold(1usize, |n, (_, d)| match d {
+        Dist::Choice(v) => n.checked_mul(v.len()),
+        _ => Some(n),
+    });
+    check_points(path, count)?;
+    let mut combos: Vec<Vec<(String, toml::Value)>> = vec![vec![]];
+    for (k, d) in dists {
+        let Dist::Choice(values) = d else { continue };
+        combos = combos
+            .into_iter()
+            .flat_map(|c| {
+                values.iter().map(move |v| {
+                    let mut c = c.clone();
+                    c.push((k.clone(), v.clone()));
+                    c
+                })
+            })
+            .collect();
+    }
+    Ok(combos)
+}
+
+/// `sweep.samples` points drawn from the distributions with the spec's seed.
+fn random_points(
+    path: &Path,
+    sweep: &SweepSection,
+    dists: &[(String, Dist)],
+    seed: u64,
+) -> Result<Combos> {
+    let n = match sweep.samples {
+        Some(n) if n > 0 => n,
+        _ => {
+            return Err(Error::Spec(format!(
+                "{}: key `sweep.samples` is missing: mode = \"random\" needs the number of points",
+                path.display()
+            )))
+        }
+    };
+    check_points(path, Some(n))?;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5_3ee9);
+    Ok((0..n)
+        .map(|_| {
+            dists
+                .iter()
+                .map(|(k, d)| {
+                    let v = match d {
+                        Dist::Choice(vs) => vs[rng.gen_range(0..vs.len())].clone(),
+                        Dist::Uniform(a, b) => toml::Value::Float(rng.gen_range(*a..*b)),
+                        Dist::LogUniform(a, b) => {
+                            toml::Value::Float(rng.gen_range(a.ln()..b.ln()).exp())
+                        }
+                    };
+                    (k.clone(), v)
+                })
+                .collect()
+        })
+        .collect())
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::backbone::Network;
 use crate::cache::HostFeatures;
 use crate::error::Result;
-use crate::spec::{Metric, Spec};
+use crate::spec::{Metric, Spec, TrainSection};
 use head::Head;
 use metrics::Sums;
 
@@ -210,6 +210,84 @@ pub struct FitOutcome {
     pub best_snapshot: Vec<(String, Tensor)>,
 }
 
+/// The optimizer over the head's variables and, at `backbone_lr_mult` times the rate, the
+/// trainable tail's.
+fn optimizer(model: &Model, t: &TrainSection) -> optim::Optimizer {
+    let mut groups = vec![(model.head.vars(), 1.0)];
+    if !model.tail_vars.is_empty() {
+        groups.push((
+            model.tail_vars.iter().map(|(_, v)| v.clone()).collect(),
+            t.backbone_lr_mult,
+        ));
+    }
+    optim::Optimizer::new(
+        optim::Settings {
+            kind: t.optimizer,
+            beta1: t.beta1,
+            beta2: t.beta2,
+            eps: t.eps,
+            weight_decay: t.weight_decay,
+            momentum: t.momentum,
+        },
+        groups,
+    )
+}
+
+/// The generators of one run: the order of samples in each epoch, and dropout masks.
+struct Rngs {
+    shuffle: ChaCha8Rng,
+    dropout: ChaCha8Rng,
+}
+
+/// One pass over `train` in shuffled mini-batches at rate `lr`; the epoch's training sums.
+fn train_epoch(
+    model: &Model,
+    train: &Split,
+    opt: &mut optim::Optimizer,
+    lr: f64,
+    t: &TrainSection,
+    rngs: &mut Rngs,
+) -> Result<Sums> {
+    let device = train.x.device();
+    let manual = model.tail.is_none() && step::supported(&model.head);
+    let mut order: Vec<u32> = (0..train.n as u32).collect();
+    order.shuffle(&mut rngs.shuffle);
+    let mut sums: Option<(Tensor, Tensor, Tensor)> = None;
+    for chunk in order.chunks(t.batch_size) {
+        let idx = Tensor::from_slice(chunk, chunk.len(), device)?;
+        let xb = train.x.index_select(&idx, 0)?;
+        let yb = train.y.index_select(&idx, 0)?;
+        let (l, c, k) = if manual {
+            let out = step::head_step(&model.head, &xb, &yb, t.label_smoothing, &mut rngs.dropout)?;
+            opt.step_with(&out.grads, lr)?;
+            (out.loss_sum, out.correct, out.top5)
+        } else {
+            let logits = model.forward(&xb, Some(&mut rngs.dropout))?;
+            let loss = metrics::cross_entropy(&logits, &yb, t.label_smoothing)?;
+            let grads = loss.backward()?;
+            opt.step(&grads, lr)?;
+            let l = (loss.detach() * chunk.len() as f64)?;
+            let (_, c, k) = metrics::batch_sums(&logits.detach(), &yb)?;
+            (l, c, k)
+        };
+        // running sums stay on the device: no sync per step
+        sums = Some(match sums {
+            None => (l, c, k),
+            Some((a, b, d)) => ((a + l)?, (b + c)?, (d + k)?),
+        });
+    }
+    let scalar = |t: Tensor| -> Result<f64> { Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?) };
+    Ok(match sums {
+        Some((l, c, k)) => Sums {
+            n: train.n,
+            loss: scalar(l)?,
+            correct: scalar(c)?,
+            top5: scalar(k)?,
+        },
+        None => Sums::default(),
+    })
+}
+
 /// Train for `spec.train.epochs` epochs (or until early stopping); `on_epoch` sees each epoch
 /// as it ends (the results writer flushes a CSV row there) and may stop the run by returning false.
 pub fn fit(
@@ -221,28 +299,12 @@ pub fn fit(
     mut on_epoch: impl FnMut(&EpochStats, &Model) -> Result<bool>,
 ) -> Result<FitOutcome> {
     let t = &spec.train;
-    let mut groups = vec![(model.head.vars(), 1.0)];
-    if !model.tail_vars.is_empty() {
-        groups.push((
-            model.tail_vars.iter().map(|(_, v)| v.clone()).collect(),
-            t.backbone_lr_mult,
-        ));
-    }
-    let mut opt = optim::Optimizer::new(
-        optim::Settings {
-            kind: t.optimizer,
-            beta1: t.beta1,
-            beta2: t.beta2,
-            eps: t.eps,
-            weight_decay: t.weight_decay,
-            momentum: t.momentum,
-        },
-        groups,
-    );
-    let mut shuffle_rng = ChaCha8Rng::seed_from_u64(spec.seed ^ 0x5af_f1e);
-    let mut dropout_rng = ChaCha8Rng::seed_from_u64(spec.seed ^ 0xd_0d0);
+    let mut opt = optimizer(model, t);
+    let mut rngs = Rngs {
+        shuffle: ChaCha8Rng::seed_from_u64(spec.seed ^ 0x5af_f1e),
+        dropout: ChaCha8Rng::seed_from_u64(spec.seed ^ 0xd_0d0),
+    };
     let eval_batch = t.batch_size.max(512);
-    let manual = model.tail.is_none() && step::supported(&model.head);
     let mut best: Option<(usize, Sums, Snapshot)> = None;
     let mut since_best = 0;
     let mut epochs_run = 0;
@@ -251,43 +313,7 @@ pub fn fit(
         let lr = schedule::lr_at(t.schedule, t.lr, epoch, t.epochs, t.step_size, t.gamma);
         device.synchronize()?;
         let t0 = Instant::now();
-        let mut order: Vec<u32> = (0..train.n as u32).collect();
-        order.shuffle(&mut shuffle_rng);
-        let mut sums: Option<(Tensor, Tensor, Tensor)> = None;
-        for chunk in order.chunks(t.batch_size) {
-            let idx = Tensor::from_slice(chunk, chunk.len(), device)?;
-            let xb = train.x.index_select(&idx, 0)?;
-            let yb = train.y.index_select(&idx, 0)?;
-            let (l, c, k) = if manual {
-                let out =
-                    step::head_step(&model.head, &xb, &yb, t.label_smoothing, &mut dropout_rng)?;
-                opt.step_with(&out.grads, lr)?;
-                (out.loss_sum, out.correct, out.top5)
-            } else {
-                let logits = model.forward(&xb, Some(&mut dropout_rng))?;
-                let loss = metrics::cross_entropy(&logits, &yb, t.label_smoothing)?;
-                let grads = loss.backward()?;
-                opt.step(&grads, lr)?;
-                let l = (loss.detach() * chunk.len() as f64)?;
-                let (_, c, k) = metrics::batch_sums(&logits.detach(), &yb)?;
-                (l, c, k)
-            };
-            // running sums stay on the device: no sync per step
-            sums = Some(match sums {
-                None => (l, c, k),
-                Some((a, b, d)) => ((a + l)?, (b + c)?, (d + k)?),
-            });
-        }
-        let scalar = |t: Tensor| -> Result<f64> { Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?) };
-        let train_sums = match sums {
-            Some((l, c, k)) => Sums {
-                n: train.n,
-                loss: scalar(l)?,
-                correct: scalar(c)?,
-                top5: scalar(k)?,
-            },
-            None => Sums::default(),
-        };
+        let train_sums = train_epoch(model, train, &mut opt, lr, t, &mut rngs)?;
         device.synchronize()?;
         let train_seconds = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();

@@ -889,40 +889,14 @@ impl<'a> Machine<'a> {
                 let dt = ArrayDtype::from_code(&code).map_err(|e| format!("{e} at offset {at}"))?;
                 Ok(Value::Dtype(Rc::new(RefCell::new(dt))))
             }
-            Global::CodecsEncode => {
-                let text = match args.first() {
-                    Some(Value::Str(s)) => s.clone(),
-                    _ => return Err(format!("_codecs.encode without text at offset {at}")),
-                };
-                let enc = args
-                    .get(1)
-                    .and_then(|e| e.as_text())
-                    .unwrap_or_else(|| "utf-8".into());
-                let bytes: Vec<u8> = match enc.to_ascii_lowercase().replace('_', "-").as_str() {
-                    "latin1" | "latin-1" | "iso-8859-1" => text
-                        .chars()
-                        .map(|c| u8::try_from(c as u32).map_err(|_| "non-latin-1 char".to_string()))
-                        .collect::<Result<_, _>>()?,
-                    "utf-8" | "utf8" => text.as_bytes().to_vec(),
-                    other => {
-                        return Err(format!(
-                            "_codecs.encode with unsupported encoding {other:?}"
-                        ))
-                    }
-                };
-                Ok(Value::Bytes(Rc::from(bytes)))
-            }
+            Global::CodecsEncode => codecs_encode(&args, at),
             Global::ByteArray => match args.first() {
                 None => Ok(Value::Bytes(Rc::from(Vec::new()))),
                 Some(Value::Bytes(b)) => Ok(Value::Bytes(b.clone())),
                 Some(v) => {
                     // bytearray(str, 'latin-1') at protocol 2
                     let fake = vec![v.clone(), args.get(1).cloned().unwrap_or(Value::None)];
-                    self.reduce(
-                        Value::Global(Rc::new(Global::CodecsEncode)),
-                        Value::Tuple(Rc::new(fake)),
-                        at,
-                    )
+                    codecs_encode(&fake, at)
                 }
             },
             Global::OrderedDict => Ok(Value::Dict(Rc::new(RefCell::new(vec![])))),
@@ -968,6 +942,31 @@ impl<'a> Machine<'a> {
             }
         }
     }
+}
+
+/// `_codecs.encode(text, encoding)`: how protocol 2 pickles bytes (latin-1 or UTF-8).
+fn codecs_encode(args: &[Value], at: usize) -> Result<Value, String> {
+    let text = match args.first() {
+        Some(Value::Str(s)) => s.clone(),
+        _ => return Err(format!("_codecs.encode without text at offset {at}")),
+    };
+    let enc = args
+        .get(1)
+        .and_then(|e| e.as_text())
+        .unwrap_or_else(|| "utf-8".into());
+    let bytes: Vec<u8> = match enc.to_ascii_lowercase().replace('_', "-").as_str() {
+        "latin1" | "latin-1" | "iso-8859-1" => text
+            .chars()
+            .map(|c| u8::try_from(c as u32).map_err(|_| "non-latin-1 char".to_string()))
+            .collect::<Result<_, _>>()?,
+        "utf-8" | "utf8" => text.as_bytes().to_vec(),
+        other => {
+            return Err(format!(
+                "_codecs.encode with unsupported encoding {other:?}"
+            ))
+        }
+    };
+    Ok(Value::Bytes(Rc::from(bytes)))
 }
 
 fn pairs(items: Vec<Value>, at: usize) -> Result<Vec<(Value, Value)>, String> {
