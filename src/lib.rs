@@ -1,6 +1,10 @@
 //! runner: transfer learning of image classifiers from declarative TOML experiment files.
 //!
-//! Data flows one way: spec -> data -> frozen backbone -> features -> results.
+//! Data flows one way: spec -> data -> frozen backbone -> feature cache -> trainable tail +
+//! head -> epochs -> results, and imports follow it: the bottom layer (`error`, `fsio`, `arch`,
+//! `record`, `device`) imports nothing above it; `spec`, `weights`, `backbone`, `data` come
+//! next; then `features` + `cache`, `train`, `results`; `experiment` orders the stages of a run;
+//! the binary's `main.rs` only parses arguments and dispatches.
 
 pub mod arch;
 pub mod backbone;
