@@ -49,8 +49,40 @@ mod harness {
             return;
         };
         let path = Path::new("fuzz.toml");
-        let _ = runner::spec::load_str(path, text, &[], Vec::<(String, String)>::new());
+        if let Ok(spec) = runner::spec::load_str(path, text, &[], Vec::<(String, String)>::new()) {
+            // what a valid spec asks for is sized without overflow or allocation; one that
+            // fits is built as far as sizes go: the head, and a small synthetic set
+            let _ = runner::spec::budget::memory_needs(&spec);
+            if runner::spec::budget::check_memory(&spec).is_ok() {
+                size_checked_parts(&spec);
+            }
+        }
         let _ = runner::spec::sweep::expand_str(path, text, &[], Vec::new());
+    }
+
+    /// The parts of a run whose size a spec decides, where they are small enough for a fuzzer
+    /// to build many times a second.
+    fn size_checked_parts(spec: &runner::spec::Spec) {
+        let total: u64 = runner::spec::budget::memory_needs(spec)
+            .iter()
+            .map(|n| n.bytes)
+            .sum();
+        if total > 64 << 20 {
+            return;
+        }
+        let classes = spec.num_classes.unwrap_or(2);
+        let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(spec.seed);
+        let dev = candle_core::Device::Cpu;
+        let _ = runner::train::head::Head::new(
+            spec.head_input_dim(),
+            classes,
+            &spec.head,
+            &mut rng,
+            &dev,
+        );
+        if spec.dataset_kind == runner::spec::DatasetKind::Synthetic && spec.per_class <= 2 {
+            let _ = runner::data::synthetic::generate(spec.seed, spec.per_class);
+        }
     }
 
     /// A GTSRB annotation CSV (`Filename;Width;Height;Roi.X1;...;ClassId`).

@@ -30,6 +30,7 @@ pub fn run(spec: &Spec, batches: usize, epochs: usize) -> Result<BenchReport> {
 }
 
 fn run_here(spec: &Spec, batches: usize, epochs: usize) -> Result<BenchReport> {
+    crate::spec::budget::check_memory(spec)?;
     let device = crate::device::select(spec.device, spec.tf32)?;
     let device_name = crate::device::describe(&device);
     let data = load_dataset(spec)?;

@@ -27,6 +27,79 @@ pub fn parse_device(s: &str) -> std::result::Result<DeviceSpec, String> {
     }
 }
 
+/// Memory this process can still take, in bytes: the least of the machine's available memory
+/// (`MemAvailable`), the room left under its cgroup's limit (`memory.max`), and the address
+/// space left under `ulimit -v`. `None` where none of them can be read (not Linux).
+pub fn available_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok();
+    let avail = meminfo
+        .as_deref()
+        .and_then(|s| kib_field(s, "MemAvailable:"));
+    let read_num = |p: &str| {
+        std::fs::read_to_string(p)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+    };
+    let cgroup = match (
+        read_num("/sys/fs/cgroup/memory.max"),
+        read_num("/sys/fs/cgroup/memory.current"),
+    ) {
+        (Some(max), Some(cur)) => Some(max.saturating_sub(cur)),
+        _ => None,
+    };
+    let address_space = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("Max address space"))?;
+            let soft = line.split_whitespace().nth(3)?.parse::<u64>().ok()?;
+            let status = std::fs::read_to_string("/proc/self/status").ok()?;
+            Some(soft.saturating_sub(kib_field(&status, "VmSize:").unwrap_or(0)))
+        });
+    [avail, cgroup, address_space].into_iter().flatten().min()
+}
+
+/// A `NAME: N kB` field of a /proc file, in bytes.
+fn kib_field(text: &str, name: &str) -> Option<u64> {
+    let kb: u64 = text
+        .lines()
+        .find(|l| l.starts_with(name))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// Bytes in a short human form (`1.5 GiB`).
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 6] = ["bytes", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} bytes")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// An error unless `bytes` (what `what` would take) fit in the memory this process can still
+/// take; `what` names the key or file, the size asked and why it costs that much.
+pub fn ensure_fits(what: impl FnOnce() -> String, bytes: u64) -> std::result::Result<(), String> {
+    match available_memory() {
+        Some(avail) if bytes > avail => Err(format!(
+            "{} would take {} of memory, and this process can take {} more now (free memory, cgroup and ulimit -v limits); lower it, or run on a machine with more memory",
+            what(),
+            human_bytes(bytes),
+            human_bytes(avail)
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Make the CPU flush denormal floats to zero (FTZ and DAZ), on this thread and on every rayon
 /// worker. Training drives optimizer moments and small activations into the denormal range,
 /// where x86 arithmetic is tens of times slower: measured here, a 4096-512-43 head's third
@@ -288,6 +361,17 @@ fn cpu_model() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_is_known_here_and_bounds_what_fits() {
+        let avail = available_memory().expect("Linux reports MemAvailable");
+        assert!(avail > 0);
+        assert!(ensure_fits(|| "a byte".into(), 1).is_ok());
+        let e = ensure_fits(|| "everything".into(), u64::MAX).unwrap_err();
+        assert!(e.contains("everything") && e.contains("of memory"), "{e}");
+        assert_eq!(human_bytes(512), "512 bytes");
+        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
+    }
 
     #[test]
     fn auto_batch_fits_the_memory() {

@@ -47,6 +47,11 @@ pub enum Error {
     #[error("interrupted (Ctrl-C): finished results are saved; run the same command again to complete the rest")]
     Interrupted,
 
+    /// Standard output was closed by its reader (`runner plan x.toml | head -1`): the command
+    /// stops quietly, with the status a shell gives a writer whose pipe closed (141).
+    #[error("standard output closed")]
+    ClosedOutput,
+
     #[error("{0}")]
     Other(String),
 }
@@ -58,6 +63,15 @@ fn first_line(e: &candle_core::Error) -> String {
 }
 
 impl Error {
+    /// A failed write to standard output: `ClosedOutput` for a closed pipe, else an I/O error.
+    pub fn stdout(e: std::io::Error) -> Self {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            Error::ClosedOutput
+        } else {
+            Error::io("standard output", e)
+        }
+    }
+
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.as_ref().to_path_buf(),
@@ -104,6 +118,7 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Interrupted => 130,
+            Error::ClosedOutput => 141,
             Error::Busy(_) => 75,
             Error::Candle(_) | Error::Other(_) => 1,
             _ => 2,

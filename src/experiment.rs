@@ -85,6 +85,7 @@ fn run_here(spec: &Spec, mode: Mode, skip_finished: bool) -> Result<Option<Outco
     let started = Instant::now();
     let started_at = env::now_rfc3339();
     let run_id = run_id(spec);
+    crate::spec::budget::check_memory(spec)?;
     let _run_lock = lock_run(spec, &run_id)?;
     if skip_finished && is_finished(spec) {
         return Ok(None);
@@ -189,10 +190,7 @@ fn train_epochs(
 ) -> Result<FitOutcome> {
     let mut head_meta = HashMap::new();
     head_meta.insert("classes".to_string(), classes.to_string());
-    head_meta.insert(
-        "input_dim".to_string(),
-        train::head_input_dim(spec).to_string(),
-    );
+    head_meta.insert("input_dim".to_string(), spec.head_input_dim().to_string());
     head_meta.insert("run_id".to_string(), facts.run_id.to_string());
     let mut task = Task::new(mode, "train", spec.train.epochs as u64, "epochs");
     let head_path = rd.dir.join("head.safetensors");

@@ -362,6 +362,20 @@ impl<'a> FeatureSource<'a> {
             device,
         };
         let per: usize = spec.arch.output_shape(spec.freeze).iter().product();
+        // the host copy, then the device copy of the splits
+        let bytes = (data.n as u64).saturating_mul(per as u64).saturating_mul(8);
+        crate::device::ensure_fits(
+            || {
+                format!(
+                    "{what}: the {} features of {} samples ({per} values each, backbone.freeze = {:?})",
+                    spec.freeze_name(),
+                    data.n,
+                    spec.freeze_name()
+                )
+            },
+            bytes,
+        )
+        .map_err(Error::Spec)?;
         let mut out = Vec::with_capacity(data.n * per);
         let mut task = Task::new(mode, &format!("extract {what}"), data.n as u64, "img");
         ex.for_each(data, |_, f| {
@@ -472,6 +486,7 @@ pub fn extract_to_npz(spec: &Spec, out: &Path) -> Result<ExtractReport> {
 }
 
 fn extract_here(spec: &Spec, out: &Path) -> Result<ExtractReport> {
+    crate::spec::budget::check_memory(spec)?;
     let device = crate::device::select(spec.device, spec.tf32)?;
     let data = load_dataset(spec)?;
     let net = load_network(spec, &device)?;

@@ -179,6 +179,25 @@ enum WeightsCmd {
     },
 }
 
+/// A line on standard output; a closed pipe ends the command quietly (`Error::ClosedOutput`).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err(Error::stdout)?
+    }};
+}
+
+/// Text as it is on standard output (see `out!`).
+macro_rules! out_str {
+    ($s:expr) => {{
+        use std::io::Write as _;
+        let mut o = std::io::stdout().lock();
+        o.write_all($s.as_bytes())
+            .and_then(|_| o.flush())
+            .map_err(Error::stdout)?
+    }};
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
@@ -186,9 +205,13 @@ fn main() -> ExitCode {
         tracing::warn!("{e}");
     }
     let r = run(cli);
-    eprint!("{}", runner::profile::report());
+    let profile = runner::profile::report();
+    if !profile.is_empty() {
+        runner::note!("{}", profile.trim_end());
+    }
     match r {
         Ok(()) => ExitCode::SUCCESS,
+        Err(Error::ClosedOutput) => ExitCode::from(Error::ClosedOutput.exit_code()),
         Err(e) => {
             // one paragraph: nested messages may carry line breaks
             let msg = e
@@ -197,7 +220,7 @@ fn main() -> ExitCode {
                 .map(str::trim)
                 .collect::<Vec<_>>()
                 .join(" ");
-            eprintln!("error: {msg}");
+            runner::note!("error: {msg}");
             ExitCode::from(e.exit_code())
         }
     }
@@ -243,7 +266,7 @@ fn run_specs(specs: &[PathBuf], sets: &[String], quiet: bool) -> Result<(), Erro
             } else {
                 ""
             };
-            eprintln!(
+            runner::note!(
                 "{}: best val acc {:.4} at epoch {}{test}; {:.1} s{cached}; results in {}",
                 s.name,
                 o.best_val_acc,
@@ -276,7 +299,7 @@ fn sweep_options(
 
 fn report(r: runner::sweep::Report) -> Result<(), Error> {
     if !r.busy.is_empty() {
-        eprintln!(
+        runner::note!(
             "{} point(s) were running in another process and were left to it: {:?}",
             r.busy.len(),
             r.busy
@@ -409,7 +432,7 @@ fn collect_runs(what: &str, paths: &[PathBuf]) -> Result<Vec<runner::compare::Ru
         )));
     }
     for w in &warnings {
-        eprintln!("warning: {w}");
+        runner::note!("warning: {w}");
     }
     Ok(runs)
 }
@@ -430,23 +453,23 @@ fn cmd_compare(
         by
     };
     let rows = runner::compare::group(&runs, &by, baseline)?;
-    print!("{}", runner::compare::render(&rows, &by, format)?);
+    out_str!(runner::compare::render(&rows, &by, format)?);
     Ok(())
 }
 
 fn cmd_predict(run_dir: &Path, inputs: &[PathBuf], top: usize, format: &str) -> Result<(), Error> {
     let preds = runner::predict::predict(run_dir, inputs, top)?;
     match format {
-        "json" => println!(
+        "json" => out!(
             "{}",
             serde_json::to_string_pretty(&preds).unwrap_or_default()
         ),
         "csv" => {
-            println!("input,label,rank,class,name,probability");
+            out!("input,label,rank,class,name,probability");
             for p in &preds {
                 for (r, (c, n, pr)) in p.top.iter().enumerate() {
                     let label = p.label.map(|l| l.to_string()).unwrap_or_default();
-                    println!("{:?},{label},{},{c},{n:?},{pr:.6}", p.input, r + 1);
+                    out!("{:?},{label},{},{c},{n:?},{pr:.6}", p.input, r + 1);
                 }
             }
         }
@@ -458,7 +481,7 @@ fn cmd_predict(run_dir: &Path, inputs: &[PathBuf], top: usize, format: &str) -> 
                     .iter()
                     .map(|(c, n, pr)| format!("{c} {n} {pr:.3}"))
                     .collect();
-                println!("{}{label}: {}", p.input, top.join(" | "));
+                out!("{}{label}: {}", p.input, top.join(" | "));
             }
         }
         other => {
@@ -474,7 +497,7 @@ fn cmd_bench(path: &Path, batches: usize, epochs: usize, sets: &[String]) -> Res
     let s = spec::load(path, sets)?;
     let r = runner::bench::run(&s, batches, epochs)?;
     let med = runner::results::median(&r.epoch_seconds[1.min(r.epoch_seconds.len())..]);
-    println!(
+    out!(
         "{}: extraction {:.1} images/s ({} images), head epoch {:.4} s (median of epochs 2..); written to {}",
         s.name,
         r.extract_images_per_second,
@@ -512,21 +535,21 @@ fn cmd_plot(
     };
     runner::plot::save(&svg, out)?;
     if !quiet {
-        eprintln!("wrote {}", out.display());
+        runner::note!("wrote {}", out.display());
     }
     Ok(())
 }
 
 fn cmd_plan(spec: &Path, sets: &[String]) -> Result<(), Error> {
     for (i, id, desc) in runner::sweep::plan(spec, sets)? {
-        println!("{i:>4}  {id:<40}  {desc}");
+        out!("{i:>4}  {id:<40}  {desc}");
     }
     Ok(())
 }
 
 fn cmd_status(spec: &Path, sets: &[String]) -> Result<(), Error> {
     for (i, id, state) in runner::sweep::status(spec, sets)? {
-        println!("{i:>4}  {id:<40}  {state}");
+        out!("{i:>4}  {id:<40}  {state}");
     }
     Ok(())
 }
@@ -534,8 +557,13 @@ fn cmd_status(spec: &Path, sets: &[String]) -> Result<(), Error> {
 fn cmd_slurm(spec: &Path, o: &runner::sweep::SlurmOptions) -> Result<(), Error> {
     let (script, id) = runner::sweep::slurm(spec, o)?;
     match id {
-        Some(id) => println!("{id}"),
-        None => println!("wrote {} (not submitted)", script.display()),
+        Some(id) => out!("{id}"),
+        None => {
+            // --dry-run: the script itself, as it would be submitted
+            let text = std::fs::read_to_string(&script).map_err(|e| Error::io(&script, e))?;
+            out_str!(text);
+            runner::note!("wrote {} (not submitted)", script.display());
+        }
     }
     Ok(())
 }
@@ -554,14 +582,14 @@ fn cmd_synth(
         runner::data::save_grid(&d, &idx, 16, p)?;
     }
     if !quiet {
-        eprintln!("wrote {} ({n} images, 43 classes, 32x32)", out.display());
+        runner::note!("wrote {} ({n} images, 43 classes, 32x32)", out.display());
     }
     Ok(())
 }
 
 fn cmd_devices() -> Result<(), Error> {
     for line in runner::device::list() {
-        println!("{line}");
+        out!("{line}");
     }
     Ok(())
 }
@@ -574,6 +602,7 @@ fn cmd_check(specs: &[PathBuf], sets: &[String]) -> Result<(), Error> {
     }
     for p in specs {
         let s = spec::load(p, sets)?;
+        runner::spec::budget::check_memory(&s)?;
         let issues = runner::spec::check_files(&s);
         if !issues.is_empty() {
             return Err(Error::Spec(format!(
@@ -582,7 +611,7 @@ fn cmd_check(specs: &[PathBuf], sets: &[String]) -> Result<(), Error> {
                 issues.join("; ")
             )));
         }
-        println!(
+        out!(
             "{}: ok ({} {} frozen to {})",
             p.display(),
             s.name,
@@ -597,7 +626,7 @@ fn cmd_extract(path: &Path, out: &Path, sets: &[String], quiet: bool) -> Result<
     let s = spec::load(path, sets)?;
     let r = features::extract_to_npz(&s, out)?;
     if !quiet {
-        eprintln!(
+        runner::note!(
             "wrote {} ({} x {} {} features) in {:.1} s ({:.1} images/s)",
             out.display(),
             r.n,
@@ -612,7 +641,7 @@ fn cmd_extract(path: &Path, out: &Path, sets: &[String], quiet: bool) -> Result<
 
 fn cmd_inspect(file: &Path) -> Result<(), Error> {
     for t in weights::inspect(file)? {
-        println!(
+        out!(
             "{:<24} {:<20} {}",
             t.name,
             format!("{:?}", t.shape),
@@ -627,7 +656,7 @@ fn cmd_convert(input: &Path, output: &Path, arch: &str) -> Result<(), Error> {
         .ok_or_else(|| Error::Other(format!("unknown architecture {arch:?}")))?;
     let set = weights::load(input, a)?;
     set.save_safetensors(output)?;
-    println!(
+    out!(
         "wrote {} ({} tensors, candle layout)",
         output.display(),
         set.tensors.len()

@@ -76,9 +76,11 @@ impl Task {
                     || !msg.is_empty()
                 {
                     let rate = self.done as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
-                    eprintln!(
+                    crate::note!(
                         "{}: {}/{} ({rate:.1}/s) {msg}",
-                        self.label, self.done, self.total
+                        self.label,
+                        self.done,
+                        self.total
                     );
                     self.last_line = std::time::Instant::now();
                 }
@@ -92,4 +94,19 @@ impl Task {
             b.finish();
         }
     }
+}
+
+/// A line on standard error that never fails: a closed stderr (`runner ... 2>&- `, a reader
+/// that went away) must not turn a finished step into a crash. Use `note!`.
+pub fn note_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{args}");
+}
+
+/// `eprintln!` that ignores a closed standard error (see `progress::note_line`).
+#[macro_export]
+macro_rules! note {
+    ($($arg:tt)*) => {
+        $crate::progress::note_line(format_args!($($arg)*))
+    };
 }

@@ -81,7 +81,7 @@ pub fn run(path: &Path, o: &Options) -> Result<Report> {
         if !o.force && experiment::is_finished(&p.spec) {
             tracing::info!("point {} ({}) is finished; skipping", p.index, p.describe());
             if o.mode != Mode::Quiet {
-                eprintln!(
+                crate::note!(
                     "point {}: finished earlier, skipped ({})",
                     p.index,
                     experiment::run_id(&p.spec)
@@ -110,7 +110,7 @@ pub fn run(path: &Path, o: &Options) -> Result<Report> {
                 }
                 Err(Error::Busy(msg)) => {
                     if o.mode != Mode::Quiet {
-                        eprintln!("point {}: skipped; {msg}", p.index);
+                        crate::note!("point {}: skipped; {msg}", p.index);
                     }
                     report.busy.push(p.index);
                     continue;
@@ -118,7 +118,7 @@ pub fn run(path: &Path, o: &Options) -> Result<Report> {
                 Err(e) => return Err(e),
             };
             if o.mode != Mode::Quiet {
-                eprintln!(
+                crate::note!(
                     "point {} ({}): best val acc {:.4}; {}",
                     p.index,
                     p.describe(),
@@ -183,7 +183,7 @@ fn run_parallel(path: &Path, o: &Options, todo: &[&Point], report: &mut Report) 
                 .spawn()
                 .map_err(|e| Error::Other(format!("cannot start a worker: {e}")))?;
             if o.mode != Mode::Quiet {
-                eprintln!(
+                crate::note!(
                     "point {} ({}): started on worker {slot}",
                     p.index,
                     p.describe()
@@ -201,7 +201,7 @@ fn run_parallel(path: &Path, o: &Options, todo: &[&Point], report: &mut Report) 
                     if status.success() {
                         report.ran.push(index);
                         if o.mode != Mode::Quiet {
-                            eprintln!("point {index}: done");
+                            crate::note!("point {index}: done");
                         }
                     } else if status.code() == Some(75) {
                         report.busy.push(index);
@@ -271,6 +271,26 @@ fn squeue_names() -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// `s` as one word of a POSIX shell: in single quotes, each `'` as `'\''`. Nothing in it runs:
+/// `$( )`, backticks, `$VAR`, spaces and newlines stay literal.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// One `#SBATCH` line carrying `arg` as one argument: sbatch reads these lines itself (no
+/// shell), taking double quotes as grouping and a backslash as an escape, so `arg` goes in
+/// double quotes with `"` and `\` escaped. A line break or NUL cannot be carried (it would end
+/// the line, and the rest could read as another directive): refused.
+pub fn sbatch_directive(arg: &str) -> Result<String> {
+    if let Some(c) = arg.chars().find(|c| matches!(c, '\n' | '\r' | '\0')) {
+        return Err(Error::Other(format!(
+            "{arg:?}: a #SBATCH line cannot carry the character {c:?}; rename the path or value without line breaks"
+        )));
+    }
+    let escaped = arg.replace('\\', "\\\\").replace('"', "\\\"");
+    Ok(format!("#SBATCH \"{escaped}\""))
+}
+
 pub struct SlurmOptions {
     pub partition: Option<String>,
     pub gpus_per_task: Option<usize>,
@@ -297,29 +317,30 @@ pub fn slurm(path: &Path, o: &SlurmOptions) -> Result<(PathBuf, Option<String>)>
     };
     let dir = cwd.join(&base.results_dir).join(&base.name).join("slurm");
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let q = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+    let q = shell_quote;
+    let d = |v: String| sbatch_directive(&v);
     let mut lines = vec![
         "#!/bin/bash".to_string(),
-        format!("#SBATCH --job-name={}", base.name),
+        d(format!("--job-name={}", base.name))?,
     ];
     let array = match o.max_parallel {
         Some(k) => format!("0-{}%{k}", points.len() - 1),
         None => format!("0-{}", points.len() - 1),
     };
-    lines.push(format!("#SBATCH --array={array}"));
-    lines.push(format!("#SBATCH --output={}/%A_%a.out", dir.display()));
-    lines.push(format!("#SBATCH --chdir={}", cwd.display()));
+    lines.push(d(format!("--array={array}"))?);
+    lines.push(d(format!("--output={}/%A_%a.out", dir.display()))?);
+    lines.push(d(format!("--chdir={}", cwd.display()))?);
     if let Some(p) = &o.partition {
-        lines.push(format!("#SBATCH --partition={p}"));
+        lines.push(d(format!("--partition={p}"))?);
     }
     if let Some(g) = o.gpus_per_task {
-        lines.push(format!("#SBATCH --gpus-per-task={g}"));
+        lines.push(d(format!("--gpus-per-task={g}"))?);
     }
     if let Some(t) = &o.time {
-        lines.push(format!("#SBATCH --time={t}"));
+        lines.push(d(format!("--time={t}"))?);
     }
     for a in &o.sbatch_args {
-        lines.push(format!("#SBATCH {a}"));
+        lines.push(d(a.clone())?);
     }
     let sets: String = o.sets.iter().map(|s| format!(" --set {}", q(s))).collect();
     lines.push(String::new());

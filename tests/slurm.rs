@@ -34,10 +34,23 @@ fn slurm_job_array_runs_every_point() {
         d.path().join("sl.toml"),
         "name = \"sl\"\n[backbone]\nweights = \"random\"\n[dataset]\nkind = \"synthetic\"\nper_class = 2\n\
          val_fraction = 0.5\n[train]\nepochs = 2\n[run]\ndevice = \"cpu\"\ncache_dir = \"cache\"\n\
+         results_dir = \"r e\\\"s $(touch pwned) `touch pwned2` x\"\n\
          [sweep]\n\"train.lr\" = [0.01, 0.001]\n\"train.batch_size\" = [16, 32]\n",
     )
     .unwrap();
-    let out = run_in(d.path(), &["slurm", "sl.toml", "--max-parallel", "4"]);
+    // the results folder's name holds a quote, spaces, `$( )` and backticks: sbatch and bash
+    // must take it as a name (the #SBATCH --output line and the log files sit under it)
+    let res = d.path().join("r e\"s $(touch pwned) `touch pwned2` x");
+    let out = run_in(
+        d.path(),
+        &[
+            "slurm",
+            "sl.toml",
+            "--max-parallel",
+            "4",
+            "--sbatch-arg=--comment=a \"b\" c",
+        ],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -63,12 +76,12 @@ fn slurm_job_array_runs_every_point() {
         );
         std::thread::sleep(Duration::from_millis(250));
     }
-    let runs: Vec<_> = std::fs::read_dir(d.path().join("results/sl"))
+    let runs: Vec<_> = std::fs::read_dir(res.join("sl"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.join("summary.json").is_file())
         .collect();
-    let logs: Vec<String> = std::fs::read_dir(d.path().join("results/sl/slurm"))
+    let logs: Vec<String> = std::fs::read_dir(res.join("sl/slurm"))
         .map(|r| {
             r.filter_map(|e| std::fs::read_to_string(e.unwrap().path()).ok())
                 .collect()
@@ -79,7 +92,16 @@ fn slurm_job_array_runs_every_point() {
         4,
         "finished runs: {runs:?}; task logs: {logs:?}"
     );
-    let summary = std::fs::read_to_string(d.path().join("results/sl/summary.csv")).unwrap();
+    assert!(!d.path().join("pwned").exists() && !d.path().join("pwned2").exists());
+    let outs = std::fs::read_dir(res.join("sl/slurm"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "out"))
+        })
+        .count();
+    assert_eq!(outs, 4, "a log per task under the quoted --output path");
+    let summary = std::fs::read_to_string(res.join("sl/summary.csv")).unwrap();
     assert_eq!(summary.lines().count(), 5, "{summary}");
     let out = run_in(d.path(), &["status", "sl.toml"]);
     assert_eq!(

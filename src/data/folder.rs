@@ -50,6 +50,18 @@ pub fn load(root: &Path, size: usize, method: ResizeMethod, on_bad: OnBad) -> Re
         );
         files.extend(imgs.into_iter().map(|p| (p, c as i64)));
     }
+    // the decoded images, then the assembled buffer
+    let bytes = (files.len() as u64).saturating_mul((size * size * 3 * 2) as u64);
+    crate::device::ensure_fits(
+        || {
+            format!(
+                "{} images at dataset.image_size = {size} ({size}x{size}x3 bytes each, held twice while assembled)",
+                files.len()
+            )
+        },
+        bytes,
+    )
+    .map_err(|m| Error::data(root, m))?;
     let decoded = images::par_map(
         &files,
         on_bad,

@@ -124,6 +124,22 @@ fn decode_rows(
     method: ResizeMethod,
     on_bad: OnBad,
 ) -> Result<Vec<(usize, Vec<u8>)>> {
+    // the decoded images, then the assembled buffer
+    let bytes = (rows.len() as u64).saturating_mul((size * size * 3 * 2) as u64);
+    let dir = rows
+        .first()
+        .and_then(|r| r.file.parent())
+        .unwrap_or(Path::new("."));
+    crate::device::ensure_fits(
+        || {
+            format!(
+                "{} images at dataset.image_size = {size} ({size}x{size}x3 bytes each, held twice while assembled)",
+                rows.len()
+            )
+        },
+        bytes,
+    )
+    .map_err(|m| Error::data(dir, m))?;
     images::par_map(
         rows,
         on_bad,

@@ -392,6 +392,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_spec_budget_sizes_this_set() {
+        assert_eq!(crate::spec::budget::SYNTHETIC_CLASSES, CLASSES);
+        assert_eq!(crate::spec::budget::SYNTHETIC_SIDE, SIZE);
+    }
+
+    #[test]
     fn classes_are_distinct_and_cover_every_shape() {
         let defs = class_defs();
         assert_eq!(defs.len(), 43);

@@ -87,6 +87,12 @@ pub fn figment_error(path: &Path, e: &figment::Error, overrides: bool) -> String
 
 /// An error about `section.key`, located at the line that sets it when the file does.
 pub fn key_error(path: &Path, text: &str, section: &str, key: &str, msg: &str) -> String {
+    // top-level keys (`name`, `seed`) have no section
+    let full = if section.is_empty() {
+        key.to_string()
+    } else {
+        format!("{section}.{key}")
+    };
     let mut current = String::new();
     for (i, line) in text.lines().enumerate() {
         let t = line.trim();
@@ -96,19 +102,14 @@ pub fn key_error(path: &Path, text: &str, section: &str, key: &str, msg: &str) -
         }
         let k = t.split('=').next().unwrap_or("").trim().trim_matches('"');
         if t.contains('=')
-            && ((current == section && k == key)
-                || (current.is_empty() && k == format!("{section}.{key}")))
+            && ((current == section && k == key) || (current.is_empty() && k == full))
         {
             let col = line.len() - line.trim_start().len() + 1;
-            return format!(
-                "{}:{}:{col}: key `{section}.{key}`: {msg}",
-                path.display(),
-                i + 1
-            );
+            return format!("{}:{}:{col}: key `{full}`: {msg}", path.display(), i + 1);
         }
     }
     format!(
-        "{}: key `{section}.{key}` (default or override): {msg}",
+        "{}: key `{full}` (default or override): {msg}",
         path.display()
     )
 }

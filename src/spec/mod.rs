@@ -4,6 +4,7 @@
 //! `Spec` is the validated form everything downstream takes. Layering, lowest first:
 //! built-in defaults < the TOML file < environment `RUNNER_<SECTION>__<KEY>` < `--set key=value`.
 
+pub mod budget;
 mod diagnose;
 mod raw;
 pub mod sweep;
@@ -94,6 +95,16 @@ impl Spec {
         self.arch.layers()[self.freeze]
     }
 
+    /// The last layer of the trainable tail: fc7, or the freeze point when it is above fc7.
+    pub fn tail_end(&self) -> usize {
+        self.arch.feature_end().max(self.freeze)
+    }
+
+    /// How many values the head reads per sample.
+    pub fn head_input_dim(&self) -> usize {
+        self.arch.output_shape(self.tail_end()).iter().product()
+    }
+
     /// Images per extraction batch on `device`: the file's number, or for `auto` what
     /// `device::auto_extract_batch` picks for this backbone's activations and number format.
     pub fn extract_batch_for(&self, device: &candle_core::Device) -> usize {
@@ -174,7 +185,7 @@ pub fn load_point(
     if raw.name.is_empty() {
         raw.name = path
             .file_stem()
-            .map(|s| s.to_string_lossy().to_string())
+            .map(|s| name_from_stem(&s.to_string_lossy()))
             .unwrap_or_else(|| "experiment".into());
     }
     validate(path, text, raw)
@@ -201,9 +212,16 @@ fn validate(path: &Path, text: &str, raw: RawSpec) -> Result<Spec> {
     let (arch, freeze, weights) = check_backbone(&raw.backbone, &err)?;
     let (dataset_kind, track_split, image_size) = check_dataset(&raw.dataset, arch, &err)?;
     let device = parse_device(&raw.run.device).map_err(|m| err("run", "device", m))?;
-    if raw.run.extract_batch == raw::BatchSize::Fixed(0) {
-        return Err(err("run", "extract_batch", "must be at least 1".into()));
+    match raw.run.extract_batch {
+        raw::BatchSize::Fixed(0) => {
+            return Err(err("run", "extract_batch", "must be at least 1".into()))
+        }
+        raw::BatchSize::Fixed(b) => {
+            at_most(&err, "run", "extract_batch", b, budget::MAX_EXTRACT_BATCH)?
+        }
+        raw::BatchSize::Auto => {}
     }
+    check_name(&raw.name).map_err(|m| err("", "name", m))?;
     check_head(&raw.head, &err)?;
     check_train(&raw.train, &err)?;
     let opt_path = |p: &str| {
@@ -247,6 +265,54 @@ fn validate(path: &Path, text: &str, raw: RawSpec) -> Result<Spec> {
         raw,
         point_label: String::new(),
     })
+}
+
+/// `section.key` must be at most `limit` (a documented limit: sizes reach allocations).
+fn at_most(err: &KeyError, section: &str, key: &str, v: usize, limit: usize) -> Result<()> {
+    if v <= limit {
+        return Ok(());
+    }
+    Err(err(
+        section,
+        key,
+        format!("is {v}, above runner's limit of {limit} (sizes are checked before memory is taken; see the README's limits)"),
+    ))
+}
+
+/// The most characters of an experiment's `name`.
+pub const MAX_NAME_LEN: usize = 100;
+
+/// `name` is one plain folder name under `run.results_dir`: letters, digits, `-`, `_`, `.`, not
+/// `.` or `..`, at most 100 characters.
+pub fn check_name(name: &str) -> std::result::Result<(), String> {
+    let plain = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if plain && !name.is_empty() && name != "." && name != ".." && name.len() <= MAX_NAME_LEN {
+        return Ok(());
+    }
+    Err(format!(
+        "is {name:?}; a name is one plain folder name under run.results_dir: letters, digits, '-', '_' and '.', not \".\" or \"..\", 1 to {MAX_NAME_LEN} characters"
+    ))
+}
+
+/// A file stem as a valid `name`: other characters become `_`.
+fn name_from_stem(stem: &str) -> String {
+    let s: String = stem
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(MAX_NAME_LEN)
+        .collect();
+    match s.as_str() {
+        "" | "." | ".." => "experiment".into(),
+        _ => s,
+    }
 }
 
 /// `section.key` must lie in [0, 1) (or [0, 1] with `hi_inclusive`).
@@ -344,6 +410,27 @@ fn check_dataset(
     if d.num_classes == Some(0) {
         return Err(err("dataset", "num_classes", "must be at least 1".into()));
     }
+    at_most(
+        err,
+        "dataset",
+        "num_classes",
+        d.num_classes.unwrap_or(0),
+        budget::MAX_CLASSES,
+    )?;
+    at_most(
+        err,
+        "dataset",
+        "per_class",
+        d.per_class,
+        budget::MAX_PER_CLASS,
+    )?;
+    at_most(
+        err,
+        "dataset",
+        "image_size",
+        d.image_size,
+        budget::MAX_IMAGE_SIZE,
+    )?;
     in_unit(err, "dataset", "val_fraction", d.val_fraction, false)?;
     in_unit(err, "dataset", "test_fraction", d.test_fraction, false)?;
     if d.val_fraction + d.test_fraction >= 1.0 {
@@ -388,6 +475,9 @@ fn check_dataset(
 /// `[head]`: dropout in [0, 1), hidden layers of at least one unit, a positive init_std.
 fn check_head(h: &HeadSection, err: &KeyError) -> Result<()> {
     in_unit(err, "head", "dropout", h.dropout, false)?;
+    for &w in &h.hidden {
+        at_most(err, "head", "hidden", w, budget::MAX_HIDDEN)?;
+    }
     if let Some(i) = h.hidden.iter().position(|&w| w == 0) {
         return Err(err(
             "head",
@@ -413,6 +503,13 @@ fn check_train(t: &TrainSection, err: &KeyError) -> Result<()> {
     if t.batch_size == 0 {
         return Err(err("train", "batch_size", "must be at least 1".into()));
     }
+    at_most(
+        err,
+        "train",
+        "batch_size",
+        t.batch_size,
+        budget::MAX_BATCH_SIZE,
+    )?;
     for (key, v) in [("lr", t.lr), ("eps", t.eps)] {
         if !(v > 0.0 && v.is_finite()) {
             return Err(err(

@@ -62,19 +62,9 @@ impl Split {
     }
 }
 
-/// The last layer of a spec's trainable tail: fc7, or the freeze point when it is above fc7.
-pub fn tail_end(spec: &Spec) -> usize {
-    spec.arch.feature_end().max(spec.freeze)
-}
-
 /// Whether layers above the freeze point train with the head (they need the network).
 pub fn has_tail(spec: &Spec) -> bool {
-    spec.freeze < tail_end(spec)
-}
-
-/// How many values the head reads per sample.
-pub fn head_input_dim(spec: &Spec) -> usize {
-    spec.arch.output_shape(tail_end(spec)).iter().product()
+    spec.freeze < spec.tail_end()
 }
 
 /// The trainable model: an optional backbone tail (layers `from+1 ..= until`) and the head.
@@ -95,7 +85,7 @@ impl Model {
         classes: usize,
         device: &Device,
     ) -> Result<Model> {
-        let end = tail_end(spec);
+        let end = spec.tail_end();
         let (tail, tail_vars) = match net {
             Some(mut net) if has_tail(spec) => {
                 let vars = net.make_trainable(spec.freeze, end)?;
@@ -110,7 +100,7 @@ impl Model {
         };
         let mut init_rng = ChaCha8Rng::seed_from_u64(spec.seed);
         let head = Head::new(
-            head_input_dim(spec),
+            spec.head_input_dim(),
             classes,
             &spec.head,
             &mut init_rng,

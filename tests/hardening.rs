@@ -1,0 +1,311 @@
+//! Careless or hostile input, round 2: sizes that would take more memory than there is are
+//! refused before any is taken, names stay inside `run.results_dir`, a closed standard output
+//! is not a crash, and the Slurm script runs no character of a path or value as shell code.
+
+mod common;
+
+use std::io::Read;
+use std::path::Path;
+use std::process::Stdio;
+
+use common::*;
+use runner::weights::pickle_write::{write_npy_object, Flavor, PyObj};
+
+fn write(dir: &Path, name: &str, body: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, body).unwrap();
+    p.to_string_lossy().to_string()
+}
+
+const SYNTH: &str = "[backbone]\nweights = \"random\"\n[dataset]\nkind = \"synthetic\"\nper_class = 2\n[run]\ndevice = \"cpu\"\n";
+
+fn assert_refused(dir: &Path, set: &str, cmd: &str, must: &[&str]) {
+    let s = write(dir, "s.toml", SYNTH);
+    let out = run_in(dir, &[cmd, &s, "--set", set]);
+    assert_clean_failure(&out, must);
+    assert_eq!(out.status.code(), Some(2), "exit 2 for {set}");
+}
+
+#[test]
+fn sizes_above_the_documented_limits_are_spec_errors_with_the_key() {
+    let d = tempfile::tempdir().unwrap();
+    for (set, key) in [
+        ("dataset.per_class=2000000000", "dataset.per_class"),
+        ("head.hidden=[100000000]", "head.hidden"),
+        ("dataset.num_classes=1000000000", "dataset.num_classes"),
+        ("dataset.image_size=60000", "dataset.image_size"),
+        ("run.extract_batch=1000000", "run.extract_batch"),
+        ("train.batch_size=100000000000", "train.batch_size"),
+    ] {
+        for cmd in ["check", "run"] {
+            assert_refused(d.path(), set, cmd, &[key, "limit"]);
+        }
+    }
+    // in the file, the error points at the line
+    let s = write(
+        d.path(),
+        "s.toml",
+        &SYNTH.replace("per_class = 2", "per_class = 2000000000"),
+    );
+    assert_clean_failure(
+        &run_in(d.path(), &["check", &s]),
+        &["s.toml:5:1", "dataset.per_class"],
+    );
+}
+
+#[test]
+fn sizes_under_the_limits_that_do_not_fit_in_memory_are_refused_before_running() {
+    let d = tempfile::tempdir().unwrap();
+    // each would take tens of GB to TB: 900k synthetic images per class with their features;
+    // a 1M-unit hidden layer over 4096 features; 900k classes over 4096 features
+    for (set, key) in [
+        ("dataset.per_class=900000", "dataset.per_class"),
+        ("head.hidden=[1000000]", "head.hidden"),
+        ("dataset.num_classes=900000", "900000 classes"),
+    ] {
+        for cmd in ["check", "run"] {
+            assert_refused(d.path(), set, cmd, &[key, "would take", "of memory"]);
+        }
+    }
+    // nothing was written for them
+    assert!(!d.path().join("results").join("s").exists());
+}
+
+#[test]
+fn a_folder_of_small_images_at_a_huge_image_size_is_refused_at_once() {
+    // 4096 is allowed by the limit; 20,000 images at 4096x4096 would take 2 TB
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("imgs");
+    for c in ["a", "b"] {
+        std::fs::create_dir_all(root.join(c)).unwrap();
+        for i in 0..10_000 {
+            // the loader refuses before decoding: empty files are never read
+            std::fs::write(root.join(c).join(format!("{i}.png")), b"").unwrap();
+        }
+    }
+    let body = "[backbone]\nweights = \"random\"\n[dataset]\nkind = \"folder\"\npath = \"imgs\"\nimage_size = 4096\n[run]\ndevice = \"cpu\"\n";
+    let s = write(d.path(), "s.toml", body);
+    let out = run_in(d.path(), &["run", &s]);
+    assert_clean_failure(
+        &out,
+        &["imgs", "20000 images", "image_size = 4096", "would take"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn names_are_one_plain_folder_under_results() {
+    let d = tempfile::tempdir().unwrap();
+    for name in [
+        "../escape",
+        "/tmp/absolute",
+        "a/b",
+        "line\\nbreak",
+        "..",
+        ".",
+        "",
+        "quote\\\"s",
+        "$(touch pwned)",
+    ] {
+        let body = format!("name = \"{name}\"\n{SYNTH}");
+        let s = write(d.path(), "s.toml", &body);
+        let out = run_in(d.path(), &["check", &s]);
+        if name.is_empty() {
+            // an empty name means the file's stem
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            continue;
+        }
+        assert_clean_failure(&out, &["s.toml:1:1", "key `name`", "plain folder name"]);
+        assert_eq!(out.status.code(), Some(2));
+    }
+    let long = "x".repeat(101);
+    let s = write(d.path(), "s.toml", &format!("name = \"{long}\"\n{SYNTH}"));
+    assert_clean_failure(&run_in(d.path(), &["check", &s]), &["key `name`", "100"]);
+    // from --set too
+    let s = write(d.path(), "s.toml", SYNTH);
+    let out = run_in(d.path(), &["check", &s, "--set", "name=../../x"]);
+    assert_clean_failure(&out, &["key `name`"]);
+    // a file stem that is not a plain name becomes one
+    let s = write(d.path(), "my exp $(x).toml", SYNTH);
+    let out = run_in(d.path(), &["check", &s]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("my_exp___x_"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(!d.path().join("pwned").exists());
+}
+
+/// Run `args` with standard output closed by its reader before anything is written.
+fn with_closed_stdout(dir: &Path, args: &[&str]) -> std::process::Output {
+    let mut child = runner()
+        .current_dir(dir)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let status = child.wait().unwrap();
+    std::process::Output {
+        status,
+        stdout: vec![],
+        stderr: err.into_bytes(),
+    }
+}
+
+#[test]
+fn a_closed_standard_output_ends_commands_quietly() {
+    let d = tempfile::tempdir().unwrap();
+    let sweep = format!("{SYNTH}[sweep]\nmode = \"grid\"\n\"train.lr\" = [0.1, 0.01, 0.001]\n");
+    let s = write(d.path(), "s.toml", &sweep);
+    let npy = d.path().join("w.npy");
+    let layers: Vec<(String, PyObj)> = (0..50)
+        .map(|i| {
+            let w = PyObj::f32_array(vec![2, 2], &[0.0; 4]);
+            let b = PyObj::f32_array(vec![2], &[0.0; 2]);
+            (format!("layer{i}"), PyObj::List(vec![w, b]))
+        })
+        .collect();
+    let mut f = std::fs::File::create(&npy).unwrap();
+    write_npy_object(&mut f, &PyObj::Dict(layers), Flavor::Python3).unwrap();
+    drop(f);
+    let npy = npy.to_string_lossy().to_string();
+    for args in [
+        vec!["plan", s.as_str()],
+        vec!["status", s.as_str()],
+        vec!["check", s.as_str()],
+        vec!["devices"],
+        vec!["weights", "inspect", npy.as_str()],
+    ] {
+        let out = with_closed_stdout(d.path(), &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !err.contains("panicked") && !err.contains("RUST_BACKTRACE") && !err.contains("error"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(out.status.code(), Some(141), "{args:?}: {err}");
+    }
+}
+
+fn slurm_dry_run(dir: &Path, spec: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["slurm", spec, "--dry-run"];
+    args.extend_from_slice(extra);
+    run_in(dir, &args)
+}
+
+#[test]
+fn the_slurm_script_quotes_every_path_and_value() {
+    let d = tempfile::tempdir().unwrap();
+    let hostile = "r e's \"q\" $(touch pwned1) `touch pwned2` $HOME \\ ;touch pwned3";
+    let body = format!("{SYNTH}[sweep]\nmode = \"grid\"\n\"train.lr\" = [0.1, 0.01]\n")
+        .replace("[run]\n", &format!("[run]\nresults_dir = {hostile:?}\n"));
+    let spec = write(d.path(), "sp ace's $(touch pwned4).toml", &body);
+    let set = "dataset.val_path=v $(touch pwned5) '\"`";
+    let out = slurm_dry_run(
+        d.path(),
+        &spec,
+        &[
+            "--set",
+            set,
+            "--partition",
+            "p\"art $(touch pwned6)",
+            "--sbatch-arg=--comment=a \"b\" `touch pwned7`",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // --dry-run prints the script it would submit
+    assert!(stdout.starts_with("#!/bin/bash\n"), "{stdout}");
+    let directives: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("#SBATCH"))
+        .collect();
+    // job name, array, output, chdir, partition, the extra argument: nothing more
+    assert_eq!(directives.len(), 6, "{stdout}");
+    for l in &directives {
+        assert!(l.starts_with("#SBATCH \"--") && l.ends_with('"'), "{l}");
+    }
+    // the exec line, run by bash with printf in runner's place, gives back every argument as
+    // it was, and runs nothing
+    let exec = stdout
+        .lines()
+        .find(|l| l.starts_with("exec "))
+        .expect("exec line");
+    let exe_end = exec[6..].find('\'').unwrap() + 7;
+    let probe = format!("printf '%s\\n'{}", &exec[exe_end..]);
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(&probe)
+        .current_dir(d.path())
+        .env("SLURM_ARRAY_TASK_ID", "1")
+        .output()
+        .unwrap();
+    let args: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(
+        args,
+        vec!["sweep", &spec, "--index", "1", "-q", "--set", set],
+        "{probe}"
+    );
+    // the #SBATCH values as sbatch reads them (double quotes group, backslash escapes)
+    let unquote = |l: &str| -> String {
+        let inner = &l["#SBATCH \"".len()..l.len() - 1];
+        let mut s = String::new();
+        let mut esc = false;
+        for c in inner.chars() {
+            match (esc, c) {
+                (false, '\\') => esc = true,
+                (_, c) => {
+                    s.push(c);
+                    esc = false;
+                }
+            }
+        }
+        s
+    };
+    let values: Vec<String> = directives.iter().map(|l| unquote(l)).collect();
+    assert!(
+        values.contains(&"--partition=p\"art $(touch pwned6)".to_string()),
+        "{values:?}"
+    );
+    assert!(
+        values.contains(&"--comment=a \"b\" `touch pwned7`".to_string()),
+        "{values:?}"
+    );
+    assert!(
+        values
+            .iter()
+            .any(|v| v.starts_with("--output=") && v.contains(hostile)),
+        "{values:?}"
+    );
+    for i in 1..=7 {
+        assert!(!d.path().join(format!("pwned{i}")).exists(), "pwned{i}");
+    }
+    // a line break cannot be carried by a #SBATCH line: refused, nothing written
+    let out = slurm_dry_run(d.path(), &spec, &["--partition", "a\n#SBATCH --wrap=evil"]);
+    assert_clean_failure(&out, &["#SBATCH", "line breaks"]);
+}
