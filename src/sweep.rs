@@ -278,14 +278,22 @@ pub fn shell_quote(s: &str) -> String {
 }
 
 /// One `#SBATCH` line carrying `arg` as one argument: sbatch reads these lines itself (no
-/// shell), taking double quotes as grouping and a backslash as an escape, so `arg` goes in
-/// double quotes with `"` and `\` escaped. A line break or NUL cannot be carried (it would end
+/// shell), taking double quotes as grouping and a backslash as an escape, so an `arg` with any
+/// character beyond letters, digits and `-_=.,:/%@+` goes in double quotes with `"` and `\`
+/// escaped. A line break or NUL cannot be carried (it would end
 /// the line, and the rest could read as another directive): refused.
 pub fn sbatch_directive(arg: &str) -> Result<String> {
     if let Some(c) = arg.chars().find(|c| matches!(c, '\n' | '\r' | '\0')) {
-        return Err(Error::Other(format!(
+        return Err(Error::Spec(format!(
             "{arg:?}: a #SBATCH line cannot carry the character {c:?}; rename the path or value without line breaks"
         )));
+    }
+    let plain = !arg.is_empty()
+        && arg
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_=.,:/%@+".contains(c));
+    if plain {
+        return Ok(format!("#SBATCH {arg}"));
     }
     let escaped = arg.replace('\\', "\\\\").replace('"', "\\\"");
     Ok(format!("#SBATCH \"{escaped}\""))
