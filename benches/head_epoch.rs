@@ -50,6 +50,7 @@ fn main() {
         tail_vars: vec![],
         head,
         backbone_dropout: 0.0,
+        tail_pool: runner::spec::Pool::None,
     };
     let mut last = Instant::now();
     runner::device::in_worker_pool(|| {

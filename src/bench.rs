@@ -102,13 +102,7 @@ fn time_extraction(
     device: &Device,
 ) -> Result<(Tensor, Vec<(usize, f64)>)> {
     let net = load_network(spec, device)?;
-    let ex = Extractor {
-        net: &net,
-        until: spec.freeze,
-        resize: spec.resize,
-        batch,
-        device,
-    };
+    let ex = Extractor::new(spec, &net, batch, device);
     let mut feats = Vec::new();
     let mut times = Vec::new();
     let mut start = 0;
@@ -137,13 +131,14 @@ fn time_head(
 ) -> Result<Vec<f64>> {
     let device = split.x.device();
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
-    let dim: usize = spec.arch.output_shape(spec.freeze).iter().product();
+    let dim: usize = spec.feature_shape().iter().product();
     let head = Head::new(dim, classes, &spec.head, &mut rng, device)?;
     let model = Model {
         tail: None,
         tail_vars: vec![],
         head,
         backbone_dropout: 0.0,
+        tail_pool: crate::spec::Pool::None,
     };
     let mut bench_spec = spec.clone();
     bench_spec.train.epochs = epochs.max(1);

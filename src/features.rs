@@ -14,13 +14,13 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 
-use crate::backbone::{Arch, Network};
+use crate::backbone::Network;
 use crate::cache::{self, CacheKey, FeatureCache, HostFeatures, Miss};
 use crate::data::{preprocess, split, Dataset};
 use crate::error::{Error, Result};
 use crate::fsio::AtomicFile;
 use crate::progress::{Mode, Task};
-use crate::spec::{DatasetKind, Spec, WeightsSource};
+use crate::spec::{DatasetKind, Pool, Spec, WeightsSource};
 use crate::train::Split;
 use crate::weights::{self, npy};
 
@@ -28,7 +28,7 @@ use crate::weights::{self, npy};
 pub fn load_network(spec: &Spec, device: &Device) -> Result<Network> {
     let set = match &spec.weights {
         WeightsSource::Random => weights::random(spec.arch, spec.seed),
-        WeightsSource::File(p) => weights::load(p, spec.arch)?,
+        WeightsSource::File(p) => weights::load_until(p, spec.arch, spec.output)?,
     };
     if device.is_cpu() && spec.precision != crate::spec::Precision::F32 {
         return Err(Error::Device(format!(
@@ -37,7 +37,7 @@ pub fn load_network(spec: &Spec, device: &Device) -> Result<Network> {
             spec.precision.name()
         )));
     }
-    let mut net = Network::new(spec.arch, &set, device)?;
+    let mut net = Network::new_until(spec.arch, &set, device, spec.output)?;
     net.cast_frozen(spec.freeze, spec.precision.dtype())?;
     Ok(net)
 }
@@ -49,6 +49,7 @@ pub fn load_options(spec: &Spec) -> crate::data::LoadOptions {
         resize: spec.resize,
         on_bad: spec.raw.dataset.on_bad_image,
         crop: spec.raw.dataset.crop,
+        labels: spec.labels_path.clone(),
     }
 }
 
@@ -59,9 +60,10 @@ fn dataset_key(spec: &Spec) -> String {
         .unwrap_or_default();
     let o = load_options(spec);
     format!(
-        "{:?}|{}|{stamp}|{}|{}|{:?}|{}|{:?}|{:?}|{:?}",
+        "{:?}|{}|{stamp}|{:?}|{}|{}|{:?}|{}|{:?}|{:?}|{:?}",
         spec.dataset_kind,
         spec.dataset_path.display(),
+        o.labels,
         spec.seed,
         spec.per_class,
         o.num_classes,
@@ -126,7 +128,12 @@ fn load_dataset_uncached(spec: &Spec) -> Result<Dataset> {
 
 /// Load a separate validation or test set named by the spec.
 pub fn load_extra(spec: &Spec, path: &Path, test: bool) -> Result<Dataset> {
-    crate::data::load(spec.dataset_kind, path, &load_options(spec), test)
+    let o = crate::data::LoadOptions {
+        // `labels_path` belongs to `dataset.path`: an extra IDX file's labels lie beside it
+        labels: None,
+        ..load_options(spec)
+    };
+    crate::data::load(spec.dataset_kind, path, &o, test)
 }
 
 /// The datasets a run reads: the pool (`dataset.path`, after `dataset.limit`) and the separate
@@ -294,12 +301,17 @@ impl<'a> FeatureSource<'a> {
         Ok(CacheKey {
             weights: self.weights_id()?,
             arch: self.spec.arch.name().to_string(),
-            freeze: self.spec.freeze_name().to_string(),
+            // pooled features are another entry; unpooled keys are as before the option existed
+            freeze: if self.spec.pool_before_cache() {
+                format!("{}+{}pool", self.spec.freeze_name(), self.spec.pool.name())
+            } else {
+                self.spec.freeze_name().to_string()
+            },
             data: dataset_hash(data),
             preprocessing: format!(
                 "resize={};size={}",
                 self.spec.resize.name(),
-                self.spec.arch.input_size()
+                self.spec.input_size
             ),
             dtype: self
                 .spec
@@ -354,14 +366,8 @@ impl<'a> FeatureSource<'a> {
         let net: &Network = self.network()?;
         device.synchronize()?;
         let t0 = Instant::now();
-        let ex = Extractor {
-            net,
-            until: spec.freeze,
-            resize: spec.resize,
-            batch: spec.extract_batch_for(device),
-            device,
-        };
-        let per: usize = spec.arch.output_shape(spec.freeze).iter().product();
+        let ex = Extractor::new(spec, net, spec.extract_batch_for(device), device);
+        let per: usize = spec.feature_shape().iter().product();
         // the host copy, then the device copy of the splits
         let bytes = (data.n as u64).saturating_mul(per as u64).saturating_mul(8);
         crate::device::ensure_fits(
@@ -388,7 +394,7 @@ impl<'a> FeatureSource<'a> {
         device.synchronize()?;
         let seconds = t0.elapsed().as_secs_f64();
         let mut shape = vec![data.n];
-        shape.extend(spec.arch.output_shape(spec.freeze));
+        shape.extend(spec.feature_shape());
         let features = HostFeatures {
             shape,
             data: out,
@@ -417,27 +423,48 @@ pub struct Extractor<'a> {
     pub resize: preprocess::ResizeMethod,
     pub batch: usize,
     pub device: &'a Device,
+    /// Input side the images are resized to.
+    pub input: usize,
+    /// Global pooling of the output (`backbone.pool`, when the head reads `until`).
+    pub pool: Pool,
 }
 
-impl Extractor<'_> {
+impl<'a> Extractor<'a> {
+    /// The extractor of a spec's frozen part: up to `backbone.freeze`, at its input size,
+    /// pooled when the head reads the freeze layer.
+    pub fn new(spec: &Spec, net: &'a Network, batch: usize, device: &'a Device) -> Self {
+        Extractor {
+            net,
+            until: spec.freeze,
+            resize: spec.resize,
+            batch,
+            device,
+            input: spec.input_size,
+            pool: if spec.pool_before_cache() {
+                spec.pool
+            } else {
+                Pool::None
+            },
+        }
+    }
+
     /// Features of images `start..start+count` as a tensor (N, ...) on the device.
     pub fn batch(&self, data: &Dataset, start: usize, count: usize) -> Result<Tensor> {
-        let size = self.net.arch().input_size();
         let x = crate::profile::time("preprocess", self.device, || {
             preprocess::to_input(
                 data.batch_pixels(start, count),
                 count,
                 data.height,
                 data.width,
-                size,
+                self.input,
                 self.resize,
                 self.device,
             )
         })?;
-        Ok(self
-            .net
-            .forward_until(&x, self.until)?
-            .to_dtype(candle_core::DType::F32)?)
+        let f = self.net.forward_until(&x, self.until)?;
+        global_pool(&f, self.pool)?
+            .to_dtype(candle_core::DType::F32)
+            .map_err(Into::into)
     }
 
     /// Calls `sink(start, features)` for consecutive batches covering the whole dataset, in order.
@@ -459,6 +486,8 @@ impl Extractor<'_> {
 }
 
 /// Flatten features as the seed's TensorFlow graph would: NHWC for feature maps.
+pub use crate::backbone::layers::global_pool;
+
 pub fn flatten_tf_order(f: &Tensor) -> Result<Tensor> {
     let f = if f.rank() == 4 {
         f.permute((0, 2, 3, 1))?
@@ -466,11 +495,6 @@ pub fn flatten_tf_order(f: &Tensor) -> Result<Tensor> {
         f.clone()
     };
     Ok(f.flatten_from(1)?.contiguous()?)
-}
-
-/// Feature width of a layer for one image.
-pub fn feature_dim(arch: Arch, layer: usize) -> usize {
-    arch.output_shape(layer).iter().product()
 }
 
 pub struct ExtractReport {
@@ -490,14 +514,8 @@ fn extract_here(spec: &Spec, out: &Path) -> Result<ExtractReport> {
     let device = crate::device::select(spec.device, spec.tf32)?;
     let data = load_dataset(spec)?;
     let net = load_network(spec, &device)?;
-    let dim = feature_dim(spec.arch, spec.freeze);
-    let ex = Extractor {
-        net: &net,
-        until: spec.freeze,
-        resize: spec.resize,
-        batch: spec.extract_batch_for(&device),
-        device: &device,
-    };
+    let dim: usize = spec.feature_shape().iter().product();
+    let ex = Extractor::new(spec, &net, spec.extract_batch_for(&device), &device);
     let t0 = Instant::now();
 
     let mut file = AtomicFile::create(out)?;

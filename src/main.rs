@@ -176,6 +176,10 @@ enum WeightsCmd {
         output: PathBuf,
         #[arg(long, default_value = "alexnet")]
         arch: String,
+        /// Convert the layers up to this one only (a convolutional base without fc layers:
+        /// --until pool5)
+        #[arg(long)]
+        until: Option<String>,
     },
 }
 
@@ -396,7 +400,8 @@ fn run(cli: Cli) -> Result<(), Error> {
             input,
             output,
             arch,
-        }) => cmd_convert(&input, &output, &arch),
+            until,
+        }) => cmd_convert(&input, &output, &arch, until.as_deref()),
     }
 }
 
@@ -651,10 +656,20 @@ fn cmd_inspect(file: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-fn cmd_convert(input: &Path, output: &Path, arch: &str) -> Result<(), Error> {
+fn cmd_convert(input: &Path, output: &Path, arch: &str, until: Option<&str>) -> Result<(), Error> {
     let a = runner::arch::Arch::parse(arch)
         .ok_or_else(|| Error::Other(format!("unknown architecture {arch:?}")))?;
-    let set = weights::load(input, a)?;
+    let last = match until {
+        None => a.layers().len() - 1,
+        Some(l) => a.layer_index(l).ok_or_else(|| {
+            Error::Other(format!(
+                "--until {l:?}: {} has no such layer; layers are {}",
+                a.name(),
+                a.layers().join(", ")
+            ))
+        })?,
+    };
+    let set = weights::load_until(input, a, last)?;
     set.save_safetensors(output)?;
     out!(
         "wrote {} ({} tensors, candle layout)",

@@ -106,7 +106,7 @@ fn load(run_dir: &Path, device: &Device) -> Result<Loaded> {
     let named = read_head(&run_dir.join("head.safetensors"), device)?;
     let mut set: WeightSet = match &spec.weights {
         crate::spec::WeightsSource::Random => weights::random(spec.arch, spec.seed),
-        crate::spec::WeightsSource::File(p) => weights::load(p, spec.arch)?,
+        crate::spec::WeightsSource::File(p) => weights::load_until(p, spec.arch, spec.output)?,
     };
     // backbone layers trained above the freeze point replace the pretrained ones
     for (name, t) in named.iter().filter(|(n, _)| !n.starts_with("head.")) {
@@ -121,7 +121,7 @@ fn load(run_dir: &Path, device: &Device) -> Result<Loaded> {
             );
         }
     }
-    let net = Network::new(spec.arch, &set, device)?;
+    let net = Network::new_until(spec.arch, &set, device, spec.output)?;
     let mut layers = Vec::new();
     let mut k = 0;
     while let (Some(w), Some(b)) = (
@@ -168,13 +168,11 @@ struct Gathered {
 }
 
 fn gather(inputs: &[PathBuf], spec: &Spec) -> Result<Gathered> {
-    let size = if matches!(
-        spec.dataset_kind,
-        DatasetKind::Pickle | DatasetKind::Synthetic
-    ) {
-        32
-    } else {
-        spec.image_size
+    // the size the training images had before the backbone's resize
+    let size = match spec.dataset_kind {
+        DatasetKind::Pickle | DatasetKind::Synthetic => 32,
+        DatasetKind::Idx => 28,
+        _ => spec.image_size,
     };
     let mut px = Vec::new();
     let mut names = Vec::new();
@@ -251,7 +249,7 @@ pub fn predict(run_dir: &Path, inputs: &[PathBuf], top: usize) -> Result<Vec<Pre
         } = gather(inputs, &m.spec)?;
         let per = size * size * 3;
         let n = names.len();
-        let feature_end = m.spec.arch.feature_end().max(m.spec.freeze);
+        let feature_end = m.spec.output;
         let mut out = Vec::with_capacity(n);
         let batch = m.spec.extract_batch_for(&device).max(1);
         let mut start = 0;
@@ -262,11 +260,12 @@ pub fn predict(run_dir: &Path, inputs: &[PathBuf], top: usize) -> Result<Vec<Pre
                 b,
                 size,
                 size,
-                m.spec.arch.input_size(),
+                m.spec.input_size,
                 m.spec.resize,
                 &device,
             )?;
             let f = m.net.forward_until(&x, feature_end)?;
+            let f = crate::backbone::layers::global_pool(&f, m.spec.pool)?;
             let logits = m.head.forward(&f.flatten_from(1)?, None)?;
             let probs: Vec<Vec<f32>> = crate::backbone::layers::softmax(&logits)?.to_vec2()?;
             for (i, p) in probs.into_iter().enumerate() {

@@ -214,6 +214,7 @@ fn check_boundary(freeze: &str, trainable: &[&str]) {
         tail_vars: vars,
         head,
         backbone_dropout: 0.5,
+        tail_pool: runner::spec::Pool::None,
     };
     let out = runner::train::fit(&spec, &model, &split, &split, &dev, |_, _| Ok(true)).unwrap();
     assert_eq!(out.epochs_run, 2);

@@ -83,3 +83,89 @@ fn npy_npz_and_converted_safetensors_agree() {
         "{listing}"
     );
 }
+
+/// `features` of `runner extract` on a spec reading `weights` up to conv1_2 at 32x32.
+fn block1_features(dir: &std::path::Path, weights: &str) -> Vec<f32> {
+    use runner::weights::pickle::Limits;
+    let spec = format!(
+        "name = \"b1\"\n[backbone]\narch = \"vgg16\"\nweights = {weights:?}\nfreeze = \"conv1_2\"\noutput = \"conv1_2\"\ninput_size = 32\n\
+         [dataset]\nkind = \"synthetic\"\nper_class = 1\n[run]\ndevice = \"cpu\"\n"
+    );
+    std::fs::write(dir.join("b1.toml"), spec).unwrap();
+    let out = run_in(dir, &["extract", "b1.toml", "--out", "f.npz"]);
+    assert!(
+        out.status.success(),
+        "{weights}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let members = npy::read_npz(&dir.join("f.npz"), &Limits::default()).unwrap();
+    let (_, f) = members.iter().find(|(n, _)| n == "features").unwrap();
+    assert_eq!(f.shape, vec![43, 64 * 32 * 32]);
+    f.to_f32_c().unwrap()
+}
+
+#[test]
+fn one_network_from_npy_pth_onnx_and_converted_safetensors() {
+    // the same first VGG16 block written by numpy (HWIO), torch.save (OIHW, torchvision names)
+    // and onnx (Conv initializers): tests/reference/weights_fixtures.py
+    let d = tempfile::tempdir().unwrap();
+    for f in ["vgg_block1.npy", "vgg_block1.pth", "vgg_block1.onnx"] {
+        std::fs::copy(fixture(f), d.path().join(f)).unwrap();
+    }
+    let reference = block1_features(d.path(), "vgg_block1.npy");
+    let scale = reference.iter().map(|v| v.abs()).fold(0f32, f32::max);
+    assert!(scale > 1e-3, "features are not all zero");
+    for w in ["vgg_block1.pth", "vgg_block1.onnx"] {
+        let f = block1_features(d.path(), w);
+        assert_eq!(f, reference, "{w} gives other features than the .npy");
+    }
+    // runner weights convert on the ONNX file: the safetensors it writes is the same network
+    let out = run_in(
+        d.path(),
+        &[
+            "weights",
+            "convert",
+            "vgg_block1.onnx",
+            "b1.safetensors",
+            "--arch",
+            "vgg16",
+            "--until",
+            "conv1_2",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(block1_features(d.path(), "b1.safetensors"), reference);
+    // the layouts as stored: inspect shows the ONNX initializers OIHW, the .pth's names
+    let out = run_in(d.path(), &["weights", "inspect", "vgg_block1.onnx"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("w1") && text.contains("[64, 3, 3, 3]") && text.contains("float32"),
+        "{text}"
+    );
+    let out = run_in(d.path(), &["weights", "inspect", "vgg_block1.pth"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("features.2.weight") && text.contains("[64, 64, 3, 3]"),
+        "{text}"
+    );
+
+    // asking for more than the files hold names the missing layer and how far they serve
+    for w in ["vgg_block1.npy", "vgg_block1.pth", "vgg_block1.onnx"] {
+        std::fs::write(
+            d.path().join("more.toml"),
+            format!(
+                "[backbone]\narch = \"vgg16\"\nweights = {w:?}\nfreeze = \"pool5\"\noutput = \"pool5\"\ninput_size = 32\n\
+                 [dataset]\nkind = \"synthetic\"\nper_class = 1\n[run]\ndevice = \"cpu\"\n"
+            ),
+        )
+        .unwrap();
+        let out = run_in(d.path(), &["extract", "more.toml", "--out", "g.npz"]);
+        assert_clean_failure(&out, &[w, "conv2_1"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("backbone.output"), "{err}");
+    }
+}

@@ -60,18 +60,29 @@ pub fn params() -> Vec<ParamSpec> {
     ]
 }
 
-pub fn output_shape(layer: usize) -> Vec<usize> {
+/// Output shape of a layer for one image of `input x input` pixels: conv1 11x11/4 SAME gives
+/// `ceil(input / 4)`, each 3/2 VALID pooling `(side - 3) / 2 + 1`, the other convolutions keep
+/// the side. At 227: 57, 28, 13, 6. Fc layers (which need pool5 at 6x6) are 4096 and 1000 wide.
+pub fn output_shape_at(layer: usize, input: usize) -> Vec<usize> {
+    let pool = |s: usize| if s >= 3 { (s - 3) / 2 + 1 } else { 0 };
+    let c1 = input.div_ceil(4);
+    let (p1, p2) = (pool(c1), pool(pool(c1)));
     match LAYERS.get(layer).copied() {
-        Some("input") => vec![3, 227, 227],
-        Some("conv1") => vec![96, 57, 57],
-        Some("pool1") => vec![96, 28, 28],
-        Some("conv2") => vec![256, 28, 28],
-        Some("pool2") => vec![256, 13, 13],
-        Some("conv3") => vec![384, 13, 13],
-        Some("conv4") => vec![384, 13, 13],
-        Some("conv5") => vec![256, 13, 13],
-        Some("pool5") => vec![256, 6, 6],
+        Some("input") => vec![3, input, input],
+        Some("conv1") => vec![96, c1, c1],
+        Some("pool1") => vec![96, p1, p1],
+        Some("conv2") => vec![256, p1, p1],
+        Some("pool2") => vec![256, p2, p2],
+        Some("conv3") => vec![384, p2, p2],
+        Some("conv4") => vec![384, p2, p2],
+        Some("conv5") => vec![256, p2, p2],
+        Some("pool5") => vec![256, pool(p2), pool(p2)],
         Some("fc6") | Some("fc7") => vec![4096],
         _ => vec![1000],
     }
+}
+
+/// Output shape of a layer at the standard 227x227 input.
+pub fn output_shape(layer: usize) -> Vec<usize> {
+    output_shape_at(layer, INPUT_SIZE)
 }

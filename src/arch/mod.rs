@@ -143,12 +143,37 @@ impl Arch {
         self.layers().len() - 2
     }
 
-    /// Output shape of a layer for one image, `[c, h, w]` or `[d]`.
+    /// Output shape of a layer for one image at the standard input size, `[c, h, w]` or `[d]`.
     pub fn output_shape(&self, layer: usize) -> Vec<usize> {
+        self.output_shape_at(layer, self.input_size())
+    }
+
+    /// Output shape of a layer for one image of `input x input` pixels. Convolutions and pooling
+    /// take any size; the fc layers need the standard one (see `first_fc`).
+    pub fn output_shape_at(&self, layer: usize, input: usize) -> Vec<usize> {
         match self {
-            Arch::AlexNet => alexnet::output_shape(layer),
-            _ => vgg::output_shape(self.vgg_depth(), layer),
+            Arch::AlexNet => alexnet::output_shape_at(layer, input),
+            _ => vgg::output_shape_at(self.vgg_depth(), layer, input),
         }
+    }
+
+    /// Index of fc6, the first layer that needs the standard input size.
+    pub fn first_fc(&self) -> usize {
+        self.layers().len() - 3
+    }
+
+    /// The smallest input side whose `layer` output is at least one pixel (`None` for fc layers,
+    /// which need the standard size).
+    pub fn min_input_for(&self, layer: usize) -> Option<usize> {
+        if layer >= self.first_fc() {
+            return None;
+        }
+        (1..=self.input_size()).find(|&s| {
+            self.output_shape_at(layer, s)
+                .iter()
+                .skip(1)
+                .all(|&d| d >= 1)
+        })
     }
 
     /// Another name a `.safetensors` file may use for a runner tensor name (torchvision's VGG).

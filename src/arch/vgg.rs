@@ -92,19 +92,26 @@ pub fn params(depth: usize) -> Vec<ParamSpec> {
     out
 }
 
-pub fn output_shape(depth: usize, layer: usize) -> Vec<usize> {
+/// Output shape of a layer for one image of `input x input` pixels: 3x3 SAME convolutions keep
+/// the side, each 2x2/2 VALID pooling halves it (rounding down). At 224: 224, 112, 56, 28, 14, 7.
+pub fn output_shape_at(depth: usize, layer: usize, input: usize) -> Vec<usize> {
     let names = layers(depth);
     let name = names.get(layer).copied().unwrap_or("fc8");
     match name {
-        "input" => vec![3, 224, 224],
+        "input" => vec![3, input, input],
         "fc6" | "fc7" => vec![4096],
         "fc8" => vec![1000],
         n => {
             let block: usize = n[4..5].parse().unwrap_or(1);
-            let side = 224 >> (block - if n.starts_with("pool") { 0 } else { 1 });
+            let side = input >> (block - if n.starts_with("pool") { 0 } else { 1 });
             vec![WIDTHS[block - 1], side, side]
         }
     }
+}
+
+/// Output shape of a layer at the standard 224x224 input.
+pub fn output_shape(depth: usize, layer: usize) -> Vec<usize> {
+    output_shape_at(depth, layer, INPUT_SIZE)
 }
 
 /// torchvision's VGG names -> runner's (`features.N` / `classifier.N`).

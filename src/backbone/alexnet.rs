@@ -13,77 +13,72 @@ pub use crate::arch::alexnet::*;
 use crate::error::Result;
 use crate::weights::WeightSet;
 
+/// AlexNet's parameters by layer index (`None` for input and pools, and for layers above the
+/// last one loaded).
 pub struct AlexNet {
-    conv1: Param,
-    conv2: Param,
-    conv3: Param,
-    conv4: Param,
-    conv5: Param,
-    fc6: Param,
-    fc7: Param,
-    fc8: Param,
+    params: Vec<Option<Param>>,
 }
 
 impl AlexNet {
+    /// Every layer's weights.
     pub fn new(weights: &WeightSet, device: &Device) -> Result<Self> {
-        let p = |name: &str| Param::load(weights, name, device);
-        Ok(AlexNet {
-            conv1: p("conv1")?,
-            conv2: p("conv2")?,
-            conv3: p("conv3")?,
-            conv4: p("conv4")?,
-            conv5: p("conv5")?,
-            fc6: p("fc6")?,
-            fc7: p("fc7")?,
-            fc8: p("fc8")?,
-        })
+        Self::new_until(weights, device, LAYERS.len() - 1)
+    }
+
+    /// The weights of layers `1..=last` (those above are neither loaded nor run).
+    pub fn new_until(weights: &WeightSet, device: &Device, last: usize) -> Result<Self> {
+        let params = LAYERS
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                if i <= last && (n.starts_with("conv") || n.starts_with("fc")) {
+                    Ok(Some(Param::load(weights, n, device)?))
+                } else {
+                    Ok(None)
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(AlexNet { params })
     }
 
     /// Store the frozen layers `1..=until` in `dtype`.
     pub fn cast_frozen(&mut self, until: usize, dtype: candle_core::DType) -> Result<()> {
-        for i in 1..=until {
-            if let Some((_, p)) = self.param_mut(i) {
-                p.cast(dtype)?;
-            }
+        for p in self.params.iter_mut().take(until + 1).flatten() {
+            p.cast(dtype)?;
         }
         Ok(())
     }
 
-    fn param_mut(&mut self, layer: usize) -> Option<(&'static str, &mut Param)> {
-        Some(match LAYERS.get(layer).copied()? {
-            "conv1" => ("conv1", &mut self.conv1),
-            "conv2" => ("conv2", &mut self.conv2),
-            "conv3" => ("conv3", &mut self.conv3),
-            "conv4" => ("conv4", &mut self.conv4),
-            "conv5" => ("conv5", &mut self.conv5),
-            "fc6" => ("fc6", &mut self.fc6),
-            "fc7" => ("fc7", &mut self.fc7),
-            "fc8" => ("fc8", &mut self.fc8),
-            _ => return None,
+    /// The loaded parameters of layer `i`.
+    fn p(&self, i: usize) -> Result<&Param> {
+        self.params.get(i).and_then(|p| p.as_ref()).ok_or_else(|| {
+            crate::Error::Other(format!(
+                "AlexNet layer {} was not loaded (it is above backbone.output)",
+                LAYERS.get(i).unwrap_or(&"?")
+            ))
         })
     }
 
     /// The current (weight, bias) of a parameterised layer.
     pub fn param(&self, layer: &str) -> Option<(Tensor, Tensor)> {
-        let p = match layer {
-            "conv1" => &self.conv1,
-            "conv2" => &self.conv2,
-            "conv3" => &self.conv3,
-            "conv4" => &self.conv4,
-            "conv5" => &self.conv5,
-            "fc6" => &self.fc6,
-            "fc7" => &self.fc7,
-            "fc8" => &self.fc8,
-            _ => return None,
-        };
-        Some((p.w.clone(), p.b.clone()))
+        let i = LAYERS.iter().position(|l| *l == layer)?;
+        self.params
+            .get(i)?
+            .as_ref()
+            .map(|p| (p.w.clone(), p.b.clone()))
     }
 
     /// Make the parameters of layers `after+1 ..= until` trainable; returns them by name.
     pub fn make_trainable(&mut self, after: usize, until: usize) -> Result<Vec<(String, Var)>> {
         let mut out = Vec::new();
-        for i in after + 1..=until {
-            if let Some((name, p)) = self.param_mut(i) {
+        let range = self
+            .params
+            .iter_mut()
+            .zip(LAYERS)
+            .skip(after + 1)
+            .take(until.saturating_sub(after));
+        for (slot, name) in range {
+            if let Some(p) = slot {
                 out.extend(p.make_trainable(name)?);
             }
         }
@@ -102,20 +97,22 @@ impl AlexNet {
             let n = lrn(x, LRN_RADIUS, LRN_ALPHA, LRN_BETA, LRN_BIAS)?;
             max_pool_valid(&n, 3, 2)
         };
-        let y = match i {
-            1 => conv2d_relu(x, &self.conv1.w, &self.conv1.b, 4, true, 1)?,
-            2 => lrn_pool(x)?,
-            3 => conv2d_relu(x, &self.conv2.w, &self.conv2.b, 1, true, 2)?,
-            4 => lrn_pool(x)?,
-            5 => conv2d_relu(x, &self.conv3.w, &self.conv3.b, 1, true, 1)?,
-            6 => conv2d_relu(x, &self.conv4.w, &self.conv4.b, 1, true, 2)?,
-            7 => conv2d_relu(x, &self.conv5.w, &self.conv5.b, 1, true, 2)?,
-            8 => max_pool_valid(x, 3, 2)?,
-            9 => linear(&flatten(x)?, &self.fc6.w, &self.fc6.b)?.relu()?,
-            10 => linear(x, &self.fc7.w, &self.fc7.b)?.relu()?,
-            _ => linear(x, &self.fc8.w, &self.fc8.b)?,
+        let conv = |stride, groups| -> Result<Tensor> {
+            let p = self.p(i)?;
+            conv2d_relu(x, &p.w, &p.b, stride, true, groups)
         };
-        let trains = (i == 9 && self.fc6.trainable) || (i == 10 && self.fc7.trainable);
+        let y = match i {
+            1 => conv(4, 1)?,
+            2 | 4 => lrn_pool(x)?,
+            3 => conv(1, 2)?,
+            5 => conv(1, 1)?,
+            6 | 7 => conv(1, 2)?,
+            8 => max_pool_valid(x, 3, 2)?,
+            9 => linear(&flatten(x)?, &self.p(i)?.w, &self.p(i)?.b)?.relu()?,
+            10 => linear(x, &self.p(i)?.w, &self.p(i)?.b)?.relu()?,
+            _ => linear(x, &self.p(i)?.w, &self.p(i)?.b)?,
+        };
+        let trains = matches!(i, 9 | 10) && self.p(i).is_ok_and(|p| p.trainable);
         match dropout {
             Some((rng, p)) if trains => super::layers::dropout(&y, p, rng),
             _ => Ok(y),

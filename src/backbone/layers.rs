@@ -270,7 +270,46 @@ pub fn max_pool_valid(x: &Tensor, k: usize, stride: usize) -> Result<Tensor> {
             return Ok(x.contiguous()?.apply_op1_no_bwd(&op)?);
         }
     }
+    if x.track_op() && (k, stride) == (3, 2) {
+        // candle has no backward pass for overlapping windows: a trainable tail through
+        // AlexNet's 3/2 pooling takes the same maximum by differentiable ops
+        return max_pool_3s2_differentiable(x);
+    }
     Ok(x.max_pool2d_with_stride(k, stride)?)
+}
+
+/// VALID 3x3 max pooling with stride 2 from ops that have gradients: separable (the maximum
+/// over the width's windows, then over the height's), each window `max(x[2j], x[2j+1],
+/// x[2j+2])` as the maximum of a pair's maximum and the next pair's first element.
+fn max_pool_3s2_differentiable(x: &Tensor) -> Result<Tensor> {
+    fn along_last(x: &Tensor) -> Result<Tensor> {
+        let w = x.dim(D::Minus1)?;
+        let wo = (w - 3) / 2 + 1;
+        let need = 2 * wo + 2;
+        let xs = if w >= need {
+            x.narrow(D::Minus1, 0, need)?
+        } else {
+            // x[2 wo + 1] is only ever the unused second half of the last pair
+            x.pad_with_same(D::Minus1, 0, need - w)?
+        };
+        let mut dims = xs.dims().to_vec();
+        let last = dims.len() - 1;
+        dims[last] = wo + 1;
+        dims.push(2);
+        let pairs = xs.reshape(dims)?;
+        let pair_max = pairs.max(D::Minus1)?;
+        let firsts = pairs.narrow(D::Minus1, 0, 1)?.squeeze(D::Minus1)?;
+        Ok(pair_max
+            .narrow(D::Minus1, 0, wo)?
+            .maximum(&firsts.narrow(D::Minus1, 1, wo)?)?)
+    }
+    let (_, _, h, w) = x.dims4()?;
+    if h < 3 || w < 3 {
+        return Ok(x.max_pool2d_with_stride(3, 2)?);
+    }
+    let across = along_last(&x.contiguous()?)?;
+    let down = along_last(&across.transpose(2, 3)?.contiguous()?)?;
+    Ok(down.transpose(2, 3)?.contiguous()?)
 }
 
 /// Fully connected layer: `x @ w^T + b` with `w` as `[out, in]`.
@@ -302,9 +341,47 @@ pub fn dropout(x: &Tensor, p: f64, rng: &mut ChaCha8Rng) -> Result<Tensor> {
     Ok(x.mul(&m)?)
 }
 
+/// Global pooling of (N, C, H, W) feature maps to (N, C): the mean or the maximum over each
+/// channel's H x W values (in f32); other shapes, or `Pool::None`, pass unchanged.
+pub fn global_pool(f: &Tensor, pool: crate::spec::Pool) -> Result<Tensor> {
+    if f.rank() != 4 || pool.is_none() {
+        return Ok(f.clone());
+    }
+    let flat = f.to_dtype(DType::F32)?.flatten_from(2)?;
+    Ok(match pool {
+        crate::spec::Pool::Avg => flat.mean(2)?,
+        crate::spec::Pool::Max => flat.max(2)?,
+        crate::spec::Pool::None => flat,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn differentiable_3s2_pooling_equals_candles_and_has_gradients() {
+        for (h, w) in [(13, 13), (7, 8), (3, 3), (6, 5)] {
+            let n = 2 * 3 * h * w;
+            let vals: Vec<f32> = (0..n).map(|i| ((i * 7919) % 101) as f32 - 50.0).collect();
+            let x = Tensor::from_vec(vals, (2, 3, h, w), &candle_core::Device::Cpu).unwrap();
+            let want = x.max_pool2d_with_stride(3, 2).unwrap();
+            let var = candle_core::Var::from_tensor(&x).unwrap();
+            let got = max_pool_valid(var.as_tensor(), 3, 2).unwrap();
+            assert_eq!(got.dims(), want.dims(), "{h}x{w}");
+            let (a, b): (Vec<f32>, Vec<f32>) = (
+                got.flatten_all().unwrap().to_vec1().unwrap(),
+                want.flatten_all().unwrap().to_vec1().unwrap(),
+            );
+            assert_eq!(a, b, "{h}x{w}");
+            let grads = got.sum_all().unwrap().backward().unwrap();
+            let g = grads
+                .get(var.as_tensor())
+                .expect("a gradient reaches the input");
+            let total: f32 = g.sum_all().unwrap().to_scalar().unwrap();
+            assert!(total > 0.0, "{h}x{w}");
+        }
+    }
 
     /// TF's formula written out: pad, five slices, sum.
     fn lrn_reference(x: &Tensor, r: usize, alpha: f64, beta: f64, bias: f64) -> Tensor {

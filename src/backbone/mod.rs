@@ -22,11 +22,24 @@ pub enum Network {
 
 impl Network {
     pub fn new(arch: Arch, weights: &WeightSet, device: &Device) -> Result<Network> {
+        Self::new_until(arch, weights, device, arch.layers().len() - 1)
+    }
+
+    /// The network with the weights of layers `1..=last` only: layers above are neither
+    /// loaded nor run (`backbone.output`).
+    pub fn new_until(
+        arch: Arch,
+        weights: &WeightSet,
+        device: &Device,
+        last: usize,
+    ) -> Result<Network> {
         match arch {
-            Arch::AlexNet => Ok(Network::AlexNet(alexnet::AlexNet::new(weights, device)?)),
+            Arch::AlexNet => Ok(Network::AlexNet(alexnet::AlexNet::new_until(
+                weights, device, last,
+            )?)),
             a => Ok(Network::Vgg(
                 a,
-                vgg::Vgg::new(a.vgg_depth(), weights, device)?,
+                vgg::Vgg::new_until(a.vgg_depth(), weights, device, last)?,
             )),
         }
     }

@@ -25,11 +25,22 @@ pub struct Vgg {
 
 impl Vgg {
     pub fn new(depth: usize, weights: &WeightSet, device: &Device) -> Result<Self> {
+        Self::new_until(depth, weights, device, layers(depth).len() - 1)
+    }
+
+    /// The weights of layers `1..=last` (those above are neither loaded nor run).
+    pub fn new_until(
+        depth: usize,
+        weights: &WeightSet,
+        device: &Device,
+        last: usize,
+    ) -> Result<Self> {
         let names = layers(depth);
         let params = names
             .iter()
-            .map(|&n| {
-                if n.starts_with("conv") || n.starts_with("fc") {
+            .enumerate()
+            .map(|(i, &n)| {
+                if i <= last && (n.starts_with("conv") || n.starts_with("fc")) {
                     Ok(Some(Param::load(weights, n, device)?))
                 } else {
                     Ok(None)
@@ -92,7 +103,12 @@ impl Vgg {
     ) -> Result<Tensor> {
         let name = layers(self.depth)[i];
         let y = match (&self.params[i], name) {
-            (None, _) => max_pool_valid(x, 2, 2)?,
+            (None, n) if n.starts_with("pool") => max_pool_valid(x, 2, 2)?,
+            (None, n) => {
+                return Err(crate::Error::Other(format!(
+                    "VGG layer {n} was not loaded (it is above backbone.output)"
+                )))
+            }
             (Some(p), "fc6") => linear(&flatten(x)?, &p.w, &p.b)?.relu()?,
             (Some(p), "fc7") => linear(x, &p.w, &p.b)?.relu()?,
             (Some(p), "fc8") => linear(x, &p.w, &p.b)?,

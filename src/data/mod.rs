@@ -2,6 +2,7 @@
 
 pub mod folder;
 pub mod gtsrb;
+pub mod idx;
 pub mod images;
 pub mod pickle;
 pub mod preprocess;
@@ -127,6 +128,8 @@ pub struct LoadOptions {
     pub resize: preprocess::ResizeMethod,
     pub on_bad: images::OnBad,
     pub crop: gtsrb::Crop,
+    /// `idx`: the labels file (None: found beside the images file).
+    pub labels: Option<std::path::PathBuf>,
 }
 
 /// Load a dataset of `kind` from `path`; `test` selects GTSRB's test layout.
@@ -142,6 +145,7 @@ pub fn load(
         K::Folder => folder::load(path, o.image_size, o.resize, o.on_bad)?,
         K::Gtsrb if test => gtsrb::load_test(path, o.crop, o.image_size, o.resize, o.on_bad)?,
         K::Gtsrb => gtsrb::load_train(path, o.crop, o.image_size, o.resize, o.on_bad)?,
+        K::Idx => idx::load(path, o.labels.as_deref(), o.num_classes)?,
     };
     if let Some(c) = o.num_classes {
         if let Some((i, l)) = d

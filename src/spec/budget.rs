@@ -82,7 +82,7 @@ pub fn memory_needs(spec: &Spec) -> Vec<Need> {
         bytes: mul(&[params, 4, 6]),
     });
     let largest = (0..=spec.freeze)
-        .map(|l| spec.arch.output_shape(l).iter().product::<usize>())
+        .map(|l| spec.layer_shape(l).iter().product::<usize>())
         .max()
         .unwrap_or(1) as u64;
     if let super::BatchSize::Fixed(b) = spec.extract_batch {

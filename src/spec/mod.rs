@@ -34,6 +34,7 @@ pub enum DatasetKind {
     Synthetic,
     Folder,
     Gtsrb,
+    Idx,
 }
 
 impl DatasetKind {
@@ -43,6 +44,7 @@ impl DatasetKind {
             DatasetKind::Synthetic => "synthetic",
             DatasetKind::Folder => "folder",
             DatasetKind::Gtsrb => "gtsrb",
+            DatasetKind::Idx => "idx",
         }
     }
 }
@@ -58,8 +60,17 @@ pub struct Spec {
     pub weights: WeightsSource,
     /// Index into `arch.layers()` of the stop-gradient boundary.
     pub freeze: usize,
+    /// Index of the layer whose output the head reads (>= `freeze`); layers above are neither
+    /// loaded nor run.
+    pub output: usize,
+    /// Global pooling of `output`'s feature map.
+    pub pool: Pool,
+    /// Input side in pixels.
+    pub input_size: usize,
     pub dataset_kind: DatasetKind,
     pub dataset_path: PathBuf,
+    /// `idx`: the labels file of `dataset_path` (None: found beside it).
+    pub labels_path: Option<PathBuf>,
     pub resize: ResizeMethod,
     pub num_classes: Option<usize>,
     pub val_fraction: f64,
@@ -95,14 +106,41 @@ impl Spec {
         self.arch.layers()[self.freeze]
     }
 
-    /// The last layer of the trainable tail: fc7, or the freeze point when it is above fc7.
+    /// The last layer of the trainable tail: `backbone.output`.
     pub fn tail_end(&self) -> usize {
-        self.arch.feature_end().max(self.freeze)
+        self.output
     }
 
-    /// How many values the head reads per sample.
+    /// Output shape of layer `l` for one image at this spec's input size.
+    pub fn layer_shape(&self, l: usize) -> Vec<usize> {
+        self.arch.output_shape_at(l, self.input_size)
+    }
+
+    /// Whether `backbone.pool` applies to the frozen features themselves (the head reads the
+    /// freeze layer): then the cache holds the pooled values.
+    pub fn pool_before_cache(&self) -> bool {
+        !self.pool.is_none() && self.freeze == self.output
+    }
+
+    /// Shape of one sample's cached features: the freeze layer's output, pooled when
+    /// `pool_before_cache`.
+    pub fn feature_shape(&self) -> Vec<usize> {
+        let s = self.layer_shape(self.freeze);
+        if self.pool_before_cache() {
+            vec![s[0]]
+        } else {
+            s
+        }
+    }
+
+    /// How many values the head reads per sample (the output layer's channels when pooled).
     pub fn head_input_dim(&self) -> usize {
-        self.arch.output_shape(self.tail_end()).iter().product()
+        let s = self.layer_shape(self.output);
+        if self.pool.is_none() {
+            s.iter().product()
+        } else {
+            s[0]
+        }
     }
 
     /// Images per extraction batch on `device`: the file's number, or for `auto` what
@@ -111,8 +149,8 @@ impl Spec {
         match self.extract_batch {
             BatchSize::Fixed(n) => n,
             BatchSize::Auto => {
-                let largest = (0..=self.freeze.max(self.arch.feature_end()))
-                    .map(|l| self.arch.output_shape(l).iter().product::<usize>())
+                let largest = (0..=self.freeze.max(self.output))
+                    .map(|l| self.layer_shape(l).iter().product::<usize>())
                     .max()
                     .unwrap_or(1);
                 let bytes = self.precision.dtype().size_in_bytes();
@@ -210,6 +248,7 @@ fn validate(path: &Path, text: &str, raw: RawSpec) -> Result<Spec> {
         Error::Spec(diagnose::key_error(path, text, section, key, &msg))
     };
     let (arch, freeze, weights) = check_backbone(&raw.backbone, &err)?;
+    let (output, input_size) = check_output(&raw.backbone, arch, freeze, &err)?;
     let (dataset_kind, track_split, image_size) = check_dataset(&raw.dataset, arch, &err)?;
     let device = parse_device(&raw.run.device).map_err(|m| err("run", "device", m))?;
     match raw.run.extract_batch {
@@ -238,8 +277,12 @@ fn validate(path: &Path, text: &str, raw: RawSpec) -> Result<Spec> {
         arch,
         weights,
         freeze,
+        output,
+        pool: raw.backbone.pool,
+        input_size,
         dataset_kind,
         dataset_path: PathBuf::from(&raw.dataset.path),
+        labels_path: opt_path(&raw.dataset.labels_path),
         resize: raw.dataset.resize,
         num_classes: raw.dataset.num_classes,
         val_fraction: raw.dataset.val_fraction,
@@ -376,6 +419,90 @@ fn check_backbone(b: &BackboneSection, err: &KeyError) -> Result<(Arch, usize, W
     Ok((arch, freeze, weights))
 }
 
+/// The largest `backbone.input_size`.
+pub const MAX_INPUT_SIZE: usize = 1024;
+
+/// `backbone.output` (an index at or above the freeze point), `backbone.pool` (on a feature map
+/// only) and the input size (another than the architecture's only when no fc layer runs).
+fn check_output(
+    b: &BackboneSection,
+    arch: Arch,
+    freeze: usize,
+    err: &KeyError,
+) -> Result<(usize, usize)> {
+    let layers = arch.layers();
+    let output = if b.output.is_empty() {
+        arch.feature_end().max(freeze)
+    } else {
+        arch.layer_index(&b.output).ok_or_else(|| {
+            err(
+                "backbone",
+                "output",
+                format!(
+                    "{} has no layer {:?}; layers are {}{}",
+                    arch.name(),
+                    b.output,
+                    layers.join(", "),
+                    diagnose::did_you_mean(&b.output, layers)
+                ),
+            )
+        })?
+    };
+    if output < freeze {
+        return Err(err(
+            "backbone",
+            "output",
+            format!(
+                "is {} but backbone.freeze is {}: the head reads a layer at or above the freeze point",
+                layers[output], layers[freeze]
+            ),
+        ));
+    }
+    let conv_output = output < arch.first_fc();
+    if !b.pool.is_none() && !conv_output {
+        return Err(err(
+            "backbone",
+            "pool",
+            format!(
+                "is {:?} but backbone.output = {} is a vector: pooling needs a convolution or pooling layer's feature map (e.g. output = \"pool5\")",
+                b.pool.name(),
+                layers[output]
+            ),
+        ));
+    }
+    let input_size = match b.input_size {
+        0 => arch.input_size(),
+        s if s == arch.input_size() => s,
+        s if !conv_output => {
+            return Err(err(
+                "backbone",
+                "input_size",
+                format!(
+                    "is {s} but backbone.output = {} runs fc layers, which need the {} input of {}; another size needs a convolution or pooling output (e.g. output = \"pool5\")",
+                    layers[output],
+                    arch.input_size(),
+                    arch.name()
+                ),
+            ))
+        }
+        s => {
+            let min = arch.min_input_for(output).unwrap_or(arch.input_size());
+            if s < min || s > MAX_INPUT_SIZE {
+                return Err(err(
+                    "backbone",
+                    "input_size",
+                    format!(
+                        "is {s}; with output = {} it must lie in {min}..={MAX_INPUT_SIZE} (smaller leaves no pixel at {})",
+                        layers[output], layers[output]
+                    ),
+                ));
+            }
+            s
+        }
+    };
+    Ok((output, input_size))
+}
+
 /// `[dataset]`: its kind, whether splits keep tracks whole, and the stored image side.
 fn check_dataset(
     d: &DatasetSection,
@@ -387,8 +514,9 @@ fn check_dataset(
         "synthetic" => DatasetKind::Synthetic,
         "folder" => DatasetKind::Folder,
         "gtsrb" => DatasetKind::Gtsrb,
+        "idx" => DatasetKind::Idx,
         other => {
-            let kinds = ["pickle", "synthetic", "folder", "gtsrb"];
+            let kinds = ["pickle", "synthetic", "folder", "gtsrb", "idx"];
             return Err(err(
                 "dataset",
                 "kind",
@@ -405,6 +533,23 @@ fn check_dataset(
             "dataset",
             "path",
             "is empty; name the train.p file".into(),
+        ));
+    }
+    if kind == DatasetKind::Idx && d.path.is_empty() {
+        return Err(err(
+            "dataset",
+            "path",
+            "is empty; name the images file (e.g. train-images-idx3-ubyte.gz)".into(),
+        ));
+    }
+    if !d.labels_path.is_empty() && kind != DatasetKind::Idx {
+        return Err(err(
+            "dataset",
+            "labels_path",
+            format!(
+                "is for dataset.kind = \"idx\"; {} datasets carry their labels",
+                kind.name()
+            ),
         ));
     }
     if d.num_classes == Some(0) {
@@ -559,12 +704,14 @@ pub fn check_files(spec: &Spec) -> Vec<String> {
             ("dataset.path", Some(&spec.dataset_path)),
             ("dataset.val_path", spec.val_path.as_ref()),
             ("dataset.test_path", spec.test_path.as_ref()),
+            ("dataset.labels_path", spec.labels_path.as_ref()),
         ];
         for (key, p) in named {
             if let Some(p) = p.filter(|p| !p.exists()) {
                 let origin = match spec.dataset_kind {
                     DatasetKind::Pickle => "the seed's train.p comes from Udacity's traffic-signs-data.zip; put it in data/",
                     DatasetKind::Folder => "expected a folder of class folders, e.g. the seed's flower_photos (TensorFlow's flower_photos.tgz)",
+                    DatasetKind::Idx => "expected an IDX images file such as Fashion-MNIST's train-images-idx3-ubyte.gz (scripts/get-real-data.sh fetches it)",
                     _ => "expected GTSRB's official GTSRB_Final_Training_Images / GTSRB_Final_Test_Images layout",
                 };
                 out.push(format!("{key}: {} does not exist ({origin})", p.display()));

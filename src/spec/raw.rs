@@ -194,6 +194,46 @@ pub struct BackboneSection {
     pub freeze: String,
     /// Dropout on the outputs of pretrained fc layers trained above the freeze point.
     pub dropout: f64,
+    /// The layer whose output the head reads (at or above `freeze`); empty: fc7, or `freeze`
+    /// when it is above fc7. Left out of the resolved file when empty, so run ids made before
+    /// the key existed stay the same.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub output: String,
+    /// Global pooling of a convolution or pooling `output` over its height and width.
+    #[serde(skip_serializing_if = "Pool::is_none")]
+    pub pool: Pool,
+    /// Input side in pixels (0: the architecture's); another size only with a convolution or
+    /// pooling `output`.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub input_size: usize,
+}
+
+fn is_zero(v: &usize) -> bool {
+    *v == 0
+}
+
+/// Global pooling of a feature map (`backbone.pool`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Pool {
+    #[default]
+    None,
+    Avg,
+    Max,
+}
+
+impl Pool {
+    pub fn is_none(&self) -> bool {
+        *self == Pool::None
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Pool::None => "none",
+            Pool::Avg => "avg",
+            Pool::Max => "max",
+        }
+    }
 }
 
 impl Default for BackboneSection {
@@ -203,6 +243,9 @@ impl Default for BackboneSection {
             weights: "weights/bvlc-alexnet.npy".into(),
             freeze: "fc7".into(),
             dropout: 0.5,
+            output: String::new(),
+            pool: Pool::None,
+            input_size: 0,
         }
     }
 }
@@ -239,6 +282,9 @@ pub struct DatasetSection {
     pub crop: crate::data::gtsrb::Crop,
     /// `auto` (track for gtsrb, else stratified) | `stratified` | `track`.
     pub split: SplitKind,
+    /// `idx`: the labels file of `path` (empty: found beside it by MNIST's naming).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub labels_path: String,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -266,6 +312,7 @@ impl Default for DatasetSection {
             on_bad_image: crate::data::images::OnBad::Error,
             crop: crate::data::gtsrb::Crop::Roi,
             split: SplitKind::Auto,
+            labels_path: String::new(),
         }
     }
 }

@@ -14,10 +14,11 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+use crate::backbone::layers::global_pool;
 use crate::backbone::Network;
 use crate::cache::HostFeatures;
 use crate::error::Result;
-use crate::spec::{Metric, Spec, TrainSection};
+use crate::spec::{Metric, Pool, Spec, TrainSection};
 use head::Head;
 use metrics::Sums;
 
@@ -73,6 +74,9 @@ pub struct Model {
     pub tail_vars: Vec<(String, Var)>,
     pub head: Head,
     pub backbone_dropout: f64,
+    /// Global pooling of the tail's output before the head (`backbone.pool` when the head reads
+    /// a layer above the freeze point; otherwise the cached features are pooled already).
+    pub tail_pool: Pool,
 }
 
 impl Model {
@@ -111,6 +115,11 @@ impl Model {
             tail_vars,
             head,
             backbone_dropout: spec.raw.backbone.dropout,
+            tail_pool: if has_tail(spec) {
+                spec.pool
+            } else {
+                Pool::None
+            },
         })
     }
 
@@ -118,10 +127,12 @@ impl Model {
         match (&self.tail, train) {
             (Some((net, from, until)), Some(rng)) => {
                 let f = net.forward_train(x, *from, *until, rng, self.backbone_dropout)?;
+                let f = global_pool(&f, self.tail_pool)?;
                 self.head.forward(&f.flatten_from(1)?, Some(rng))
             }
             (Some((net, from, until)), None) => {
                 let f = net.forward_range(x, *from, *until)?;
+                let f = global_pool(&f, self.tail_pool)?;
                 self.head.forward(&f.flatten_from(1)?, None)
             }
             (None, train) => self.head.forward(&x.flatten_from(1)?, train),

@@ -13,6 +13,7 @@
 pub mod array;
 pub mod formula;
 pub mod npy;
+pub mod onnx;
 pub mod pickle;
 pub mod pickle_write;
 
@@ -84,6 +85,9 @@ pub enum FileKind {
     Npz,
     Pickle,
     Safetensors,
+    /// PyTorch's zip checkpoint (`torch.save`): a zip holding `*/data.pkl`.
+    Pth,
+    Onnx,
 }
 
 pub fn sniff(bytes: &[u8]) -> Option<FileKind> {
@@ -91,6 +95,11 @@ pub fn sniff(bytes: &[u8]) -> Option<FileKind> {
         return Some(FileKind::Npy);
     }
     if bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(b"PK\x05\x06") {
+        // the central directory at the end names the members: torch.save's hold data.pkl
+        let tail = &bytes[bytes.len().saturating_sub(1 << 16)..];
+        if tail.windows(8).any(|w| w == b"data.pkl") {
+            return Some(FileKind::Pth);
+        }
         return Some(FileKind::Npz);
     }
     if bytes.len() >= 2 && bytes[0] == 0x80 && (2..=5).contains(&bytes[1]) {
@@ -101,6 +110,10 @@ pub fn sniff(bytes: &[u8]) -> Option<FileKind> {
         if n > 0 && n < bytes.len() as u64 && bytes[8] == b'{' {
             return Some(FileKind::Safetensors);
         }
+    }
+    // a protobuf starting with field 1 as a varint: ONNX's ir_version
+    if bytes.len() > 16 && bytes[0] == 0x08 {
+        return Some(FileKind::Onnx);
     }
     None
 }
@@ -138,7 +151,7 @@ fn read_tf_layout(path: &Path, bytes: &[u8], kind: FileKind) -> Result<RawLayers
             let members = npy::read_npz_from(std::io::Cursor::new(bytes), &limits).map_err(bad)?;
             return group_npz(path, members);
         }
-        FileKind::Safetensors => unreachable_kind(path)?,
+        FileKind::Safetensors | FileKind::Onnx | FileKind::Pth => unreachable_kind(path)?,
     };
     let entries = dict.as_str_dict().ok_or_else(|| {
         Error::format(
@@ -239,8 +252,11 @@ fn role_is_weight(role: &str) -> Option<bool> {
 pub fn read_stored(path: &Path) -> Result<Vec<(String, NdArray)>> {
     let bytes = npy::read_file(path)?;
     let kind = sniff(&bytes).ok_or_else(|| unknown_kind(path))?;
-    if kind == FileKind::Safetensors {
-        return Err(Error::format(path, "is a safetensors file; use inspect"));
+    if matches!(kind, FileKind::Safetensors | FileKind::Onnx | FileKind::Pth) {
+        return Err(Error::format(
+            path,
+            "is not a TF-layout file (.npy/.npz/pickle); use inspect",
+        ));
     }
     Ok(read_tf_layout(path, &bytes, kind)?
         .into_iter()
@@ -271,6 +287,24 @@ pub fn inspect(path: &Path) -> Result<Vec<StoredTensor>> {
         out.sort_by(|a, b| a.name.cmp(&b.name));
         return Ok(out);
     }
+    if kind == FileKind::Onnx {
+        return onnx::inspect(path, &bytes);
+    }
+    if kind == FileKind::Pth {
+        let pth = candle_core::pickle::PthTensors::new(path, None)
+            .map_err(|e| Error::format(path, format!("not a readable PyTorch checkpoint: {e}")))?;
+        let mut out: Vec<StoredTensor> = pth
+            .tensor_infos()
+            .values()
+            .map(|t| StoredTensor {
+                name: t.name.clone(),
+                shape: t.layout.dims().to_vec(),
+                dtype: format!("{:?}", t.dtype).to_lowercase(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        return Ok(out);
+    }
     Ok(read_tf_layout(path, &bytes, kind)?
         .into_iter()
         .flat_map(|(layer, arrays)| {
@@ -286,12 +320,69 @@ pub fn inspect(path: &Path) -> Result<Vec<StoredTensor>> {
 fn unknown_kind(path: &Path) -> Error {
     Error::format(
         path,
-        "is not a weights file runner reads (expected a numpy .npy holding a pickled dict, a pickle, an .npz or a .safetensors file)",
+        "is not a weights file runner reads (expected a numpy .npy holding a pickled dict, a pickle, an .npz, a .safetensors, a PyTorch .pth or an ONNX .onnx file)",
     )
 }
 
 /// Load and check the weights of `arch` from `path`, converted to candle layout.
 pub fn load(path: &Path, arch: Arch) -> Result<WeightSet> {
+    load_until(path, arch, arch.layers().len() - 1)
+}
+
+/// The parameterised layers of `arch` up to layer index `last`.
+pub fn needed_params(arch: Arch, last: usize) -> Vec<ParamSpec> {
+    arch.params()
+        .into_iter()
+        .filter(|p| arch.layer_index(p.layer).is_some_and(|i| i <= last))
+        .collect()
+}
+
+/// The highest layer a file serves as `backbone.output`: the last layer before the first
+/// parameterised layer that `has` says is missing.
+pub fn serves_up_to(arch: Arch, has: impl Fn(&str) -> bool) -> &'static str {
+    let layers = arch.layers();
+    let first_missing = arch
+        .params()
+        .iter()
+        .find(|p| !has(p.layer))
+        .and_then(|p| arch.layer_index(p.layer));
+    match first_missing {
+        Some(i) if i > 0 => layers[i - 1],
+        Some(_) => layers[0],
+        None => layers[layers.len() - 1],
+    }
+}
+
+/// A missing layer: what the file has, and up to which layer it would serve.
+fn missing_layer(path: &Path, arch: Arch, layer: &str, found: &[&str]) -> Error {
+    let serves = serves_up_to(arch, |l| found.contains(&l));
+    Error::weights(
+        path,
+        format!(
+            "layer {layer} is missing (the file has {}); is this a {} weights file? It would serve backbone.output up to {serves}",
+            found.join(", "),
+            arch.name()
+        ),
+    )
+}
+
+/// Log the layers of a file that the run does not need (above `backbone.output`).
+fn log_unused(path: &Path, need: &[ParamSpec], found: &[&str]) {
+    let unused = found
+        .iter()
+        .filter(|f| !need.iter().any(|p| p.layer == **f))
+        .count();
+    if unused > 0 {
+        tracing::info!(
+            "{}: {unused} layer(s) of the file are above backbone.output and not loaded",
+            path.display()
+        );
+    }
+}
+
+/// As `load`, for the layers up to index `last` only (`backbone.output`): a file without the
+/// layers above it (a "notop" convolutional base) serves.
+pub fn load_until(path: &Path, arch: Arch, last: usize) -> Result<WeightSet> {
     let bytes = std::fs::read(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             Error::io_hint(path, e, format!("expected {}", arch.weights_hint()))
@@ -300,29 +391,31 @@ pub fn load(path: &Path, arch: Arch) -> Result<WeightSet> {
         }
     })?;
     let kind = sniff(&bytes).ok_or_else(|| unknown_kind(path))?;
-    if kind == FileKind::Safetensors {
-        return load_safetensors(path, &bytes, arch);
+    let need = needed_params(arch, last);
+    match kind {
+        FileKind::Safetensors => return load_safetensors(path, &bytes, arch, &need),
+        FileKind::Onnx => return onnx::load(path, &bytes, arch, &need),
+        FileKind::Pth => return load_pth(path, arch, &need),
+        _ => {}
     }
     let raw = read_tf_layout(path, &bytes, kind)?;
     drop(bytes);
-    from_tf_layout(path, raw, arch)
+    from_tf_layout(path, raw, arch, &need)
 }
 
 /// Convert per-layer TF-layout arrays into a checked candle-layout set.
-fn from_tf_layout(path: &Path, raw: RawLayers, arch: Arch) -> Result<WeightSet> {
+fn from_tf_layout(
+    path: &Path,
+    raw: RawLayers,
+    arch: Arch,
+    need: &[ParamSpec],
+) -> Result<WeightSet> {
     let mut set = WeightSet::default();
-    for spec in arch.params() {
+    let found: Vec<&str> = raw.iter().map(|(l, _)| l.as_str()).collect();
+    log_unused(path, need, &found);
+    for spec in need.iter().cloned() {
         let Some((_, arrays)) = raw.iter().find(|(l, _)| l == spec.layer) else {
-            let found: Vec<&str> = raw.iter().map(|(l, _)| l.as_str()).collect();
-            return Err(Error::weights(
-                path,
-                format!(
-                    "layer {} is missing (the file has {}); is this a {} weights file?",
-                    spec.layer,
-                    found.join(", "),
-                    arch.name()
-                ),
-            ));
+            return Err(missing_layer(path, arch, spec.layer, &found));
         };
         let pick = |want_w: bool| {
             arrays
@@ -464,60 +557,116 @@ fn transpose_rows(
     out
 }
 
-fn load_safetensors(path: &Path, bytes: &[u8], arch: Arch) -> Result<WeightSet> {
-    let st = safetensors::SafeTensors::deserialize(bytes)
-        .map_err(|e| Error::format(path, format!("not a valid safetensors file: {e}")))?;
-    let names = st.names();
+/// A tensor as a named-tensor file holds it: shape and f32 values (converted from its dtype).
+type Named = (Vec<usize>, Vec<f32>);
+
+/// The layers `need` from a file of named tensors in runner's (candle/PyTorch) layout:
+/// `<layer>.weight`/`<layer>.bias`, or torchvision's names for VGG. `get` reads one tensor by
+/// name (`None` when absent); `names` lists what the file has, for errors.
+fn load_named(
+    path: &Path,
+    arch: Arch,
+    need: &[ParamSpec],
+    names: &[String],
+    get: impl Fn(&str) -> std::result::Result<Option<Named>, String>,
+) -> Result<WeightSet> {
+    let has = |n: &str| names.iter().any(|x| x == n);
+    let has_layer = |layer: &str| {
+        let n = format!("{layer}.weight");
+        has(&n) || arch.alt_name(&n).is_some_and(|a| has(&a))
+    };
+    let present: Vec<&str> = arch
+        .params()
+        .iter()
+        .map(|p| p.layer)
+        .filter(|l| has_layer(l))
+        .collect();
+    log_unused(path, need, &present);
     let mut set = WeightSet::default();
-    for spec in arch.params() {
+    for spec in need {
         for (suffix, want) in [
             ("weight", spec.weight_shape()),
             ("bias", vec![spec.bias_len()]),
         ] {
             let name = format!("{}.{suffix}", spec.layer);
-            let alt = arch.alt_name(&name);
-            let found = st.tensor(&name).or_else(|e| match &alt {
-                Some(a) => st.tensor(a),
-                None => Err(e),
-            });
-            let view = found.map_err(|_| {
-                let mut found: Vec<&str> = names.iter().map(|s| s.as_ref()).collect();
-                found.sort();
-                found.truncate(12);
-                Error::weights(
+            let stored = match arch.alt_name(&name).filter(|a| !has(&name) && has(a)) {
+                Some(alt) => alt,
+                None => name.clone(),
+            };
+            let found = get(&stored).map_err(|m| Error::weights(path, format!("{stored}: {m}")))?;
+            let Some((shape, data)) = found else {
+                let mut listed: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+                listed.sort();
+                listed.truncate(12);
+                return Err(Error::weights(
                     path,
                     format!(
-                        "tensor {name} is missing (found {}{}); safetensors weights use runner's names <layer>.weight / <layer>.bias",
-                        found.join(", "),
-                        if names.len() > 12 { ", ..." } else { "" }
+                        "tensor {name} is missing (found {}{}); files of named tensors use runner's names <layer>.weight / <layer>.bias (or torchvision's for VGG); the file would serve backbone.output up to {}",
+                        listed.join(", "),
+                        if names.len() > 12 { ", ..." } else { "" },
+                        serves_up_to(arch, has_layer)
                     ),
-                )
-            })?;
-            if view.shape() != want.as_slice() {
+                ));
+            };
+            if shape != want {
                 let tf = if suffix == "weight" {
                     spec.seed_weight_shape()
                 } else {
                     vec![]
                 };
-                let hint = if view.shape() == tf.as_slice() {
-                    " — that is TensorFlow's layout; .safetensors are read in candle/PyTorch layout (OIHW, [out, in])"
+                let hint = if shape == tf {
+                    " — that is TensorFlow's layout; .safetensors and .pth are read in candle/PyTorch layout (OIHW, [out, in])"
                 } else {
                     ""
                 };
                 return Err(Error::weights(
                     path,
-                    format!(
-                        "tensor {name} has shape {:?}, expected {want:?}{hint}",
-                        view.shape()
-                    ),
+                    format!("tensor {name} has shape {shape:?}, expected {want:?}{hint}"),
                 ));
             }
-            let data =
-                safetensor_f32(&view).map_err(|m| Error::weights(path, format!("{name}: {m}")))?;
             set.tensors.insert(name, HostTensor { shape: want, data });
         }
     }
     Ok(set)
+}
+
+fn load_safetensors(
+    path: &Path,
+    bytes: &[u8],
+    arch: Arch,
+    need: &[ParamSpec],
+) -> Result<WeightSet> {
+    let st = safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|e| Error::format(path, format!("not a valid safetensors file: {e}")))?;
+    let names: Vec<String> = st.names().into_iter().map(String::from).collect();
+    load_named(path, arch, need, &names, |n| match st.tensor(n) {
+        Ok(v) => Ok(Some((v.shape().to_vec(), safetensor_f32(&v)?))),
+        Err(_) => Ok(None),
+    })
+}
+
+/// A PyTorch checkpoint (`torch.save` zip format: a state dict, or a dict holding one under
+/// `state_dict`), read by candle's pickle reader, which runs no code. Tensors are read lazily,
+/// so only the layers up to `backbone.output` are decoded.
+fn load_pth(path: &Path, arch: Arch, need: &[ParamSpec]) -> Result<WeightSet> {
+    let bad = |e: candle_core::Error| {
+        Error::format(path, format!("not a readable PyTorch checkpoint: {e}"))
+    };
+    let mut pth = candle_core::pickle::PthTensors::new(path, None).map_err(bad)?;
+    if pth.tensor_infos().is_empty() {
+        pth = candle_core::pickle::PthTensors::new(path, Some("state_dict")).map_err(bad)?;
+    }
+    let names: Vec<String> = pth.tensor_infos().keys().cloned().collect();
+    load_named(path, arch, need, &names, |n| {
+        let Some(t) = pth.get(n).map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        let t = t
+            .to_dtype(candle_core::DType::F32)
+            .and_then(|t| Ok((t.dims().to_vec(), t.flatten_all()?.to_vec1::<f32>()?)))
+            .map_err(|e| e.to_string())?;
+        Ok(Some(t))
+    })
 }
 
 fn safetensor_f32(
