@@ -23,6 +23,7 @@ pub mod predict;
 pub mod profile;
 pub mod progress;
 pub mod record;
+pub mod report;
 pub mod results;
 pub mod spec;
 pub mod sweep;

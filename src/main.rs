@@ -132,6 +132,20 @@ enum Cmd {
         #[arg(long, value_delimiter = ',')]
         by: Vec<String>,
     },
+    /// One self-contained HTML page over runs from any number of machines (runs, timing by
+    /// device, learning curves, swept settings, the best run's confusion matrix, machines)
+    Report {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+        /// Grouping keys of the timing table (as for compare)
+        #[arg(long, value_delimiter = ',')]
+        by: Vec<String>,
+        /// Add a speed-up column relative to the first row whose keys contain this text
+        #[arg(long)]
+        baseline: Option<String>,
+    },
     /// Validate experiment files without running them
     Check { specs: Vec<PathBuf> },
     /// List the devices this runner can use (CPU, and GPUs when built with CUDA)
@@ -256,6 +270,7 @@ fn run_specs(specs: &[PathBuf], sets: &[String], quiet: bool) -> Result<(), Erro
         if points.len() > 1 || !points[0].overrides.is_empty() {
             let o = sweep_options(Selection::All, false, 1, vec![], sets, quiet);
             report(runner::sweep::run(path, &o)?)?;
+            name_report(&points[0].spec.results_dir, &points[0].spec.name, quiet);
             continue;
         }
         let s = &points[0].spec;
@@ -279,6 +294,7 @@ fn run_specs(specs: &[PathBuf], sets: &[String], quiet: bool) -> Result<(), Erro
                 o.dir.display()
             );
         }
+        name_report(&s.results_dir, &s.name, quiet);
     }
     Ok(())
 }
@@ -364,6 +380,12 @@ fn run(cli: Cli) -> Result<(), Error> {
             kind,
             by,
         } => cmd_plot(&paths, &out, &kind, by, quiet),
+        Cmd::Report {
+            paths,
+            out,
+            by,
+            baseline,
+        } => cmd_report(&paths, &out, by, baseline, quiet),
         Cmd::Plan { spec } => cmd_plan(&spec, sets),
         Cmd::Status { spec } => cmd_status(&spec, sets),
         Cmd::Slurm {
@@ -424,7 +446,11 @@ fn cmd_sweep(
         (None, None) => Selection::All,
     };
     let o = sweep_options(selection, force, jobs.max(1), devices, sets, quiet);
-    report(runner::sweep::run(spec, &o)?)
+    report(runner::sweep::run(spec, &o)?)?;
+    if let Ok(s) = spec::load(spec, sets) {
+        name_report(&s.results_dir, &s.name, quiet);
+    }
+    Ok(())
 }
 
 /// Runs from the given places, with what could not be read said on stderr; an error if none.
@@ -543,6 +569,41 @@ fn cmd_plot(
         runner::note!("wrote {}", out.display());
     }
     Ok(())
+}
+
+fn cmd_report(
+    paths: &[PathBuf],
+    out: &Path,
+    by: Vec<String>,
+    baseline: Option<String>,
+    quiet: bool,
+) -> Result<(), Error> {
+    let o = runner::report::Options { by, baseline };
+    let w = runner::report::write(paths, out, &o)?;
+    for warning in &w.warnings {
+        runner::note!("warning: {warning}");
+    }
+    if !quiet {
+        runner::note!(
+            "wrote {} ({} runs, {} KiB)",
+            out.display(),
+            w.runs,
+            w.bytes.div_ceil(1024)
+        );
+    }
+    Ok(())
+}
+
+/// The command that writes an experiment's report, said at the end of a run or sweep.
+fn name_report(results_dir: &Path, name: &str, quiet: bool) {
+    if !quiet {
+        let dir = results_dir.join(name);
+        runner::note!(
+            "report: runner report {} --out {}",
+            dir.display(),
+            dir.join("report.html").display()
+        );
+    }
 }
 
 fn cmd_plan(spec: &Path, sets: &[String]) -> Result<(), Error> {

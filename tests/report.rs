@@ -1,0 +1,159 @@
+//! `runner report` over a small sweep: a self-contained page (no script, nothing fetched) whose
+//! text holds every run's id and numbers, opened in a real headless browser (Debian's
+//! Chromium, which `.ci/run` installs): no console errors and a screenshot that is not blank.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+fn chromium() -> Option<&'static str> {
+    ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .into_iter()
+        .find(|p| Path::new(p).is_file())
+}
+
+fn browser(dir: &Path, page: &Path, extra: &[&str]) -> std::process::Output {
+    let profile = dir.join("chrome-profile");
+    let url = format!("file://{}", page.display());
+    let mut args = vec![
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--enable-logging=stderr",
+        "--v=0",
+    ];
+    let prof = format!("--user-data-dir={}", profile.display());
+    args.push(&prof);
+    args.extend_from_slice(extra);
+    args.push(&url);
+    Command::new(chromium().unwrap())
+        .args(&args)
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_sweep_report_is_one_self_contained_page_that_a_browser_shows() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(
+        d.path().join("sw.toml"),
+        "name = \"sw\"\n[backbone]\nweights = \"random\"\n[dataset]\nkind = \"synthetic\"\nper_class = 3\nval_fraction = 0.34\ntest_fraction = 0.33\n\
+         [train]\nepochs = 3\n[run]\ndevice = \"cpu\"\n[sweep]\n\"train.lr\" = [0.01, 0.001]\n\"head.hidden\" = [[], [16]]\n",
+    )
+    .unwrap();
+    let out = run_in(d.path(), &["sweep", "sw.toml"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // the sweep names the command that writes its report
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("report: runner report"), "{err}");
+
+    let out = run_in(
+        d.path(),
+        &[
+            "report",
+            "results/sw",
+            "--out",
+            "report.html",
+            "--baseline",
+            "cpu",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page = d.path().join("report.html");
+    let html = std::fs::read_to_string(&page).unwrap();
+    // self-contained: no script, no stylesheet or image fetched from anywhere
+    assert!(!html.contains("<script"), "no JavaScript");
+    for bad in ["<link", "<img", "src=", "@import", "url("] {
+        assert!(!html.contains(bad), "{bad} in the page");
+    }
+    let without_ns = html.replace("http://www.w3.org/2000/svg", "");
+    assert!(!without_ns.contains("http://") && !without_ns.contains("https://"));
+    // the key numbers of every run
+    let summary = std::fs::read_to_string(d.path().join("results/sw/summary.csv")).unwrap();
+    let mut rd = csv::Reader::from_reader(summary.as_bytes());
+    let headers = rd.headers().unwrap().clone();
+    let col = |n: &str| headers.iter().position(|h| h == n).unwrap();
+    let mut n = 0;
+    for r in rd.records() {
+        let r = r.unwrap();
+        assert!(
+            html.contains(&r[col("run_id")]),
+            "run {} missing",
+            &r[col("run_id")]
+        );
+        let acc: f64 = r[col("best_val_acc")].parse().unwrap();
+        assert!(
+            html.contains(&format!("{acc:.4}")),
+            "best val acc {acc:.4} missing"
+        );
+        n += 1;
+    }
+    assert_eq!(n, 4);
+    for section in [
+        "Runs",
+        "Timing by device",
+        "Learning curves",
+        "Accuracy against epoch time",
+        "Swept settings",
+        "Confusion matrix",
+        "Machines",
+    ] {
+        assert!(html.contains(section), "section {section} missing");
+    }
+    assert!(html.len() < 1 << 20, "{} bytes", html.len());
+
+    let Some(_) = chromium() else {
+        eprintln!(
+            "SKIPPED the browser part: no Chromium here (apt-get install chromium; .ci/run does)"
+        );
+        return;
+    };
+    let shot = d.path().join("shot.png");
+    let out = browser(
+        d.path(),
+        &page,
+        &[
+            &format!("--screenshot={}", shot.display()),
+            "--window-size=1200,2000",
+        ],
+    );
+    let log = String::from_utf8_lossy(&out.stderr);
+    let console: Vec<&str> = log.lines().filter(|l| l.contains("CONSOLE")).collect();
+    assert!(console.is_empty(), "console messages: {console:?}");
+    let img = image::open(&shot)
+        .unwrap_or_else(|e| panic!("no screenshot ({e}); chromium said: {log}"))
+        .to_rgb8();
+    let non_white = img
+        .pixels()
+        .filter(|p| p.0.iter().any(|&c| c < 200))
+        .count();
+    let share = non_white as f64 / (img.width() * img.height()) as f64;
+    assert!(
+        share > 0.02,
+        "the screenshot is blank ({share:.4} of it drawn)"
+    );
+    // the page as the browser read it holds the runs' ids
+    let out = browser(d.path(), &page, &["--dump-dom"]);
+    let dom = String::from_utf8_lossy(&out.stdout);
+    let first_id = summary.lines().nth(1).unwrap().split(',').next().unwrap();
+    assert!(
+        dom.contains(first_id),
+        "the browser's DOM lacks run {first_id}"
+    );
+}
