@@ -172,14 +172,7 @@ fn the_head_trains_on_pooled_conv_features_and_on_a_pooled_tail() {
     assert!(widths.contains(&256), "{widths:?}");
 }
 
-fn idx(dims: &[u32], data: &[u8]) -> Vec<u8> {
-    let mut b = vec![0, 0, 8, dims.len() as u8];
-    for d in dims {
-        b.extend(d.to_be_bytes());
-    }
-    b.extend_from_slice(data);
-    b
-}
+use runner::data::idx::encode as idx;
 
 fn gz(b: &[u8]) -> Vec<u8> {
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());

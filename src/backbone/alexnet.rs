@@ -27,18 +27,9 @@ impl AlexNet {
 
     /// The weights of layers `1..=last` (those above are neither loaded nor run).
     pub fn new_until(weights: &WeightSet, device: &Device, last: usize) -> Result<Self> {
-        let params = LAYERS
-            .iter()
-            .enumerate()
-            .map(|(i, &n)| {
-                if i <= last && (n.starts_with("conv") || n.starts_with("fc")) {
-                    Ok(Some(Param::load(weights, n, device)?))
-                } else {
-                    Ok(None)
-                }
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(AlexNet { params })
+        Ok(AlexNet {
+            params: Param::load_until(weights, LAYERS, device, last)?,
+        })
     }
 
     /// Store the frozen layers `1..=until` in `dtype`.

@@ -28,6 +28,27 @@ impl Param {
         })
     }
 
+    /// The parameters of every conv/fc layer among `names` (layer names by index) up to index
+    /// `last`; `None` for the others (input, pooling, layers above `last`).
+    pub fn load_until(
+        weights: &crate::weights::WeightSet,
+        names: &[&str],
+        device: &candle_core::Device,
+        last: usize,
+    ) -> Result<Vec<Option<Param>>> {
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                if i <= last && (n.starts_with("conv") || n.starts_with("fc")) {
+                    Ok(Some(Param::load(weights, n, device)?))
+                } else {
+                    Ok(None)
+                }
+            })
+            .collect()
+    }
+
     /// Store a frozen layer's weights in another number format (trainable layers stay f32).
     pub fn cast(&mut self, dtype: candle_core::DType) -> Result<()> {
         if !self.trainable && self.w.dtype() != dtype {

@@ -35,18 +35,7 @@ impl Vgg {
         device: &Device,
         last: usize,
     ) -> Result<Self> {
-        let names = layers(depth);
-        let params = names
-            .iter()
-            .enumerate()
-            .map(|(i, &n)| {
-                if i <= last && (n.starts_with("conv") || n.starts_with("fc")) {
-                    Ok(Some(Param::load(weights, n, device)?))
-                } else {
-                    Ok(None)
-                }
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let params = Param::load_until(weights, layers(depth), device, last)?;
         Ok(Vgg {
             depth,
             params,

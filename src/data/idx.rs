@@ -64,6 +64,16 @@ fn header(r: &mut impl Read, path: &Path, want_dims: usize) -> Result<Vec<usize>
     Ok(dims)
 }
 
+/// An IDX file of uint8 values with dimensions `dims` (to write test data and converted sets).
+pub fn encode(dims: &[u32], data: &[u8]) -> Vec<u8> {
+    let mut b = vec![0, 0, 8, dims.len() as u8];
+    for d in dims {
+        b.extend(d.to_be_bytes());
+    }
+    b.extend_from_slice(data);
+    b
+}
+
 /// Open `path`, gunzipping when it starts with the gzip magic.
 fn open(path: &Path) -> Result<Box<dyn Read>> {
     let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
@@ -193,14 +203,7 @@ pub fn load(images: &Path, labels: Option<&Path>, num_classes: Option<usize>) ->
 mod tests {
     use super::*;
 
-    fn idx(dims: &[u32], data: &[u8]) -> Vec<u8> {
-        let mut b = vec![0, 0, 8, dims.len() as u8];
-        for d in dims {
-            b.extend(d.to_be_bytes());
-        }
-        b.extend_from_slice(data);
-        b
-    }
+    use super::encode as idx;
 
     fn gz(b: &[u8]) -> Vec<u8> {
         use std::io::Write;

@@ -528,30 +528,7 @@ fn check_dataset(
             ));
         }
     };
-    if kind == DatasetKind::Pickle && d.path.is_empty() {
-        return Err(err(
-            "dataset",
-            "path",
-            "is empty; name the train.p file".into(),
-        ));
-    }
-    if kind == DatasetKind::Idx && d.path.is_empty() {
-        return Err(err(
-            "dataset",
-            "path",
-            "is empty; name the images file (e.g. train-images-idx3-ubyte.gz)".into(),
-        ));
-    }
-    if !d.labels_path.is_empty() && kind != DatasetKind::Idx {
-        return Err(err(
-            "dataset",
-            "labels_path",
-            format!(
-                "is for dataset.kind = \"idx\"; {} datasets carry their labels",
-                kind.name()
-            ),
-        ));
-    }
+    check_dataset_paths(d, kind, err)?;
     if d.num_classes == Some(0) {
         return Err(err("dataset", "num_classes", "must be at least 1".into()));
     }
@@ -615,6 +592,29 @@ fn check_dataset(
         return Err(err("dataset", "per_class", "must be at least 1".into()));
     }
     Ok((kind, track_split, image_size))
+}
+
+/// `dataset.path` where a file is needed, and `labels_path` only for IDX files.
+fn check_dataset_paths(d: &DatasetSection, kind: DatasetKind, err: &KeyError) -> Result<()> {
+    let what = match kind {
+        DatasetKind::Pickle => "the train.p file",
+        DatasetKind::Idx => "the images file (e.g. train-images-idx3-ubyte.gz)",
+        _ => "",
+    };
+    if !what.is_empty() && d.path.is_empty() {
+        return Err(err("dataset", "path", format!("is empty; name {what}")));
+    }
+    if !d.labels_path.is_empty() && kind != DatasetKind::Idx {
+        return Err(err(
+            "dataset",
+            "labels_path",
+            format!(
+                "is for dataset.kind = \"idx\"; {} datasets carry their labels",
+                kind.name()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// `[head]`: dropout in [0, 1), hidden layers of at least one unit, a positive init_std.

@@ -252,27 +252,11 @@ pub fn load(path: &Path, bytes: &[u8], arch: Arch, need: &[ParamSpec]) -> Result
     let (convs, fcs, nhwc) = weighted(&g, &init);
     let (mut ci, mut fi) = (convs.iter(), fcs.iter());
     let mut set = WeightSet::default();
-    let serves = |layer: &str| {
-        let convs_have = convs.len();
-        let n_conv = arch
-            .params()
-            .iter()
-            .filter(|p| matches!(p.kind, ParamKind::Conv { .. }))
-            .count();
-        if convs_have >= n_conv {
-            format!(
-                "the file has {} convolutions and {} fully connected layers that fit up to {layer}",
-                convs.len(),
-                fcs.len()
-            )
-        } else {
-            format!(
-                "the file has {} convolutions, {} has {n_conv}",
-                convs.len(),
-                arch.name()
-            )
-        }
-    };
+    let counts = format!(
+        "the model has {} Conv and {} Gemm/MatMul nodes with weights",
+        convs.len(),
+        fcs.len()
+    );
     for spec in need {
         let is_conv = matches!(spec.kind, ParamKind::Conv { .. });
         let next = if is_conv { ci.next() } else { fi.next() };
@@ -283,55 +267,13 @@ pub fn load(path: &Path, bytes: &[u8], arch: Arch, need: &[ParamSpec]) -> Result
                     "has no {} node for layer {} ({}); set backbone.output to a lower layer",
                     if is_conv { "Conv" } else { "Gemm/MatMul" },
                     spec.layer,
-                    serves(spec.layer)
+                    counts
                 ),
             ));
         };
-        let (w, shape) = (floats(path, wn.w)?, dims(wn.w));
         let want = spec.weight_shape();
-        let data = if is_conv {
-            check(path, spec, wn, &shape, &want)?;
-            w
-        } else {
-            let tf = spec.seed_weight_shape(); // [in, out]
-            let as_tf = if wn.out_in {
-                check(path, spec, wn, &shape, &want)?;
-                transpose(&w, want[0], want[1])
-            } else {
-                check(path, spec, wn, &shape, &tf)?;
-                w
-            };
-            // tf_to_candle moves NHWC-flatten rows to NCHW for fc6; an NCHW-flattening export
-            // only needs the transpose
-            let layout = match (&spec.kind, nhwc) {
-                (ParamKind::Fc { cin, cout, .. }, false) => ParamSpec {
-                    layer: spec.layer,
-                    kind: ParamKind::Fc {
-                        cin: *cin,
-                        cout: *cout,
-                        flatten_chw: None,
-                    },
-                },
-                _ => spec.clone(),
-            };
-            tf_to_candle(&layout, &as_tf)
-        };
-        let bias = match wn.b {
-            Some(b) => floats(path, b)?,
-            None => vec![0.0; spec.bias_len()],
-        };
-        if bias.len() != spec.bias_len() {
-            return Err(Error::weights(
-                path,
-                format!(
-                    "node {} (layer {}): bias has {} values, expected {}",
-                    wn.node,
-                    spec.layer,
-                    bias.len(),
-                    spec.bias_len()
-                ),
-            ));
-        }
+        let data = weights_of(path, spec, wn, nhwc)?;
+        let bias = bias_of(path, spec, wn)?;
         set.tensors.insert(
             format!("{}.weight", spec.layer),
             HostTensor { shape: want, data },
@@ -353,6 +295,61 @@ pub fn load(path: &Path, bytes: &[u8], arch: Arch, need: &[ParamSpec]) -> Result
         );
     }
     Ok(set)
+}
+
+/// A node's weight in runner's layout: conv kernels as stored (OIHW); fc matrices transposed
+/// to `[out, in]`, with fc6's inputs moved from NHWC to NCHW flatten order when the graph
+/// flattens channels-last.
+fn weights_of(path: &Path, spec: &ParamSpec, wn: &Weighted<'_>, nhwc: bool) -> Result<Vec<f32>> {
+    let (w, shape) = (floats(path, wn.w)?, dims(wn.w));
+    let want = spec.weight_shape();
+    if matches!(spec.kind, ParamKind::Conv { .. }) {
+        check(path, spec, wn, &shape, &want)?;
+        return Ok(w);
+    }
+    let tf = spec.seed_weight_shape(); // [in, out]
+    let as_tf = if wn.out_in {
+        check(path, spec, wn, &shape, &want)?;
+        transpose(&w, want[0], want[1])
+    } else {
+        check(path, spec, wn, &shape, &tf)?;
+        w
+    };
+    // tf_to_candle moves NHWC-flatten rows to NCHW for fc6; an NCHW-flattening export only
+    // needs the transpose
+    let layout = match (&spec.kind, nhwc) {
+        (ParamKind::Fc { cin, cout, .. }, false) => ParamSpec {
+            layer: spec.layer,
+            kind: ParamKind::Fc {
+                cin: *cin,
+                cout: *cout,
+                flatten_chw: None,
+            },
+        },
+        _ => spec.clone(),
+    };
+    Ok(tf_to_candle(&layout, &as_tf))
+}
+
+/// A node's bias (zeros when it has none), checked by length.
+fn bias_of(path: &Path, spec: &ParamSpec, wn: &Weighted<'_>) -> Result<Vec<f32>> {
+    let bias = match wn.b {
+        Some(b) => floats(path, b)?,
+        None => vec![0.0; spec.bias_len()],
+    };
+    if bias.len() != spec.bias_len() {
+        return Err(Error::weights(
+            path,
+            format!(
+                "node {} (layer {}): bias has {} values, expected {}",
+                wn.node,
+                spec.layer,
+                bias.len(),
+                spec.bias_len()
+            ),
+        ));
+    }
+    Ok(bias)
 }
 
 fn check(
