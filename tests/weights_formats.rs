@@ -169,3 +169,125 @@ fn one_network_from_npy_pth_onnx_and_converted_safetensors() {
         assert!(err.contains("backbone.output"), "{err}");
     }
 }
+
+/// An ONNX model of AlexNet's weights as `weights::onnx` reads them: five Conv nodes (OIHW),
+/// then either a Caffe/PyTorch export (flatten NCHW, `Gemm` with `transB = 1`, `[out, in]`) or a
+/// TensorFlow export (`Transpose` to NHWC before the flatten, `MatMul` with `[in, out]` and an
+/// `Add` of the bias).
+fn alexnet_onnx(tf_style: bool) -> Vec<u8> {
+    use prost::Message;
+    use runner::weights::onnx::{AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto};
+    let tensor = |name: &str, dims: Vec<usize>, v: &[f32]| TensorProto {
+        dims: dims.iter().map(|&d| d as i64).collect(),
+        data_type: 1,
+        name: name.into(),
+        raw_data: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        ..Default::default()
+    };
+    let node = |op: &str, inputs: &[&str], out: &str, attribute: Vec<AttributeProto>| NodeProto {
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![out.into()],
+        name: format!("{op}_{out}"),
+        op_type: op.into(),
+        attribute,
+    };
+    let mut g = GraphProto::default();
+    let mut x = "input".to_string();
+    for (spec, (w, b)) in Arch::AlexNet
+        .params()
+        .iter()
+        .zip(runner::weights::formula::tf_layout(Arch::AlexNet, 3))
+    {
+        let (wn, bn) = (format!("{}_W", spec.layer), format!("{}_B", spec.layer));
+        let is_conv = matches!(spec.kind, runner::arch::ParamKind::Conv { .. });
+        if spec.layer == "fc6" {
+            // tf2onnx transposes to channels-last before flattening; Caffe/PyTorch do not
+            if tf_style {
+                let perm = AttributeProto {
+                    name: "perm".into(),
+                    ints: vec![0, 2, 3, 1],
+                    ..Default::default()
+                };
+                g.node.push(node("Transpose", &[&x], "nhwc", vec![perm]));
+                x = "nhwc".into();
+            }
+            g.node.push(node("Flatten", &[&x], "flat", vec![]));
+            x = "flat".into();
+        }
+        let out = format!("{}_out", spec.layer);
+        if is_conv || !tf_style {
+            // OIHW kernels and [out, in] matrices: runner's own layout
+            let candle = weights::tf_to_candle(spec, &w);
+            g.initializer
+                .push(tensor(&wn, spec.weight_shape(), &candle));
+            g.initializer.push(tensor(&bn, vec![spec.bias_len()], &b));
+            let (op, attrs) = if is_conv {
+                ("Conv", vec![])
+            } else {
+                let t = AttributeProto {
+                    name: "transB".into(),
+                    i: 1,
+                    ..Default::default()
+                };
+                ("Gemm", vec![t])
+            };
+            g.node.push(node(op, &[&x, &wn, &bn], &out, attrs));
+        } else {
+            g.initializer
+                .push(tensor(&wn, spec.seed_weight_shape(), &w));
+            g.initializer.push(tensor(&bn, vec![spec.bias_len()], &b));
+            let mm = format!("{}_mm", spec.layer);
+            g.node.push(node("MatMul", &[&x, &wn], &mm, vec![]));
+            g.node.push(node("Add", &[&mm, &bn], &out, vec![]));
+        }
+        x = out;
+    }
+    ModelProto {
+        ir_version: 7,
+        producer_name: "test".into(),
+        graph: Some(g),
+    }
+    .encode_to_vec()
+}
+
+#[test]
+fn onnx_fully_connected_layers_load_from_caffe_and_tensorflow_exports() {
+    let d = tempfile::tempdir().unwrap();
+    let npz = d.path().join("w.npz");
+    {
+        let f = std::fs::File::create(&npz).unwrap();
+        let mut z = zip::ZipWriter::new(f);
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
+        for (spec, (w, b)) in Arch::AlexNet
+            .params()
+            .iter()
+            .zip(runner::weights::formula::tf_layout(Arch::AlexNet, 3))
+        {
+            for (role, shape, vals) in [
+                ("W", spec.seed_weight_shape(), w),
+                ("b", vec![spec.bias_len()], b),
+            ] {
+                z.start_file(format!("{}/{role}.npy", spec.layer), opts)
+                    .unwrap();
+                let bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+                npy::write_npy(&mut z, "<f4", &shape, &bytes).unwrap();
+            }
+        }
+        z.finish().unwrap().flush().unwrap();
+    }
+    let fc7 = Arch::AlexNet.layer_index("fc7").unwrap();
+    let want = weights::load_until(&npz, Arch::AlexNet, fc7).unwrap();
+    assert_eq!(want.tensors.len(), 14, "conv1..fc7");
+    for tf_style in [false, true] {
+        let p = d.path().join(format!("a{tf_style}.onnx"));
+        std::fs::write(&p, alexnet_onnx(tf_style)).unwrap();
+        let got = weights::load_until(&p, Arch::AlexNet, fc7).unwrap();
+        assert_eq!(got.tensors.len(), 14);
+        for (name, t) in &want.tensors {
+            let g = &got.tensors[name];
+            assert_eq!(g.shape, t.shape, "{name} (tf_style {tf_style})");
+            assert!(g.data == t.data, "{name} differs (tf_style {tf_style})");
+        }
+    }
+}
