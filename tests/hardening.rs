@@ -145,17 +145,19 @@ fn names_are_one_plain_folder_under_results() {
     assert!(!d.path().join("pwned").exists());
 }
 
-/// Run `args` with standard output closed by its reader before anything is written.
+/// Run `args` with a standard output whose reader is gone before the process starts: a pipe
+/// with its read end closed, so the first write fails with EPIPE, whatever the timing.
 fn with_closed_stdout(dir: &Path, args: &[&str]) -> std::process::Output {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
     let mut child = runner()
         .current_dir(dir)
         .args(args)
         .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
+        .stdout(Stdio::from(writer))
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    drop(child.stdout.take());
     let mut err = String::new();
     child
         .stderr
