@@ -9,6 +9,31 @@ use common::*;
 use runner::backbone::Arch;
 use runner::weights::{self, npy};
 
+/// AlexNet's formula weights (seed `seed`) as an `.npz` of `<layer>/W` and `<layer>/b` members
+/// in TF layout.
+fn write_formula_npz(path: &std::path::Path, seed: u64) {
+    let f = std::fs::File::create(path).unwrap();
+    let mut z = zip::ZipWriter::new(f);
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for (spec, (w, b)) in Arch::AlexNet
+        .params()
+        .iter()
+        .zip(runner::weights::formula::tf_layout(Arch::AlexNet, seed))
+    {
+        for (role, shape, vals) in [
+            ("W", spec.seed_weight_shape(), w),
+            ("b", vec![spec.bias_len()], b),
+        ] {
+            z.start_file(format!("{}/{role}.npy", spec.layer), opts)
+                .unwrap();
+            let bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+            npy::write_npy(&mut z, "<f4", &shape, &bytes).unwrap();
+        }
+    }
+    z.finish().unwrap().flush().unwrap();
+}
+
 #[test]
 fn npy_npz_and_converted_safetensors_agree() {
     let d = tempfile::tempdir().unwrap();
@@ -30,28 +55,7 @@ fn npy_npz_and_converted_safetensors_agree() {
 
     // .npz with <layer>/W and <layer>/b members, TF layout
     let npz_path = d.path().join("w.npz");
-    {
-        let f = std::fs::File::create(&npz_path).unwrap();
-        let mut z = zip::ZipWriter::new(f);
-        let opts = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Stored);
-        for (spec, (w, b)) in Arch::AlexNet
-            .params()
-            .iter()
-            .zip(runner::weights::formula::tf_layout(Arch::AlexNet, 0))
-        {
-            for (role, shape, vals) in [
-                ("W", spec.seed_weight_shape(), w),
-                ("b", vec![spec.bias_len()], b),
-            ] {
-                z.start_file(format!("{}/{role}.npy", spec.layer), opts)
-                    .unwrap();
-                let bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
-                npy::write_npy(&mut z, "<f4", &shape, &bytes).unwrap();
-            }
-        }
-        z.finish().unwrap().flush().unwrap();
-    }
+    write_formula_npz(&npz_path, 0);
     let b = weights::load(&npz_path, Arch::AlexNet).unwrap();
 
     let st_path = d.path().join("w.safetensors");
@@ -254,28 +258,7 @@ fn alexnet_onnx(tf_style: bool) -> Vec<u8> {
 fn onnx_fully_connected_layers_load_from_caffe_and_tensorflow_exports() {
     let d = tempfile::tempdir().unwrap();
     let npz = d.path().join("w.npz");
-    {
-        let f = std::fs::File::create(&npz).unwrap();
-        let mut z = zip::ZipWriter::new(f);
-        let opts = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Stored);
-        for (spec, (w, b)) in Arch::AlexNet
-            .params()
-            .iter()
-            .zip(runner::weights::formula::tf_layout(Arch::AlexNet, 3))
-        {
-            for (role, shape, vals) in [
-                ("W", spec.seed_weight_shape(), w),
-                ("b", vec![spec.bias_len()], b),
-            ] {
-                z.start_file(format!("{}/{role}.npy", spec.layer), opts)
-                    .unwrap();
-                let bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
-                npy::write_npy(&mut z, "<f4", &shape, &bytes).unwrap();
-            }
-        }
-        z.finish().unwrap().flush().unwrap();
-    }
+    write_formula_npz(&npz, 3);
     let fc7 = Arch::AlexNet.layer_index("fc7").unwrap();
     let want = weights::load_until(&npz, Arch::AlexNet, fc7).unwrap();
     assert_eq!(want.tensors.len(), 14, "conv1..fc7");
