@@ -30,7 +30,7 @@ fn main() {
     let x: Vec<f32> = (0..n * d).map(|_| rng.gen::<f32>()).collect();
     let y: Vec<i64> = (0..n).map(|_| rng.gen_range(0..k as i64)).collect();
     let split = Split::new(Tensor::from_vec(x, (n, d), &dev).unwrap(), &y, &dev).unwrap();
-    let val = Split::new(split.x.narrow(0, 0, 1024).unwrap(), &y[..1024], &dev).unwrap();
+    let val = Split::new(split.x_range(0, 1024).unwrap(), &y[..1024], &dev).unwrap();
     let text =
         format!("[train]\nepochs = {epochs}\nbatch_size = {bs}\noptimizer = \"adam\"\nlr = 1e-3\n");
     let spec = runner::spec::load_str(Path::new("bench.toml"), &text, &[], Vec::new()).unwrap();

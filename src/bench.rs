@@ -129,7 +129,7 @@ fn time_head(
     rd: &mut RunDir,
     ctx: &RowContext<'_>,
 ) -> Result<Vec<f64>> {
-    let device = split.x.device();
+    let device = split.device();
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
     let dim: usize = spec.feature_shape().iter().product();
     let head = Head::new(dim, classes, &spec.head, &mut rng, device)?;

@@ -7,6 +7,7 @@ pub mod optim;
 pub mod schedule;
 pub mod step;
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -16,7 +17,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::backbone::layers::global_pool;
 use crate::backbone::Network;
-use crate::cache::HostFeatures;
+use crate::cache::Features;
 use crate::error::Result;
 use crate::spec::{Metric, Pool, Spec, TrainSection};
 use head::Head;
@@ -25,42 +26,118 @@ use metrics::Sums;
 /// Host-independent copies of every trainable tensor, by name.
 pub type Snapshot = Vec<(String, Tensor)>;
 
-/// Features and labels of one split, on the device.
+/// The feature rows of a split: a tensor on the device, or rows of stored features read a
+/// mini-batch at a time (on the CPU, from a memory-mapped cache entry).
+pub enum Rows {
+    Device(Tensor),
+    Host {
+        src: Arc<Features>,
+        /// The split's rows of `src`, in split order.
+        rows: Vec<usize>,
+        /// Shape of one row.
+        tail: Vec<usize>,
+    },
+}
+
+/// Features and labels of one split.
 pub struct Split {
-    pub x: Tensor,
-    /// u32 labels
+    pub x: Rows,
+    /// u32 labels, on the device
     pub y: Tensor,
     pub n: usize,
 }
+
+/// Rows copied to the device at once when a stored entry is loaded onto a GPU.
+const UPLOAD_ROWS: usize = 8192;
 
 impl Split {
     pub fn new(x: Tensor, labels: &[i64], device: &Device) -> Result<Split> {
         let y: Vec<u32> = labels.iter().map(|&l| l as u32).collect();
         let n = y.len();
         Ok(Split {
-            x,
+            x: Rows::Device(x),
             y: Tensor::from_vec(y, n, device)?,
             n,
         })
     }
 
-    /// The rows `rows` of host features (all rows for `None`), copied to `device`.
-    pub fn from_host(f: &HostFeatures, rows: Option<&[usize]>, device: &Device) -> Result<Split> {
-        let per: usize = f.shape[1..].iter().product();
-        let (data, labels): (Vec<f32>, Vec<i64>) = match rows {
-            None => (f.data.clone(), f.labels.clone()),
-            Some(r) => {
-                let mut d = Vec::with_capacity(r.len() * per);
-                for &i in r {
-                    d.extend_from_slice(&f.data[i * per..(i + 1) * per]);
-                }
-                (d, r.iter().map(|&i| f.labels[i]).collect())
+    /// The rows `rows` of features (all rows for `None`). Stored features on the CPU stay where
+    /// they are, read a batch at a time; otherwise the rows are copied to `device` (to a GPU in
+    /// blocks, so the host never holds them all at once).
+    pub fn from_features(
+        f: &Arc<Features>,
+        rows: Option<&[usize]>,
+        device: &Device,
+    ) -> Result<Split> {
+        let rows: Vec<usize> = match rows {
+            Some(r) => r.to_vec(),
+            None => (0..f.rows()).collect(),
+        };
+        let labels: Vec<i64> = rows.iter().map(|&i| f.labels()[i]).collect();
+        let tail = f.shape()[1..].to_vec();
+        let stored = matches!(**f, Features::Stored(_));
+        if stored && device.is_cpu() {
+            let mut s = Split::new(Tensor::zeros(0, DType::F32, device)?, &labels, device)?;
+            s.x = Rows::Host {
+                src: f.clone(),
+                rows,
+                tail,
+            };
+            return Ok(s);
+        }
+        let mut parts = Vec::new();
+        for block in rows.chunks(UPLOAD_ROWS) {
+            parts.push(gather(f, block, &tail, device)?);
+        }
+        let x = match parts.len() {
+            0 => Tensor::zeros(
+                [0].iter().chain(&tail).copied().collect::<Vec<_>>(),
+                DType::F32,
+                device,
+            )?,
+            1 => parts.remove(0),
+            _ => Tensor::cat(&parts, 0)?,
+        };
+        Split::new(x, &labels, device)
+    }
+
+    pub fn device(&self) -> &Device {
+        self.y.device()
+    }
+
+    /// Features and labels of the samples at positions `idx` of the split.
+    pub fn take(&self, idx: &[u32]) -> Result<(Tensor, Tensor)> {
+        let device = self.device();
+        let it = Tensor::from_slice(idx, idx.len(), device)?;
+        let y = self.y.index_select(&it, 0)?;
+        let x = match &self.x {
+            Rows::Device(x) => x.index_select(&it, 0)?,
+            Rows::Host { src, rows, tail } => {
+                let r: Vec<usize> = idx.iter().map(|&i| rows[i as usize]).collect();
+                gather(src, &r, tail, device)?
             }
         };
-        let mut shape = vec![labels.len()];
-        shape.extend_from_slice(&f.shape[1..]);
-        Split::new(Tensor::from_vec(data, shape, device)?, &labels, device)
+        Ok((x, y))
     }
+
+    /// Features of samples `start..start + count`.
+    pub fn x_range(&self, start: usize, count: usize) -> Result<Tensor> {
+        match &self.x {
+            Rows::Device(x) => Ok(x.narrow(0, start, count)?),
+            Rows::Host { src, rows, tail } => {
+                gather(src, &rows[start..start + count], tail, self.device())
+            }
+        }
+    }
+}
+
+/// Rows `rows` of `f` as one tensor `(rows.len(), tail...)` on `device`.
+fn gather(f: &Features, rows: &[usize], tail: &[usize], device: &Device) -> Result<Tensor> {
+    let mut data = Vec::new();
+    f.gather_into(rows, &mut data)?;
+    let mut shape = vec![rows.len()];
+    shape.extend_from_slice(tail);
+    Ok(Tensor::from_vec(data, shape, device)?)
 }
 
 /// Whether layers above the freeze point train with the head (they need the network).
@@ -167,7 +244,7 @@ impl Model {
         let mut start = 0;
         while start < s.n {
             let b = batch.min(s.n - start);
-            let logits = self.forward(&s.x.narrow(0, start, b)?, None)?;
+            let logits = self.forward(&s.x_range(start, b)?, None)?;
             out.extend(logits.argmax(1)?.to_vec1::<u32>()?);
             start += b;
         }
@@ -180,7 +257,7 @@ impl Model {
         let mut start = 0;
         while start < s.n {
             let b = batch.min(s.n - start);
-            let logits = self.forward(&s.x.narrow(0, start, b)?, None)?;
+            let logits = self.forward(&s.x_range(start, b)?, None)?;
             let (l, c, t) = metrics::batch_sums(&logits, &s.y.narrow(0, start, b)?)?;
             acc = Some(match acc {
                 None => (l, c, t),
@@ -249,15 +326,12 @@ fn train_epoch(
     t: &TrainSection,
     rngs: &mut Rngs,
 ) -> Result<Sums> {
-    let device = train.x.device();
     let manual = model.tail.is_none() && step::supported(&model.head);
     let mut order: Vec<u32> = (0..train.n as u32).collect();
     order.shuffle(&mut rngs.shuffle);
     let mut sums: Option<(Tensor, Tensor, Tensor)> = None;
     for chunk in order.chunks(t.batch_size) {
-        let idx = Tensor::from_slice(chunk, chunk.len(), device)?;
-        let xb = train.x.index_select(&idx, 0)?;
-        let yb = train.y.index_select(&idx, 0)?;
+        let (xb, yb) = train.take(chunk)?;
         let (l, c, k) = if manual {
             let out = step::head_step(&model.head, &xb, &yb, t.label_smoothing, &mut rngs.dropout)?;
             opt.step_with(&out.grads, lr)?;
