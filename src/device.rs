@@ -28,25 +28,14 @@ pub fn parse_device(s: &str) -> std::result::Result<DeviceSpec, String> {
 }
 
 /// Memory this process can still take, in bytes: the least of the machine's available memory
-/// (`MemAvailable`), the room left under its cgroup's limit (`memory.max`), and the address
+/// (`MemAvailable`), the room left under its cgroup's limit (v2 `memory.max`, v1 `memory.limit_in_bytes`), and the address
 /// space left under `ulimit -v`. `None` where none of them can be read (not Linux).
 pub fn available_memory() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok();
     let avail = meminfo
         .as_deref()
         .and_then(|s| kib_field(s, "MemAvailable:"));
-    let read_num = |p: &str| {
-        std::fs::read_to_string(p)
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-    };
-    let cgroup = match (
-        read_num("/sys/fs/cgroup/memory.max"),
-        read_num("/sys/fs/cgroup/memory.current"),
-    ) {
-        (Some(max), Some(cur)) => Some(max.saturating_sub(cur)),
-        _ => None,
-    };
+    let cgroup = cgroup_room();
     let address_space = std::fs::read_to_string("/proc/self/limits")
         .ok()
         .and_then(|s| {
@@ -56,6 +45,70 @@ pub fn available_memory() -> Option<u64> {
             Some(soft.saturating_sub(kib_field(&status, "VmSize:").unwrap_or(0)))
         });
     [avail, cgroup, address_space].into_iter().flatten().min()
+}
+
+/// The room left under this process's cgroup memory limit (v2 `memory.max`, v1
+/// `memory.limit_in_bytes`), not counting inactive file pages (page cache the kernel drops
+/// before it refuses memory). `None` without a limit.
+fn cgroup_room() -> Option<u64> {
+    let read_num = |p: &std::path::Path| {
+        std::fs::read_to_string(p)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+    };
+    let stat_field = |p: &std::path::Path, name: &str| -> u64 {
+        std::fs::read_to_string(p)
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+    };
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    let mut dirs = Vec::new();
+    for line in own.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (
+            parts.next(),
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or(""),
+        );
+        let rel = path.trim_start_matches('/');
+        if controllers.is_empty() {
+            dirs.push((
+                root.join(rel),
+                "memory.max",
+                "memory.current",
+                "inactive_file ",
+            ));
+        } else if controllers.split(',').any(|c| c == "memory") {
+            let base = root.join("memory");
+            for d in [base.join(rel), base.clone()] {
+                dirs.push((
+                    d,
+                    "memory.limit_in_bytes",
+                    "memory.usage_in_bytes",
+                    "total_inactive_file ",
+                ));
+            }
+        }
+    }
+    dirs.push((
+        root.to_path_buf(),
+        "memory.max",
+        "memory.current",
+        "inactive_file ",
+    ));
+    dirs.into_iter().find_map(|(d, max, cur, inactive)| {
+        let max = read_num(&d.join(max))?;
+        let cur = read_num(&d.join(cur))?;
+        // v1 reports "no limit" as a huge number
+        (max < (1u64 << 60)).then(|| {
+            max.saturating_sub(cur.saturating_sub(stat_field(&d.join("memory.stat"), inactive)))
+        })
+    })
 }
 
 /// A `NAME: N kB` field of a /proc file, in bytes.

@@ -192,7 +192,7 @@ fn train_epochs(
     head_meta.insert("classes".to_string(), classes.to_string());
     head_meta.insert("input_dim".to_string(), spec.head_input_dim().to_string());
     head_meta.insert("run_id".to_string(), facts.run_id.to_string());
-    let mut task = Task::new(mode, "train", spec.train.epochs as u64, "epochs");
+    let mut task = Task::new(mode, "train", spec.train.epochs as u64, "epochs").each_step();
     let head_path = rd.dir.join("head.safetensors");
     let ctx = RowContext {
         run_id: facts.run_id,
@@ -203,7 +203,7 @@ fn train_epochs(
         extract_seconds: feats.extract_seconds,
     };
     let mut writer = BackgroundWriter::new();
-    let device = feats.train.x.device().clone();
+    let device = feats.train.device().clone();
     let outcome = train::fit(spec, model, &feats.train, &feats.val, &device, |s, m| {
         rd.push_epoch(EpochRow::new(s, &ctx))?;
         if s.improved {

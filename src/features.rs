@@ -15,7 +15,9 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 
 use crate::backbone::Network;
-use crate::cache::{self, CacheKey, FeatureCache, HostFeatures, Miss};
+use crate::cache::{
+    self, CacheKey, EntryWriter, FeatureCache, Features, HostFeatures, Miss, ShardInfo,
+};
 use crate::data::{preprocess, split, Dataset};
 use crate::error::{Error, Result};
 use crate::fsio::AtomicFile;
@@ -105,15 +107,20 @@ struct LastDataset {
 static LAST_DATASET: Mutex<Option<LastDataset>> = Mutex::new(None);
 
 /// `d.content_hash()`, computed once for the dataset [`load_dataset`] keeps (the points of a
-/// sweep share it: hashing GTSRB's 120 MB of pixels per point would cost a second each).
+/// sweep share it: hashing GTSRB's 120 MB of pixels, or reading a folder's files, per point
+/// would cost seconds each).
 /// Kept datasets are shared and never changed, so the address identifies the content.
-pub fn dataset_hash(d: &Dataset) -> String {
+pub fn dataset_hash(d: &Dataset) -> Result<String> {
     if let Ok(last) = LAST_DATASET.lock() {
         if let Some(l) = last
             .as_ref()
             .filter(|l| std::ptr::eq(Arc::as_ptr(&l.data), d))
         {
-            return l.hash.get_or_init(|| d.content_hash()).clone();
+            if let Some(h) = l.hash.get() {
+                return Ok(h.clone());
+            }
+            let h = d.content_hash()?;
+            return Ok(l.hash.get_or_init(|| h).clone());
         }
     }
     d.content_hash()
@@ -197,7 +204,7 @@ pub struct FeatureSource<'a> {
 }
 
 pub struct Extracted {
-    pub features: Arc<HostFeatures>,
+    pub features: Arc<Features>,
     pub hit: bool,
     pub seconds: f64,
 }
@@ -232,23 +239,29 @@ impl<'a> FeatureSource<'a> {
         let pool_f = self.features(pool, "train")?;
         let (mut extract_seconds, mut cache_hit) = (pool_f.seconds, pool_f.hit);
         let frac = |file: &Option<Dataset>, f: f64| if file.is_some() { 0.0 } else { f };
-        let groups = pool.groups.as_deref().filter(|_| spec.track_split);
+        // rows are the samples that decoded (all of them unless images were skipped)
+        let rows_of = pool_f.features.index();
+        let groups: Option<Vec<u64>> = pool
+            .groups
+            .as_deref()
+            .filter(|_| spec.track_split)
+            .map(|g| rows_of.iter().map(|&i| g[i as usize]).collect());
         let (train_idx, val_idx, test_idx) = split::train_val_test(
-            &pool.labels,
-            groups,
+            pool_f.features.labels(),
+            groups.as_deref(),
             data.classes,
             frac(&data.val_file, spec.val_fraction),
             frac(&data.test_file, spec.test_fraction),
             spec.seed,
         );
         let device = self.device;
-        let rows = |idx: &[usize]| Split::from_host(&pool_f.features, Some(idx), device);
+        let rows = |idx: &[usize]| Split::from_features(&pool_f.features, Some(idx), device);
         let train = rows(&train_idx)?;
         let mut from_file = |d: &Dataset, what: &str| -> Result<Split> {
             let f = self.features(d, what)?;
             extract_seconds += f.seconds;
             cache_hit &= f.hit;
-            Split::from_host(&f.features, None, device)
+            Split::from_features(&f.features, None, device)
         };
         let val = match &data.val_file {
             Some(d) => from_file(d, "val")?,
@@ -307,7 +320,7 @@ impl<'a> FeatureSource<'a> {
             } else {
                 self.spec.freeze_name().to_string()
             },
-            data: dataset_hash(data),
+            data: dataset_hash(data)?,
             preprocessing: format!(
                 "resize={};size={}",
                 self.spec.resize.name(),
@@ -340,10 +353,10 @@ impl<'a> FeatureSource<'a> {
         let mut _lock = None;
         if let (Some(c), Some((_, d))) = (&self.cache, &digest) {
             for attempt in 0..2 {
-                match c.get(d) {
-                    Ok(f) => {
+                match c.open(d) {
+                    Ok(e) => {
                         tracing::info!("{what}: feature cache hit {}", c.path_for(d).display());
-                        let f = Arc::new(f);
+                        let f = Arc::new(Features::Stored(e));
                         cache::remember(d, &f);
                         return Ok(Extracted {
                             features: f,
@@ -363,48 +376,45 @@ impl<'a> FeatureSource<'a> {
             }
         }
         let (spec, device, mode) = (self.spec, self.device, self.mode);
+        let mut sink = match (&self.cache, &digest) {
+            (Some(c), Some((key, d))) => {
+                Sink::Entry(Box::new(c.writer(d, key, &spec.feature_shape())?))
+            }
+            _ => Sink::memory(spec, data.n, what)?,
+        };
         let net: &Network = self.network()?;
         device.synchronize()?;
         let t0 = Instant::now();
         let ex = Extractor::new(spec, net, spec.extract_batch_for(device), device);
-        let per: usize = spec.feature_shape().iter().product();
-        // the host copy, then the device copy of the splits
-        let bytes = (data.n as u64).saturating_mul(per as u64).saturating_mul(8);
-        crate::device::ensure_fits(
-            || {
-                format!(
-                    "{what}: the {} features of {} samples ({per} values each, backbone.freeze = {:?})",
-                    spec.freeze_name(),
-                    data.n,
-                    spec.freeze_name()
-                )
-            },
-            bytes,
-        )
-        .map_err(Error::Spec)?;
-        let mut out = Vec::with_capacity(data.n * per);
         let mut task = Task::new(mode, &format!("extract {what}"), data.n as u64, "img");
-        ex.for_each(data, |_, f| {
-            let b = f.dim(0)?;
-            out.extend(f.flatten_all()?.to_vec1::<f32>()?);
-            task.advance(b as u64, "");
-            Ok(())
+        ex.for_range(data, 0..data.n, &mut task, |kept, f| {
+            sink.push(data, kept, &f)
         })?;
         task.finish();
         device.synchronize()?;
         let seconds = t0.elapsed().as_secs_f64();
-        let mut shape = vec![data.n];
-        shape.extend(spec.feature_shape());
-        let features = HostFeatures {
-            shape,
-            data: out,
-            labels: data.labels.clone(),
-        };
-        if let (Some(c), Some((key, d))) = (&self.cache, &digest) {
-            let p = c.put(d, key, &features)?;
-            tracing::info!("{what}: stored features in {}", p.display());
+        let features = Arc::new(match sink {
+            Sink::Entry(w) => {
+                let p = w.finish()?;
+                tracing::info!("{what}: stored features in {}", p.display());
+                let d = digest.as_ref().map(|(_, d)| d.as_str()).unwrap_or_default();
+                let c = self
+                    .cache
+                    .as_ref()
+                    .ok_or_else(|| Error::Other("no cache".into()))?;
+                Features::Stored(c.open(d).map_err(|m| {
+                    Error::Other(format!(
+                        "the feature cache entry just written cannot be read: {m:?}"
+                    ))
+                })?)
+            }
+            Sink::Memory(h) => Features::Memory(h),
+        });
+        if features.rows() == 0 {
+            return Err(Error::Other(format!(
+                "{what}: no usable images (every image failed to decode and was skipped)"
+            )));
         }
-        let features = Arc::new(features);
         if let Some((_, d)) = &digest {
             cache::remember(d, &features);
         }
@@ -414,7 +424,150 @@ impl<'a> FeatureSource<'a> {
             seconds,
         })
     }
+
+    /// Compute and store shard `index` of `count` of the features of `data` (the rows of whole
+    /// extraction batches `index * B / count ..` of its B batches), unless the entry or that
+    /// shard is already stored. Returns whether anything was computed.
+    pub fn extract_shard(
+        &mut self,
+        data: &Dataset,
+        what: &str,
+        index: usize,
+        count: usize,
+    ) -> Result<bool> {
+        let c = self.cache.clone().ok_or_else(|| {
+            Error::Spec(
+                "sharded extraction stores its shards in the feature cache: set run.cache = true"
+                    .into(),
+            )
+        })?;
+        let key = self.key(data)?;
+        let d = key.digest();
+        if c.path_for(&d).exists() || c.shard_path(&d, index, count).exists() {
+            tracing::info!("{what}: shard {index}/{count} already stored");
+            return Ok(false);
+        }
+        let (spec, device, mode) = (self.spec, self.device, self.mode);
+        let batch = spec.extract_batch_for(device);
+        let range = shard_range(data.n, batch, index, count);
+        let net: &Network = self.network()?;
+        let ex = Extractor::new(spec, net, batch, device);
+        let info = ShardInfo {
+            index,
+            count,
+            first: range.start,
+            samples: range.len(),
+        };
+        let mut sink = Sink::Entry(Box::new(c.shard_writer(
+            &d,
+            &key,
+            &spec.feature_shape(),
+            info,
+        )?));
+        let mut task = Task::new(
+            mode,
+            &format!("extract {what} shard {index}/{count}"),
+            range.len() as u64,
+            "img",
+        );
+        ex.for_range(data, range, &mut task, |kept, f| sink.push(data, kept, &f))?;
+        task.finish();
+        if let Sink::Entry(w) = sink {
+            let p = w.finish()?;
+            tracing::info!("{what}: stored shard {index}/{count} in {}", p.display());
+        }
+        Ok(true)
+    }
 }
+
+/// `runner extract-shard`: compute and store shard `index` of `count` of every feature set a
+/// run of `spec` reads (its dataset, and its separate validation and test sets), each as a
+/// shard file of its cache entry. A later run reads the complete set of shards as one entry.
+/// Returns how many shards were computed (0 when all were stored already).
+pub fn extract_shard(spec: &Spec, index: usize, count: usize, mode: Mode) -> Result<usize> {
+    if count == 0 || index >= count {
+        return Err(Error::Spec(format!(
+            "shard {index} of {count}: the index must be below the count (e.g. 0/4 .. 3/4)"
+        )));
+    }
+    crate::device::in_worker_pool(|| {
+        crate::spec::budget::check_memory(spec)?;
+        let device = crate::device::select(spec.device, spec.tf32)?;
+        let data = load_run_data(spec)?;
+        let mut src = FeatureSource::new(spec, &device, mode);
+        let mut done = src.extract_shard(&data.pool, "train", index, count)? as usize;
+        for (d, what) in [(&data.val_file, "val"), (&data.test_file, "test")] {
+            if let Some(d) = d {
+                done += src.extract_shard(d, what, index, count)? as usize;
+            }
+        }
+        Ok(done)
+    })
+}
+
+/// The positions of shard `index` of `count` over `n` samples: whole extraction batches of
+/// `batch`, so each image is in the same batch as in a single-process extraction (and its
+/// features are the same to the bit).
+pub fn shard_range(n: usize, batch: usize, index: usize, count: usize) -> std::ops::Range<usize> {
+    let batches = n.div_ceil(batch.max(1));
+    let b0 = batches * index / count.max(1);
+    let b1 = batches * (index + 1) / count.max(1);
+    (b0 * batch).min(n)..(b1 * batch).min(n)
+}
+
+/// Where extracted rows go: a cache entry on disk, or memory (`run.cache = false`).
+enum Sink {
+    Entry(Box<EntryWriter>),
+    Memory(HostFeatures),
+}
+
+impl Sink {
+    /// Memory for the features of `n` samples, checked against what the process can take.
+    fn memory(spec: &Spec, n: usize, what: &str) -> Result<Sink> {
+        let per: usize = spec.feature_shape().iter().product();
+        // the host copy, then the device copy of the splits
+        let bytes = (n as u64).saturating_mul(per as u64).saturating_mul(8);
+        crate::device::ensure_fits(
+            || {
+                format!(
+                    "{what}: the {} features of {n} samples ({per} values each, backbone.freeze = {:?}; run.cache = true reads them from disk instead)",
+                    spec.freeze_name(),
+                    spec.freeze_name()
+                )
+            },
+            bytes,
+        )
+        .map_err(Error::Spec)?;
+        let mut shape = vec![0];
+        shape.extend(spec.feature_shape());
+        Ok(Sink::Memory(HostFeatures {
+            shape,
+            data: Vec::with_capacity(n * per),
+            labels: Vec::with_capacity(n),
+            index: Vec::with_capacity(n),
+        }))
+    }
+
+    /// Append the features `f` of the samples at positions `kept` of `data`.
+    fn push(&mut self, data: &Dataset, kept: &[usize], f: &Tensor) -> Result<()> {
+        let rows: Vec<f32> = f.flatten_all()?.to_vec1::<f32>()?;
+        let labels: Vec<i64> = kept.iter().map(|&i| data.labels[i]).collect();
+        let index: Vec<u64> = kept.iter().map(|&i| i as u64).collect();
+        match self {
+            Sink::Entry(w) => w.push(&rows, &labels, &index),
+            Sink::Memory(h) => {
+                h.data.extend(rows);
+                h.labels.extend(labels);
+                h.index.extend(index);
+                h.shape[0] = h.labels.len();
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Batches decoded ahead of the backbone when images are read from files.
+const PREFETCH: usize = crate::spec::budget::PREFETCH_BATCHES;
 
 /// Runs images through the network up to a layer, batch by batch.
 pub struct Extractor<'a> {
@@ -448,11 +601,18 @@ impl<'a> Extractor<'a> {
         }
     }
 
-    /// Features of images `start..start+count` as a tensor (N, ...) on the device.
+    /// Features of images `start..start+count` as a tensor (N, ...) on the device (images that
+    /// were skipped as undecodable are left out).
     pub fn batch(&self, data: &Dataset, start: usize, count: usize) -> Result<Tensor> {
+        let (px, kept) = data.pixels(start, count)?;
+        self.run(data, &px, kept.len())
+    }
+
+    /// Features of `count` decoded images of `data`'s size.
+    fn run(&self, data: &Dataset, px: &[u8], count: usize) -> Result<Tensor> {
         let x = crate::profile::time("preprocess", self.device, || {
             preprocess::to_input(
-                data.batch_pixels(start, count),
+                px,
                 count,
                 data.height,
                 data.width,
@@ -467,21 +627,96 @@ impl<'a> Extractor<'a> {
             .map_err(Into::into)
     }
 
-    /// Calls `sink(start, features)` for consecutive batches covering the whole dataset, in order.
+    /// Calls `sink(positions, features)` for consecutive batches covering the whole dataset, in
+    /// order.
     pub fn for_each(
         &self,
         data: &Dataset,
-        mut sink: impl FnMut(usize, Tensor) -> Result<()>,
+        sink: impl FnMut(&[usize], Tensor) -> Result<()>,
     ) -> Result<()> {
-        let mut start = 0;
-        while start < data.n {
-            crate::interrupt::check()?;
-            let count = self.batch.min(data.n - start);
-            let f = self.batch(data, start, count)?;
-            sink(start, f)?;
-            start += count;
+        self.for_range(data, 0..data.n, &mut Task::hidden(), sink)
+    }
+
+    /// Calls `sink(positions, features)` for consecutive batches of `range`, in order, with
+    /// progress on `task`. Images read from files are decoded a batch at a time, so memory
+    /// holds a few batches whatever the number of images; on a GPU on another thread, up to
+    /// `PREFETCH` batches ahead of the backbone, so decoding overlaps the device's compute.
+    pub fn for_range(
+        &self,
+        data: &Dataset,
+        range: std::ops::Range<usize>,
+        task: &mut Task,
+        mut sink: impl FnMut(&[usize], Tensor) -> Result<()>,
+    ) -> Result<()> {
+        let batches: Vec<(usize, usize)> = range
+            .clone()
+            .step_by(self.batch.max(1))
+            .map(|s| (s, self.batch.max(1).min(range.end - s)))
+            .collect();
+        let t0 = Instant::now();
+        let mut done = 0u64;
+        let mut one = |kept: &[usize], px: &[u8], count: usize, decode_s: f64| -> Result<()> {
+            if !kept.is_empty() {
+                let f = self.run(data, px, kept.len())?;
+                sink(kept, f)?;
+            }
+            done += count as u64;
+            let rate = done as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+            let msg = if decode_s > 0.0 {
+                format!(
+                    "{rate:.1} img/s; decoding {:.0} img/s",
+                    count as f64 / decode_s
+                )
+            } else {
+                format!("{rate:.1} img/s")
+            };
+            task.advance(count as u64, &msg);
+            Ok(())
+        };
+        // On the CPU, decoding and the backbone compete for the same cores: decoding each batch
+        // on the run's worker threads, then computing it, was faster than a decoding thread
+        // running ahead (measured: bench/stream.sh ab). Elsewhere the cores are idle while the
+        // device computes, and decoding runs ahead.
+        if !data.streamed() || self.device.is_cpu() {
+            for (s, c) in batches {
+                crate::interrupt::check()?;
+                let t = Instant::now();
+                let (px, kept) = data.pixels(s, c)?;
+                let decode_s = if data.streamed() {
+                    t.elapsed().as_secs_f64()
+                } else {
+                    0.0
+                };
+                one(&kept, &px, c, decode_s)?;
+            }
+            return Ok(());
         }
-        Ok(())
+        type Decoded = Result<(Vec<u8>, Vec<usize>, usize, f64)>;
+        std::thread::scope(|sc| -> Result<()> {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Decoded>(PREFETCH);
+            sc.spawn(move || {
+                for (s, c) in batches {
+                    if crate::interrupt::requested() {
+                        break;
+                    }
+                    let t = Instant::now();
+                    let r = data
+                        .pixels(s, c)
+                        .map(|(px, kept)| (px.into_owned(), kept, c, t.elapsed().as_secs_f64()));
+                    let failed = r.is_err();
+                    // a closed channel: the consumer stopped (an error or Ctrl-C)
+                    if tx.send(r).is_err() || failed {
+                        break;
+                    }
+                }
+            });
+            for r in rx {
+                crate::interrupt::check()?;
+                let (px, kept, c, decode_s) = r?;
+                one(&kept, &px, c, decode_s)?;
+            }
+            crate::interrupt::check()
+        })
     }
 }
 
@@ -509,10 +744,33 @@ pub fn extract_to_npz(spec: &Spec, out: &Path) -> Result<ExtractReport> {
     crate::device::in_worker_pool(|| extract_here(spec, out))
 }
 
+/// The samples of `data` whose images decode: all of them, except for images read from files
+/// under `dataset.on_bad_image = "skip"`, which are decoded once here (and dropped with a
+/// warning where they fail) so that the row count is known before rows are written.
+fn decodable_only(data: Arc<Dataset>) -> Result<Arc<Dataset>> {
+    let Some(files) = data
+        .files
+        .as_ref()
+        .filter(|f| f.on_bad == crate::data::images::OnBad::Skip)
+    else {
+        return Ok(data);
+    };
+    let mut kept = Vec::with_capacity(data.n);
+    let all: Vec<usize> = (0..data.n).collect();
+    for block in all.chunks(256) {
+        crate::interrupt::check()?;
+        kept.extend(files.decode_many(block)?.1);
+    }
+    if kept.len() == data.n {
+        return Ok(data);
+    }
+    Ok(Arc::new(data.subset(&kept)))
+}
+
 fn extract_here(spec: &Spec, out: &Path) -> Result<ExtractReport> {
     crate::spec::budget::check_memory(spec)?;
     let device = crate::device::select(spec.device, spec.tf32)?;
-    let data = load_dataset(spec)?;
+    let data = decodable_only(load_dataset(spec)?)?;
     let net = load_network(spec, &device)?;
     let dim: usize = spec.feature_shape().iter().product();
     let ex = Extractor::new(spec, &net, spec.extract_batch_for(&device), &device);
@@ -530,19 +788,31 @@ fn extract_here(spec: &Spec, out: &Path) -> Result<ExtractReport> {
         zip.start_file("features.npy", opts).map_err(zerr)?;
         zip.write_all(&npy::npy_header("<f4", &[data.n, dim]))
             .map_err(ioerr)?;
-        let mut done = 0usize;
-        ex.for_each(&data, |start, f| {
+        let mut labels = Vec::with_capacity(data.n);
+        ex.for_each(&data, |kept, f| {
             let rows: Vec<f32> = flatten_tf_order(&f)?.flatten_all()?.to_vec1()?;
             let bytes: Vec<u8> = rows.iter().flat_map(|v| v.to_le_bytes()).collect();
             zip.write_all(&bytes).map_err(ioerr)?;
-            done = start + f.dim(0)?;
-            tracing::info!("extracted {done}/{} images", data.n);
+            labels.extend(kept.iter().map(|&i| data.labels[i]));
+            tracing::info!(
+                "extracted {}/{} images",
+                kept.last().map_or(0, |k| k + 1),
+                data.n
+            );
             Ok(())
         })?;
+        if labels.len() != data.n {
+            // images were skipped: the header promised n rows
+            return Err(Error::Other(format!(
+                "runner extract: {} of {} images could not be decoded and were skipped; the .npz needs every row (set dataset.on_bad_image = \"error\" to see which)",
+                data.n - labels.len(),
+                data.n
+            )));
+        }
         zip.start_file("labels.npy", opts).map_err(zerr)?;
         zip.write_all(&npy::npy_header("<i8", &[data.n]))
             .map_err(ioerr)?;
-        let lb: Vec<u8> = data.labels.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let lb: Vec<u8> = labels.iter().flat_map(|v| v.to_le_bytes()).collect();
         zip.write_all(&lb).map_err(ioerr)?;
         zip.finish().map_err(zerr)?;
     }
@@ -552,4 +822,35 @@ fn extract_here(spec: &Spec, out: &Path) -> Result<ExtractReport> {
         dim,
         seconds: t0.elapsed().as_secs_f64(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shard_range;
+
+    #[test]
+    fn shards_are_whole_batches_covering_every_sample_once() {
+        for (n, batch, count) in [
+            (21, 4, 3),
+            (129, 16, 4),
+            (5, 64, 4),
+            (1000, 64, 7),
+            (0, 8, 2),
+        ] {
+            let mut next = 0;
+            for i in 0..count {
+                let r = shard_range(n, batch, i, count);
+                assert_eq!(r.start, next, "n={n} batch={batch} shard {i}/{count}");
+                assert!(
+                    r.start.is_multiple_of(batch) || r.start == n,
+                    "starts on a batch boundary"
+                );
+                next = r.end;
+            }
+            assert_eq!(next, n, "the shards cover all {n} samples");
+        }
+        // more shards than batches: some are empty, none overlap
+        assert_eq!(shard_range(5, 64, 0, 4), 0..0);
+        assert_eq!(shard_range(5, 64, 3, 4), 0..5);
+    }
 }

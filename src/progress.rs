@@ -33,6 +33,8 @@ pub struct Task {
     done: u64,
     started: std::time::Instant,
     last_line: std::time::Instant,
+    /// Lines mode: a line for every step (epochs), not every 2 s (images).
+    each_step: bool,
 }
 
 impl Task {
@@ -57,7 +59,19 @@ impl Task {
             done: 0,
             started: now,
             last_line: now,
+            each_step: false,
         }
+    }
+
+    /// A task that shows nothing.
+    pub fn hidden() -> Task {
+        Task::new(Mode::Quiet, "", 0, "")
+    }
+
+    /// In lines mode, a line for every step (for slow steps such as epochs).
+    pub fn each_step(mut self) -> Task {
+        self.each_step = true;
+        self
     }
 
     pub fn advance(&mut self, n: u64, msg: &str) {
@@ -73,11 +87,23 @@ impl Task {
                 // at most one line every 2 s, plus the last one
                 if self.last_line.elapsed().as_secs_f64() > 2.0
                     || self.done >= self.total
-                    || !msg.is_empty()
+                    || self.each_step
                 {
-                    let rate = self.done as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
+                    let secs = self.started.elapsed().as_secs_f64().max(1e-9);
+                    let rate = self.done as f64 / secs;
+                    let left = self.total.saturating_sub(self.done) as f64 / rate.max(1e-9);
+                    let eta = if self.done < self.total {
+                        format!(
+                            " eta {}",
+                            humantime::format_duration(std::time::Duration::from_secs(
+                                left.ceil() as u64
+                            ))
+                        )
+                    } else {
+                        String::new()
+                    };
                     crate::note!(
-                        "{}: {}/{} ({rate:.1}/s) {msg}",
+                        "{}: {}/{} ({rate:.1}/s{eta}) {msg}",
                         self.label,
                         self.done,
                         self.total

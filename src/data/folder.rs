@@ -1,12 +1,15 @@
 //! `dataset.kind = "folder"`: `path/<class>/<image>`, classes sorted by name, files sorted by
 //! name within a class (extensions jpg, jpeg, png, ppm, bmp, gif, any case). Each image is
 //! centre-cropped to its short side and resized to `size x size` (tensorflow-vgg's
-//! `utils.load_image`), decoded in parallel.
+//! `utils.load_image`), decoded in parallel a batch at a time (`index`) or all at once (`load`).
 
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
+use super::files::{Cut, FileItem, ImageFiles};
 use super::images::{self, OnBad};
-use super::preprocess::{center_crop, resize_u8, ResizeMethod};
+use super::preprocess::ResizeMethod;
 use super::Dataset;
 use crate::error::{Error, Result};
 
@@ -17,7 +20,8 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(v)
 }
 
-pub fn load(root: &Path, size: usize, method: ResizeMethod, on_bad: OnBad) -> Result<Dataset> {
+/// Index the folder dataset under `root`: its classes and files, read a batch at a time later.
+pub fn index(root: &Path, size: usize, method: ResizeMethod, on_bad: OnBad) -> Result<Dataset> {
     let classes: Vec<PathBuf> = sorted_entries(root)?
         .into_iter()
         .filter(|p| p.is_dir())
@@ -50,46 +54,36 @@ pub fn load(root: &Path, size: usize, method: ResizeMethod, on_bad: OnBad) -> Re
         );
         files.extend(imgs.into_iter().map(|p| (p, c as i64)));
     }
-    // the decoded images, then the assembled buffer
-    let bytes = (files.len() as u64).saturating_mul((size * size * 3 * 2) as u64);
-    crate::device::ensure_fits(
-        || {
-            format!(
-                "{} images at dataset.image_size = {size} ({size}x{size}x3 bytes each, held twice while assembled)",
-                files.len()
-            )
-        },
-        bytes,
-    )
-    .map_err(|m| Error::data(root, m))?;
-    let decoded = images::par_map(
-        &files,
-        on_bad,
-        |(p, _)| p.display().to_string(),
-        |(p, _)| {
-            let img = images::decode(p)?;
-            let (sq, s) = center_crop(&img.px, img.h, img.w);
-            Ok(resize_u8(&sq, s, s, size, size, method))
-        },
-    )?;
-    let n = decoded.len();
-    let mut px = Vec::with_capacity(n * size * size * 3);
-    let mut labels = Vec::with_capacity(n);
-    for (i, im) in decoded {
-        px.extend(im);
-        labels.push(files[i].1);
-    }
-    if n == 0 {
+    if files.is_empty() {
         return Err(Error::data(root, "no usable images"));
     }
+    let items = files
+        .iter()
+        .map(|(p, _)| FileItem {
+            path: p.clone(),
+            cut: Cut::Center,
+            origin: None,
+        })
+        .collect();
     Ok(Dataset {
-        images: px,
-        n,
+        images: Vec::new(),
+        files: Some(Arc::new(ImageFiles {
+            items,
+            size,
+            method,
+            on_bad,
+        })),
+        n: files.len(),
         height: size,
         width: size,
-        labels,
+        labels: files.iter().map(|f| f.1).collect(),
         num_classes: classes.len(),
         class_names: Some(names),
         groups: None,
     })
+}
+
+/// The folder dataset under `root`, decoded whole into memory.
+pub fn load(root: &Path, size: usize, method: ResizeMethod, on_bad: OnBad) -> Result<Dataset> {
+    index(root, size, method, on_bad)?.into_memory(root)
 }

@@ -10,8 +10,11 @@
 
 use std::path::{Path, PathBuf};
 
-use super::images::{self, OnBad};
-use super::preprocess::{resize_u8, ResizeMethod};
+use std::sync::Arc;
+
+use super::files::{Cut, FileItem, ImageFiles};
+use super::images::OnBad;
+use super::preprocess::ResizeMethod;
 use super::Dataset;
 use crate::error::{Error, Result};
 
@@ -117,91 +120,78 @@ fn first_existing(cands: &[PathBuf]) -> Option<PathBuf> {
     cands.iter().find(|p| p.is_dir()).cloned()
 }
 
-fn decode_rows(
+/// The dataset of `rows`, indexed: images are read a batch at a time.
+fn index_rows(
     rows: &[Row],
     crop: Crop,
     size: usize,
     method: ResizeMethod,
     on_bad: OnBad,
-) -> Result<Vec<(usize, Vec<u8>)>> {
-    // the decoded images, then the assembled buffer
-    let bytes = (rows.len() as u64).saturating_mul((size * size * 3 * 2) as u64);
-    let dir = rows
-        .first()
-        .and_then(|r| r.file.parent())
-        .unwrap_or(Path::new("."));
-    crate::device::ensure_fits(
-        || {
-            format!(
-                "{} images at dataset.image_size = {size} ({size}x{size}x3 bytes each, held twice while assembled)",
-                rows.len()
-            )
-        },
-        bytes,
-    )
-    .map_err(|m| Error::data(dir, m))?;
-    images::par_map(
-        rows,
-        on_bad,
-        |r| format!("{} ({})", r.file.display(), r.origin),
-        |r| {
-            let img = images::decode(&r.file)?;
-            let (px, h, w) = match crop {
-                Crop::None => (img.px, img.h, img.w),
-                Crop::Roi => {
-                    let [x1, y1, x2, y2] = r.roi;
-                    if x2 > img.w || y2 > img.h {
-                        return Err(format!(
-                            "ROI x {x1}..{x2} y {y1}..{y2} is outside the {}x{} image",
-                            img.w, img.h
-                        ));
-                    }
-                    let mut c = Vec::with_capacity((x2 - x1) * (y2 - y1) * 3);
-                    for y in y1..y2 {
-                        c.extend_from_slice(&img.px[(y * img.w + x1) * 3..(y * img.w + x2) * 3]);
-                    }
-                    (c, y2 - y1, x2 - x1)
-                }
-            };
-            Ok(resize_u8(&px, h, w, size, size, method))
-        },
-    )
-}
-
-fn assemble(
-    rows: &[Row],
-    decoded: Vec<(usize, Vec<u8>)>,
-    size: usize,
     classes: usize,
     root: &Path,
 ) -> Result<Dataset> {
-    if decoded.is_empty() {
+    if rows.is_empty() {
         return Err(Error::data(root, "no usable images"));
     }
-    let n = decoded.len();
-    let mut px = Vec::with_capacity(n * size * size * 3);
-    let mut labels = Vec::with_capacity(n);
-    let mut groups = Vec::with_capacity(n);
-    for (i, im) in decoded {
-        px.extend(im);
-        labels.push(rows[i].class);
-        groups.push(rows[i].class as u64 * 1_000_000 + rows[i].track.unwrap_or(i as u64));
-    }
+    let items = rows
+        .iter()
+        .map(|r| FileItem {
+            path: r.file.clone(),
+            cut: match crop {
+                Crop::Roi => Cut::Roi(r.roi),
+                Crop::None => Cut::Whole,
+            },
+            origin: Some(r.origin.clone()),
+        })
+        .collect();
     Ok(Dataset {
-        images: px,
-        n,
+        images: Vec::new(),
+        files: Some(Arc::new(ImageFiles {
+            items,
+            size,
+            method,
+            on_bad,
+        })),
+        n: rows.len(),
         height: size,
         width: size,
-        labels,
+        labels: rows.iter().map(|r| r.class).collect(),
         num_classes: classes,
         class_names: None,
-        groups: Some(groups),
+        groups: Some(
+            rows.iter()
+                .enumerate()
+                .map(|(i, r)| r.class as u64 * 1_000_000 + r.track.unwrap_or(i as u64))
+                .collect(),
+        ),
     })
 }
 
-/// The training set under `root` (the folder holding `Final_Training`, or `Final_Training`, or
-/// its `Images`).
+/// The training set under `root` decoded whole into memory (see [`index_train`]).
 pub fn load_train(
+    root: &Path,
+    crop: Crop,
+    size: usize,
+    method: ResizeMethod,
+    on_bad: OnBad,
+) -> Result<Dataset> {
+    index_train(root, crop, size, method, on_bad)?.into_memory(root)
+}
+
+/// The test set under `root` decoded whole into memory (see [`index_test`]).
+pub fn load_test(
+    root: &Path,
+    crop: Crop,
+    size: usize,
+    method: ResizeMethod,
+    on_bad: OnBad,
+) -> Result<Dataset> {
+    index_test(root, crop, size, method, on_bad)?.into_memory(root)
+}
+
+/// The training set under `root` (the folder holding `Final_Training`, or `Final_Training`, or
+/// its `Images`), indexed from its CSVs: images are read a batch at a time.
+pub fn index_train(
     root: &Path,
     crop: Crop,
     size: usize,
@@ -251,13 +241,12 @@ pub fn load_train(
         rows.extend(r);
     }
     let classes = rows.iter().map(|r| r.class + 1).max().unwrap_or(0) as usize;
-    let decoded = decode_rows(&rows, crop, size, method, on_bad)?;
-    assemble(&rows, decoded, size, classes, root)
+    index_rows(&rows, crop, size, method, on_bad, classes, root)
 }
 
 /// The test set under `root` (the folder holding `Final_Test`, or `Final_Test`, or its
-/// `Images`), labelled by `GT-final_test.csv`.
-pub fn load_test(
+/// `Images`), labelled by `GT-final_test.csv`, indexed.
+pub fn index_test(
     root: &Path,
     crop: Crop,
     size: usize,
@@ -281,8 +270,7 @@ pub fn load_test(
         })?;
     let rows = read_csv(&csv_path, &images)?;
     let classes = rows.iter().map(|r| r.class + 1).max().unwrap_or(0) as usize;
-    let decoded = decode_rows(&rows, crop, size, method, on_bad)?;
-    let mut d = assemble(&rows, decoded, size, classes, root)?;
+    let mut d = index_rows(&rows, crop, size, method, on_bad, classes, root)?;
     d.groups = None;
     Ok(d)
 }

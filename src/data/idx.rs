@@ -188,6 +188,7 @@ pub fn load(images: &Path, labels: Option<&Path>, num_classes: Option<usize>) ->
         rgb.extend_from_slice(&[g, g, g]);
     }
     Ok(Dataset {
+        files: None,
         images: rgb,
         n,
         height: h,

@@ -138,6 +138,7 @@ pub fn from_parts(
         }
     };
     Ok(Dataset {
+        files: None,
         images,
         n,
         height: h,

@@ -356,6 +356,7 @@ pub fn generate(seed: u64, per_class: usize) -> Dataset {
         .map(|i| (i / per_class) as i64)
         .collect();
     Dataset {
+        files: None,
         images: flat,
         n: CLASSES * per_class,
         height: SIZE,

@@ -20,6 +20,9 @@ pub const MAX_EXTRACT_BATCH: usize = 4096;
 /// The most samples per training batch (`train.batch_size`).
 pub const MAX_BATCH_SIZE: usize = 1 << 20;
 
+/// Batches of decoded images that `folder` and `gtsrb` datasets decode ahead of the backbone.
+pub const PREFETCH_BATCHES: usize = 3;
+
 /// The synthetic set's classes and image side (`data::synthetic::CLASSES`, `SIZE`; a test
 /// there keeps them equal).
 pub const SYNTHETIC_CLASSES: usize = 43;
@@ -56,8 +59,30 @@ pub fn memory_needs(spec: &Spec) -> Vec<Need> {
                 spec.per_class,
                 spec.freeze_name()
             ),
-            // the images, the features on the host and on the device
-            bytes: mul(&[n, side * side * 3]).saturating_add(mul(&[n, per_feature, 4, 2])),
+            // the images, and without the cache the features on the host and on the device
+            // (with it, features are read from the cache entry a batch at a time)
+            bytes: mul(&[n, side * side * 3]).saturating_add(if spec.cache_dir.is_some() {
+                0
+            } else {
+                mul(&[n, per_feature, 4, 2])
+            }),
+        });
+    }
+    if matches!(spec.dataset_kind, DatasetKind::Folder | DatasetKind::Gtsrb) {
+        // images are decoded a batch at a time: the batches decoded ahead, the one being
+        // decoded and the one in the backbone, and that one's f32 copies for preprocessing
+        let b = match spec.extract_batch {
+            super::BatchSize::Fixed(b) => b as u64,
+            _ => 64,
+        };
+        let side = spec.image_size as u64;
+        let batch = mul(&[b, side, side, 3]);
+        out.push(Need {
+            what: format!(
+                "dataset.image_size = {} with run.extract_batch = {b} ({b} decoded images of {side}x{side}x3 bytes a batch, {PREFETCH_BATCHES} batches decoded ahead, f32 copies for preprocessing)",
+                spec.image_size
+            ),
+            bytes: mul(&[batch, PREFETCH_BATCHES as u64 + 2]).saturating_add(mul(&[batch, 4, 2])),
         });
     }
     let classes = spec.num_classes.unwrap_or(1) as u64;
