@@ -58,6 +58,10 @@ enum Cmd {
         /// Rerun finished points
         #[arg(long)]
         force: bool,
+        /// With --jobs N: extract the features first as N shard processes, one per worker
+        /// and device, then run the points from the stored shards
+        #[arg(long)]
+        extract_shards: bool,
     },
     /// Print the points of a sweep (index, run id, overrides) without running
     Plan { spec: PathBuf },
@@ -82,6 +86,18 @@ enum Cmd {
         /// Write the script without submitting it
         #[arg(long)]
         dry_run: bool,
+        /// Extract features first as an array of N tasks (one shard of the cache entry each);
+        /// the sweep's array starts when all succeeded (--dependency=afterok)
+        #[arg(long, default_value_t = 0)]
+        extract_shards: usize,
+    },
+    /// Compute one shard of a spec's frozen features into the feature cache, e.g. --shard 0/4
+    /// (what `runner slurm --extract-shards` runs in each task)
+    #[command(hide = true)]
+    ExtractShard {
+        spec: PathBuf,
+        #[arg(long)]
+        shard: String,
     },
     /// Compare runs and epoch timings across devices and machines (folders, epochs.csv, summary.csv)
     Compare {
@@ -308,6 +324,7 @@ fn sweep_options(
     quiet: bool,
 ) -> runner::sweep::Options {
     runner::sweep::Options {
+        extract_shards: false,
         selection,
         force,
         jobs,
@@ -356,7 +373,18 @@ fn run(cli: Cli) -> Result<(), Error> {
             jobs,
             devices,
             force,
-        } => cmd_sweep(&spec, index, shard, jobs, devices, force, sets, quiet),
+            extract_shards,
+        } => cmd_sweep(
+            &spec,
+            index,
+            shard,
+            jobs,
+            devices,
+            force,
+            extract_shards,
+            sets,
+            quiet,
+        ),
         Cmd::Compare {
             paths,
             by,
@@ -396,8 +424,10 @@ fn run(cli: Cli) -> Result<(), Error> {
             max_parallel,
             sbatch_args,
             dry_run,
+            extract_shards,
         } => {
             let o = runner::sweep::SlurmOptions {
+                extract_shards,
                 partition,
                 gpus_per_task,
                 time,
@@ -417,6 +447,7 @@ fn run(cli: Cli) -> Result<(), Error> {
         Cmd::Devices => cmd_devices(),
         Cmd::Check { specs } => cmd_check(&specs, sets),
         Cmd::Extract { spec, out } => cmd_extract(&spec, &out, sets, quiet),
+        Cmd::ExtractShard { spec, shard } => cmd_extract_shard(&spec, &shard, sets, quiet),
         Cmd::Weights(WeightsCmd::Inspect { file }) => cmd_inspect(&file),
         Cmd::Weights(WeightsCmd::Convert {
             input,
@@ -435,6 +466,7 @@ fn cmd_sweep(
     jobs: usize,
     devices: Vec<String>,
     force: bool,
+    extract_shards: bool,
     sets: &[String],
     quiet: bool,
 ) -> Result<(), Error> {
@@ -445,7 +477,8 @@ fn cmd_sweep(
         }
         (None, None) => Selection::All,
     };
-    let o = sweep_options(selection, force, jobs.max(1), devices, sets, quiet);
+    let mut o = sweep_options(selection, force, jobs.max(1), devices, sets, quiet);
+    o.extract_shards = extract_shards;
     report(runner::sweep::run(spec, &o)?)?;
     if let Ok(s) = spec::load(spec, sets) {
         name_report(&s.results_dir, &s.name, quiet);
@@ -621,15 +654,46 @@ fn cmd_status(spec: &Path, sets: &[String]) -> Result<(), Error> {
 }
 
 fn cmd_slurm(spec: &Path, o: &runner::sweep::SlurmOptions) -> Result<(), Error> {
-    let (script, id) = runner::sweep::slurm(spec, o)?;
-    match id {
-        Some(id) => out!("{id}"),
-        None => {
-            // --dry-run: the script itself, as it would be submitted
-            let text = std::fs::read_to_string(&script).map_err(|e| Error::io(&script, e))?;
-            out_str!(text);
-            runner::note!("wrote {} (not submitted)", script.display());
+    let sub = runner::sweep::slurm(spec, o)?;
+    match (&sub.sweep_job, &sub.extract_job) {
+        (Some(id), extract) => {
+            if let Some(e) = extract {
+                runner::note!(
+                    "submitted feature extraction as job array {e}; the sweep waits for it"
+                );
+            }
+            out!("{id}")
         }
+        (None, _) => {
+            // --dry-run: the scripts themselves, as they would be submitted
+            for script in &sub.scripts {
+                let text = std::fs::read_to_string(script).map_err(|e| Error::io(script, e))?;
+                out_str!(text);
+                runner::note!("wrote {} (not submitted)", script.display());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn cmd_extract_shard(path: &Path, shard: &str, sets: &[String], quiet: bool) -> Result<(), Error> {
+    let bad = || {
+        Error::Spec(format!(
+            "--shard {shard:?}: expected I/N with I below N, e.g. --shard 0/4"
+        ))
+    };
+    let (i, n) = shard.split_once('/').ok_or_else(bad)?;
+    let (i, n): (usize, usize) = (
+        i.trim().parse().map_err(|_| bad())?,
+        n.trim().parse().map_err(|_| bad())?,
+    );
+    if n == 0 || i >= n {
+        return Err(bad());
+    }
+    let mode = runner::progress::Mode::detect(quiet);
+    let done = runner::sweep::extract_shard(path, sets, i, n, mode)?;
+    if !quiet {
+        runner::note!("shard {i}/{n}: {done} feature set(s) computed");
     }
     Ok(())
 }

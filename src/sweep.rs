@@ -51,6 +51,9 @@ pub struct Options {
     /// `--set` overrides, passed on to workers.
     pub sets: Vec<String>,
     pub mode: Mode,
+    /// With `jobs` > 1: extract the features first as `jobs` shard processes, one per worker
+    /// (and device), before the points start.
+    pub extract_shards: bool,
 }
 
 /// What happened to each point.
@@ -151,6 +154,9 @@ fn run_parallel(path: &Path, o: &Options, todo: &[&Point], report: &mut Report) 
         .map(|n| n.get())
         .unwrap_or(1);
     let threads = (cores / o.jobs).max(1);
+    if o.extract_shards {
+        extract_in_shards(&exe, path, o, threads)?;
+    }
     let mut queue: std::collections::VecDeque<&Point> = todo.iter().copied().collect();
     let mut running: Vec<(usize, usize, Child)> = Vec::new(); // (slot, point, child)
     let mut free: Vec<usize> = (0..o.jobs).rev().collect();
@@ -219,6 +225,53 @@ fn run_parallel(path: &Path, o: &Options, todo: &[&Point], report: &mut Report) 
         }
     }
     crate::interrupt::check()
+}
+
+/// `runner extract-shard SPEC --shard K/jobs` for every worker slot K at once (worker K on
+/// device K mod count); an error if any fails.
+fn extract_in_shards(exe: &Path, path: &Path, o: &Options, threads: usize) -> Result<()> {
+    let mut children = Vec::new();
+    for k in 0..o.jobs {
+        let mut cmd = Command::new(exe);
+        cmd.arg("extract-shard")
+            .arg(path)
+            .arg("--shard")
+            .arg(format!("{k}/{}", o.jobs))
+            .arg("-q");
+        for s in &o.sets {
+            cmd.arg("--set").arg(s);
+        }
+        if !o.devices.is_empty() {
+            cmd.arg("--set")
+                .arg(format!("run.device={}", o.devices[k % o.devices.len()]));
+        }
+        cmd.env("RAYON_NUM_THREADS", threads.to_string())
+            .env("CANDLE_NUM_THREADS", threads.to_string());
+        children.push(
+            cmd.spawn()
+                .map_err(|e| Error::Other(format!("cannot start an extraction worker: {e}")))?,
+        );
+    }
+    if o.mode != Mode::Quiet {
+        crate::note!("extracting features as {} shards, one per worker", o.jobs);
+    }
+    let mut failed = Vec::new();
+    for (k, mut c) in children.into_iter().enumerate() {
+        let status = c
+            .wait()
+            .map_err(|e| Error::Other(format!("waiting for an extraction worker: {e}")))?;
+        if !status.success() {
+            failed.push(format!("shard {k}/{}: {status}", o.jobs));
+        }
+    }
+    crate::interrupt::check()?;
+    if !failed.is_empty() {
+        return Err(Error::Other(format!(
+            "sharded extraction failed ({}); its messages are above",
+            failed.join(", ")
+        )));
+    }
+    Ok(())
 }
 
 /// Print the points of a spec: index, run id, overrides.
@@ -307,33 +360,49 @@ pub struct SlurmOptions {
     pub sbatch_args: Vec<String>,
     pub sets: Vec<String>,
     pub dry_run: bool,
+    /// Extract the features first as an array of this many tasks (0: each point extracts what
+    /// it needs, under the cache's lock).
+    pub extract_shards: usize,
 }
 
-/// Write the sbatch job-array script for a sweep (one task per point); submit it unless
-/// `dry_run`. Returns the script's path and the job id.
-pub fn slurm(path: &Path, o: &SlurmOptions) -> Result<(PathBuf, Option<String>)> {
-    let points = expand(path, &o.sets)?;
-    let base = &points[0].spec;
-    let exe = std::env::current_exe()
-        .map_err(|e| Error::Other(format!("cannot find the runner executable: {e}")))?;
-    let cwd =
-        std::env::current_dir().map_err(|e| Error::Other(format!("no current directory: {e}")))?;
-    let spec_abs = if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        cwd.join(path)
-    };
-    let dir = cwd.join(&base.results_dir).join(&base.name).join("slurm");
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let q = shell_quote;
+/// What `runner slurm` submitted: the scripts, and the job ids unless `--dry-run`.
+pub struct Submitted {
+    pub scripts: Vec<PathBuf>,
+    /// The extraction array's job id (with `--extract-shards`).
+    pub extract_job: Option<String>,
+    pub sweep_job: Option<String>,
+}
+
+/// `runner extract-shard`: shard `index` of `count` of the features of every point of a sweep
+/// (points that share their frozen part share their shards: the first computes them, the
+/// others find them stored).
+pub fn extract_shard(
+    path: &Path,
+    sets: &[String],
+    index: usize,
+    count: usize,
+    mode: Mode,
+) -> Result<usize> {
+    let mut done = 0;
+    for p in expand(path, sets)? {
+        done += crate::features::extract_shard(&p.spec, index, count, mode)?;
+    }
+    Ok(done)
+}
+
+/// The `#SBATCH` lines of an array of `tasks` tasks named `name`, logging under `dir`.
+fn array_header(
+    name: &str,
+    tasks: usize,
+    dir: &Path,
+    cwd: &Path,
+    o: &SlurmOptions,
+) -> Result<Vec<String>> {
     let d = |v: String| sbatch_directive(&v);
-    let mut lines = vec![
-        "#!/bin/bash".to_string(),
-        d(format!("--job-name={}", base.name))?,
-    ];
+    let mut lines = vec!["#!/bin/bash".to_string(), d(format!("--job-name={name}"))?];
     let array = match o.max_parallel {
-        Some(k) => format!("0-{}%{k}", points.len() - 1),
-        None => format!("0-{}", points.len() - 1),
+        Some(k) => format!("0-{}%{k}", tasks - 1),
+        None => format!("0-{}", tasks - 1),
     };
     lines.push(d(format!("--array={array}"))?);
     lines.push(d(format!("--output={}/%A_%a.out", dir.display()))?);
@@ -350,21 +419,15 @@ pub fn slurm(path: &Path, o: &SlurmOptions) -> Result<(PathBuf, Option<String>)>
     for a in &o.sbatch_args {
         lines.push(d(a.clone())?);
     }
-    let sets: String = o.sets.iter().map(|s| format!(" --set {}", q(s))).collect();
-    lines.push(String::new());
-    lines.push(format!(
-        "exec {} sweep {} --index \"$SLURM_ARRAY_TASK_ID\" -q{sets}",
-        q(&exe.to_string_lossy()),
-        q(&spec_abs.to_string_lossy())
-    ));
-    let script = dir.join("sweep.sbatch");
-    crate::fsio::write_atomic(&script, (lines.join("\n") + "\n").as_bytes())?;
-    if o.dry_run {
-        return Ok((script, None));
-    }
+    Ok(lines)
+}
+
+/// Submit `script` with sbatch (extra arguments first); the job id.
+fn sbatch(script: &Path, args: &[String]) -> Result<String> {
     let out = Command::new("sbatch")
         .arg("--parsable")
-        .arg(&script)
+        .args(args)
+        .arg(script)
         .output()
         .map_err(|e| Error::Other(format!("cannot run sbatch ({e}); is Slurm installed here? --dry-run writes the script only")))?;
     if !out.status.success() {
@@ -373,11 +436,79 @@ pub fn slurm(path: &Path, o: &SlurmOptions) -> Result<(PathBuf, Option<String>)>
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
-    let id = String::from_utf8_lossy(&out.stdout)
+    Ok(String::from_utf8_lossy(&out.stdout)
         .trim()
         .split(';')
         .next()
         .unwrap_or("")
-        .to_string();
-    Ok((script, Some(id)))
+        .to_string())
+}
+
+/// Write the sbatch job-array script for a sweep (one task per point) and, with
+/// `extract_shards = N`, an extraction array of N tasks that the sweep's array waits for
+/// (`--dependency=afterok`); submit them unless `dry_run`.
+pub fn slurm(path: &Path, o: &SlurmOptions) -> Result<Submitted> {
+    let points = expand(path, &o.sets)?;
+    let base = &points[0].spec;
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::Other(format!("cannot find the runner executable: {e}")))?;
+    let cwd =
+        std::env::current_dir().map_err(|e| Error::Other(format!("no current directory: {e}")))?;
+    let spec_abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        cwd.join(path)
+    };
+    let dir = cwd.join(&base.results_dir).join(&base.name).join("slurm");
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let q = shell_quote;
+    let sets: String = o.sets.iter().map(|s| format!(" --set {}", q(s))).collect();
+    let (exe_q, spec_q) = (q(&exe.to_string_lossy()), q(&spec_abs.to_string_lossy()));
+    let mut scripts = Vec::new();
+    if o.extract_shards > 0 {
+        if base.cache_dir.is_none() {
+            return Err(Error::Spec(
+                "--extract-shards stores features in the feature cache: set run.cache = true"
+                    .into(),
+            ));
+        }
+        let n = o.extract_shards;
+        let mut lines = array_header(&format!("{}-extract", base.name), n, &dir, &cwd, o)?;
+        lines.push(String::new());
+        lines.push(format!(
+            "exec {exe_q} extract-shard {spec_q} --shard \"$SLURM_ARRAY_TASK_ID/{n}\" -q{sets}"
+        ));
+        let script = dir.join("extract.sbatch");
+        crate::fsio::write_atomic(&script, (lines.join("\n") + "\n").as_bytes())?;
+        scripts.push(script);
+    }
+    let mut lines = array_header(&base.name, points.len(), &dir, &cwd, o)?;
+    lines.push(String::new());
+    lines.push(format!(
+        "exec {exe_q} sweep {spec_q} --index \"$SLURM_ARRAY_TASK_ID\" -q{sets}"
+    ));
+    let script = dir.join("sweep.sbatch");
+    crate::fsio::write_atomic(&script, (lines.join("\n") + "\n").as_bytes())?;
+    scripts.push(script.clone());
+    if o.dry_run {
+        return Ok(Submitted {
+            scripts,
+            extract_job: None,
+            sweep_job: None,
+        });
+    }
+    let extract_job = match o.extract_shards {
+        0 => None,
+        _ => Some(sbatch(&scripts[0], &[])?),
+    };
+    let dep: Vec<String> = extract_job
+        .iter()
+        .map(|id| format!("--dependency=afterok:{id}"))
+        .collect();
+    let sweep_job = Some(sbatch(&script, &dep)?);
+    Ok(Submitted {
+        scripts,
+        extract_job,
+        sweep_job,
+    })
 }
