@@ -73,22 +73,27 @@ fn sizes_under_the_limits_that_do_not_fit_in_memory_are_refused_before_running()
 
 #[test]
 fn a_folder_of_small_images_at_a_huge_image_size_is_refused_at_once() {
-    // 4096 is allowed by the limit; 20,000 images at 4096x4096 would take 2 TB
+    // 4096 is allowed by the limit; images are decoded a batch at a time, but batches of 1024
+    // images at 4096x4096 (with those decoded ahead and their f32 copies) would take 670 GB
     let d = tempfile::tempdir().unwrap();
     let root = d.path().join("imgs");
     for c in ["a", "b"] {
         std::fs::create_dir_all(root.join(c)).unwrap();
         for i in 0..10_000 {
-            // the loader refuses before decoding: empty files are never read
+            // the run is refused before the data is read: empty files are never opened
             std::fs::write(root.join(c).join(format!("{i}.png")), b"").unwrap();
         }
     }
-    let body = "[backbone]\nweights = \"random\"\n[dataset]\nkind = \"folder\"\npath = \"imgs\"\nimage_size = 4096\n[run]\ndevice = \"cpu\"\n";
+    let body = "[backbone]\nweights = \"random\"\n[dataset]\nkind = \"folder\"\npath = \"imgs\"\nimage_size = 4096\n[run]\ndevice = \"cpu\"\nextract_batch = 1024\n";
     let s = write(d.path(), "s.toml", body);
     let out = run_in(d.path(), &["run", &s]);
     assert_clean_failure(
         &out,
-        &["imgs", "20000 images", "image_size = 4096", "would take"],
+        &[
+            "image_size = 4096",
+            "run.extract_batch = 1024",
+            "would take",
+        ],
     );
     assert_eq!(out.status.code(), Some(2));
 }

@@ -112,3 +112,110 @@ fn slurm_job_array_runs_every_point() {
         4
     );
 }
+
+#[test]
+fn slurm_extract_shards_then_the_sweep() {
+    if let Err(why) = slurm_ready() {
+        eprintln!("SKIPPED slurm_extract_shards_then_the_sweep: {why}; start one with `scripts/slurm-local.sh start` (root)");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let body = "seed = 2\n[backbone]\nweights = \"random\"\n[dataset]\nkind = \"synthetic\"\nper_class = 3\n\
+         val_fraction = 0.5\n[train]\nepochs = 2\n[run]\ndevice = \"cpu\"\nextract_batch = 16\n";
+    std::fs::write(
+        d.path().join("sh.toml"),
+        format!("name = \"sh\"\n{body}cache_dir = \"cache4\"\nresults_dir = \"res\"\n[sweep]\n\"train.lr\" = [0.01, 0.001]\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        d.path().join("one.toml"),
+        format!("name = \"one\"\n{body}cache_dir = \"cache1\"\nresults_dir = \"res\"\n"),
+    )
+    .unwrap();
+    let out = run_in(d.path(), &["slurm", "sh.toml", "--extract-shards", "4"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let job = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        !job.is_empty() && job.chars().all(|c| c.is_ascii_digit()),
+        "job id {job:?}"
+    );
+    let note = String::from_utf8_lossy(&out.stderr).to_string();
+    let extract_job: String = note
+        .split("job array ")
+        .nth(1)
+        .unwrap_or("")
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    assert!(!extract_job.is_empty(), "{note}");
+    // the one-process features, meanwhile
+    let one = run_in(d.path(), &["-q", "one.toml"]);
+    assert!(
+        one.status.success(),
+        "{}",
+        String::from_utf8_lossy(&one.stderr)
+    );
+    let t0 = Instant::now();
+    loop {
+        let q = Command::new("squeue")
+            .args(["-h", "-j", &format!("{extract_job},{job}")])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&q.stdout).trim().is_empty() {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "the jobs did not finish in 300 s"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let logs: Vec<String> = std::fs::read_dir(d.path().join("res/sh/slurm"))
+        .map(|r| {
+            r.filter_map(|e| std::fs::read_to_string(e.unwrap().path()).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let files = |dir: &str, part: &str| -> Vec<std::path::PathBuf> {
+        let mut v: Vec<_> = std::fs::read_dir(d.path().join(dir))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                let n = p.file_name().unwrap().to_string_lossy().to_string();
+                n.ends_with(".safetensors") && n.contains(part)
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let shards = files("cache4", ".shard-");
+    assert_eq!(shards.len(), 4, "{shards:?}; logs: {logs:?}");
+    let bytes = |fs: &[std::path::PathBuf]| -> Vec<u8> {
+        fs.iter()
+            .flat_map(|f| {
+                let b = std::fs::read(f).unwrap();
+                let st = safetensors::SafeTensors::deserialize(&b).unwrap();
+                st.tensor("features").unwrap().data().to_vec()
+            })
+            .collect()
+    };
+    let whole = files("cache1", "");
+    assert_eq!(whole.len(), 1);
+    assert!(
+        bytes(&whole) == bytes(&shards),
+        "shards from 4 tasks hold the one-process features, bit for bit"
+    );
+    // the sweep ran after the extraction, from the shards
+    let runs: Vec<serde_json::Value> = std::fs::read_dir(d.path().join("res/sh"))
+        .unwrap()
+        .map(|e| e.unwrap().path().join("summary.json"))
+        .filter(|p| p.is_file())
+        .map(|p| serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap())
+        .collect();
+    assert_eq!(runs.len(), 2, "logs: {logs:?}");
+    assert!(runs.iter().all(|s| s["cache_hit"] == true), "{runs:?}");
+}
