@@ -897,7 +897,10 @@ mod tests {
         let mut read = Vec::new();
         entry.gather_into(&[4, 1], &mut read).unwrap();
         assert_eq!(read, out);
-        assert!(entry.gather_into(&[5], &mut read).is_err(), "row 5 of 5 is refused");
+        assert!(
+            entry.gather_into(&[5], &mut read).is_err(),
+            "row 5 of 5 is refused"
+        );
         // the file is plain safetensors: any reader takes it
         let bytes = std::fs::read(c.path_for(&d)).unwrap();
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();

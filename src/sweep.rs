@@ -484,6 +484,12 @@ pub fn slurm(path: &Path, o: &SlurmOptions) -> Result<Submitted> {
     }
     let mut lines = array_header(&base.name, points.len(), &dir, &cwd, o)?;
     lines.push(String::new());
+    if o.extract_shards > 0 {
+        lines.push(
+            "# submitted with --dependency=afterok on extract.sbatch's array: the points read its shards"
+                .to_string(),
+        );
+    }
     lines.push(format!(
         "exec {exe_q} sweep {spec_q} --index \"$SLURM_ARRAY_TASK_ID\" -q{sets}"
     ));

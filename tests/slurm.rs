@@ -23,6 +23,25 @@ fn slurm_ready() -> Result<(), String> {
     Ok(())
 }
 
+/// Wait until Slurm lists none of the jobs `ids` (comma-separated), at most 300 s.
+fn wait_for(ids: &str) {
+    let t0 = Instant::now();
+    loop {
+        let q = Command::new("squeue")
+            .args(["-h", "-j", ids])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&q.stdout).trim().is_empty() {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "jobs {ids} did not finish in 300 s"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 #[test]
 fn slurm_job_array_runs_every_point() {
     if let Err(why) = slurm_ready() {
@@ -61,21 +80,7 @@ fn slurm_job_array_runs_every_point() {
         job.chars().all(|c| c.is_ascii_digit()) && !job.is_empty(),
         "job id {job:?}"
     );
-    let t0 = Instant::now();
-    loop {
-        let q = Command::new("squeue")
-            .args(["-h", "-j", &job])
-            .output()
-            .unwrap();
-        if String::from_utf8_lossy(&q.stdout).trim().is_empty() {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(300),
-            "the job array did not finish in 300 s"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    wait_for(&job);
     let runs: Vec<_> = std::fs::read_dir(res.join("sl"))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -159,54 +164,19 @@ fn slurm_extract_shards_then_the_sweep() {
         "{}",
         String::from_utf8_lossy(&one.stderr)
     );
-    let t0 = Instant::now();
-    loop {
-        let q = Command::new("squeue")
-            .args(["-h", "-j", &format!("{extract_job},{job}")])
-            .output()
-            .unwrap();
-        if String::from_utf8_lossy(&q.stdout).trim().is_empty() {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(300),
-            "the jobs did not finish in 300 s"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    wait_for(&format!("{extract_job},{job}"));
     let logs: Vec<String> = std::fs::read_dir(d.path().join("res/sh/slurm"))
         .map(|r| {
             r.filter_map(|e| std::fs::read_to_string(e.unwrap().path()).ok())
                 .collect()
         })
         .unwrap_or_default();
-    let files = |dir: &str, part: &str| -> Vec<std::path::PathBuf> {
-        let mut v: Vec<_> = std::fs::read_dir(d.path().join(dir))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| {
-                let n = p.file_name().unwrap().to_string_lossy().to_string();
-                n.ends_with(".safetensors") && n.contains(part)
-            })
-            .collect();
-        v.sort();
-        v
-    };
-    let shards = files("cache4", ".shard-");
+    let shards = cache_files(&d.path().join("cache4"), ".shard-");
     assert_eq!(shards.len(), 4, "{shards:?}; logs: {logs:?}");
-    let bytes = |fs: &[std::path::PathBuf]| -> Vec<u8> {
-        fs.iter()
-            .flat_map(|f| {
-                let b = std::fs::read(f).unwrap();
-                let st = safetensors::SafeTensors::deserialize(&b).unwrap();
-                st.tensor("features").unwrap().data().to_vec()
-            })
-            .collect()
-    };
-    let whole = files("cache1", "");
+    let whole = cache_files(&d.path().join("cache1"), "");
     assert_eq!(whole.len(), 1);
     assert!(
-        bytes(&whole) == bytes(&shards),
+        feature_bytes(&whole) == feature_bytes(&shards),
         "shards from 4 tasks hold the one-process features, bit for bit"
     );
     // the sweep ran after the extraction, from the shards

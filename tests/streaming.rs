@@ -65,30 +65,6 @@ fn finished(results: &Path, name: &str) -> (serde_json::Value, Vec<String>) {
     (s, rows)
 }
 
-/// The raw feature bytes of a cache entry: one file, or its shards in order.
-fn feature_bytes(files: &[PathBuf]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for f in files {
-        let b = std::fs::read(f).unwrap();
-        let st = safetensors::SafeTensors::deserialize(&b).unwrap();
-        out.extend_from_slice(st.tensor("features").unwrap().data());
-    }
-    out
-}
-
-fn cache_files(dir: &Path, part: &str) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            let n = p.file_name().unwrap().to_string_lossy().to_string();
-            n.ends_with(".safetensors") && n.contains(part)
-        })
-        .collect();
-    v.sort();
-    v
-}
-
 #[test]
 fn streamed_images_decode_as_the_whole_folder_does() {
     let d = tempfile::tempdir().unwrap();

@@ -97,3 +97,30 @@ pub fn assert_clean_failure(out: &Output, must_contain: &[&str]) {
         assert!(err.contains(m), "stderr should mention {m:?}: {err}");
     }
 }
+
+/// The `.safetensors` files in `dir` whose names contain `part` (a feature cache's entries or
+/// shards), sorted by name.
+pub fn cache_files(dir: &Path, part: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy().to_string();
+            n.ends_with(".safetensors") && n.contains(part)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The raw bytes of the `features` tensors of cache files, one after another (one entry, or
+/// its shards in order).
+pub fn feature_bytes(files: &[PathBuf]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for f in files {
+        let b = std::fs::read(f).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&b).unwrap();
+        out.extend_from_slice(st.tensor("features").unwrap().data());
+    }
+    out
+}
