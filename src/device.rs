@@ -195,6 +195,15 @@ pub fn in_worker_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     }
 }
 
+/// Whether `RUNNER_GPU_FUSED=1` asks for the opt-in fused GPU kernels (read once per process):
+/// preprocessing in one pass (`data::fused_input`) and LRN + max pooling in one pass
+/// (`backbone::gpu_fused`). Off by default until `scripts/gpu-check.sh` has passed with them on
+/// a GPU.
+pub fn gpu_fused() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("RUNNER_GPU_FUSED").is_ok_and(|v| v == "1"))
+}
+
 /// The device a spec asks for. `auto` is CUDA when compiled in and a GPU answers, else CPU.
 /// On the CPU, denormals are flushed to zero (see `flush_denormals`).
 ///

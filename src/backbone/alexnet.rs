@@ -85,6 +85,18 @@ impl AlexNet {
         dropout: Option<(&mut ChaCha8Rng, f64)>,
     ) -> Result<Tensor> {
         let lrn_pool = |x: &Tensor| -> Result<Tensor> {
+            if !x.device().is_cpu() && !x.track_op() && crate::device::gpu_fused() {
+                // opt-in: one kernel on a GPU (frozen layers only: it has no backward pass)
+                let op = super::gpu_fused::LrnMaxPool {
+                    radius: LRN_RADIUS,
+                    alpha: LRN_ALPHA as f32,
+                    beta: LRN_BETA as f32,
+                    bias: LRN_BIAS as f32,
+                    k: 3,
+                    stride: 2,
+                };
+                return op.apply(x);
+            }
             let n = lrn(x, LRN_RADIUS, LRN_ALPHA, LRN_BETA, LRN_BIAS)?;
             max_pool_valid(&n, 3, 2)
         };

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 pub mod files;
 pub mod folder;
+pub mod fused_input;
 pub mod gtsrb;
 pub mod idx;
 pub mod images;

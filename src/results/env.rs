@@ -33,6 +33,8 @@ pub fn build_and_machine() -> serde_json::Value {
         "git_commit": env!("RUNNER_GIT_COMMIT"),
         "candle_version": CANDLE_VERSION,
         "cudnn": cfg!(feature = "cudnn"),
+        // the opt-in GPU paths (`RUNNER_GPU_FUSED=1`), so timings with and without compare
+        "gpu_fused": cfg!(feature = "cuda") && crate::device::gpu_fused(),
         "threads": candle_core::utils::get_num_threads(),
         "hostname": hostname(),
     })

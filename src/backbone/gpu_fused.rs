@@ -1,0 +1,258 @@
+//! AlexNet's LRN and 3x3/2 max pooling in one pass (`pool1`, `pool2`). The default path takes
+//! four kernels for the LRN (square, banded matrix product, power, divide) and one for the
+//! pooling. Here each thread computes one pooled output: the LRN value at each of its window's
+//! positions, from the squares of the 2r+1 neighbouring channels, and their maximum. The
+//! normalised map is never written.
+//!
+//! On CUDA this is an nvrtc kernel, used only for frozen f32 maps and only with
+//! `RUNNER_GPU_FUSED=1` (`device::gpu_fused`) until `scripts/gpu-check.sh` has passed with it
+//! on a GPU (issue 20). `cpu_fwd` does the same arithmetic in a loop, as the reference the
+//! kernel follows line for line. A test holds it to `lrn` followed by `max_pool_valid`.
+
+use candle_core::{CpuStorage, DType, Layout, Shape, Tensor};
+
+use crate::error::Result;
+
+/// `max_pool_valid(lrn(x, radius, alpha, beta, bias), k, stride)` of f32 NCHW, in one op.
+pub struct LrnMaxPool {
+    pub radius: usize,
+    pub alpha: f32,
+    pub beta: f32,
+    pub bias: f32,
+    pub k: usize,
+    pub stride: usize,
+}
+
+impl LrnMaxPool {
+    /// The op on `x` (any float format; computed in f32, returned in `x`'s format).
+    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let x = x.to_dtype(DType::F32)?.contiguous()?;
+        Ok(x.apply_op1_no_bwd(self)?.to_dtype(dtype)?)
+    }
+
+    fn out_dims(&self, h: usize, w: usize) -> candle_core::Result<(usize, usize)> {
+        if self.k == 0 || self.stride == 0 || h < self.k || w < self.k {
+            candle_core::bail!(
+                "lrn-max-pool: a {h}x{w} map is smaller than the {}x{} window",
+                self.k,
+                self.k
+            )
+        }
+        Ok((
+            (h - self.k) / self.stride + 1,
+            (w - self.k) / self.stride + 1,
+        ))
+    }
+}
+
+impl candle_core::CustomOp1 for LrnMaxPool {
+    fn name(&self) -> &'static str {
+        "lrn-max-pool"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(v) = s else {
+            candle_core::bail!("lrn-max-pool: f32 input expected")
+        };
+        let Some((o0, o1)) = l.contiguous_offsets() else {
+            candle_core::bail!("lrn-max-pool: contiguous input expected")
+        };
+        let (n, c, h, w) = l.shape().dims4()?;
+        let (ho, wo) = self.out_dims(h, w)?;
+        let (x, plane) = (&v[o0..o1], h * w);
+        let mut out = vec![0f32; n * c * ho * wo];
+        for (i, o) in out.iter_mut().enumerate() {
+            // the kernel's index arithmetic: i = ((b * c + ch) * ho + oy) * wo + ox
+            let (ox, oy, ch, b) = (
+                i % wo,
+                (i / wo) % ho,
+                (i / (wo * ho)) % c,
+                i / (wo * ho * c),
+            );
+            let img = &x[b * c * plane..(b + 1) * c * plane];
+            let (lo, hi) = (
+                ch.saturating_sub(self.radius),
+                (ch + self.radius).min(c - 1),
+            );
+            let mut best = f32::NEG_INFINITY;
+            for ky in 0..self.k {
+                for kx in 0..self.k {
+                    let p = (oy * self.stride + ky) * w + ox * self.stride + kx;
+                    let mut sum = 0f32;
+                    for q in lo..=hi {
+                        let v = img[q * plane + p];
+                        sum += v * v;
+                    }
+                    let d = self.bias + self.alpha * sum;
+                    let v = img[ch * plane + p];
+                    let y = if self.beta == 0.75 {
+                        v / (d.sqrt() * d.sqrt().sqrt())
+                    } else {
+                        v / d.powf(self.beta)
+                    };
+                    best = best.max(y);
+                }
+            }
+            *o = best;
+        }
+        Ok((CpuStorage::F32(out), Shape::from((n, c, ho, wo))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        st: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::cuda::cudarc::driver::{LaunchConfig, PushKernelArg};
+        let Some((o0, o1)) = l.contiguous_offsets() else {
+            candle_core::bail!("lrn-max-pool: contiguous input expected")
+        };
+        let (n, c, h, w) = l.shape().dims4()?;
+        let (ho, wo) = self.out_dims(h, w)?;
+        let total = n * c * ho * wo;
+        if total > u32::MAX as usize || o1 - o0 > u32::MAX as usize {
+            candle_core::bail!("lrn-max-pool: {total} outputs in one batch is too many")
+        }
+        let dev = &st.device;
+        let x = st.as_cuda_slice::<f32>()?.slice(o0..o1);
+        // SAFETY: every one of the `total` values is written by the kernel below
+        let y = unsafe { dev.alloc::<f32>(total)? };
+        let f = dev.get_or_load_custom_func("lrn_max_pool", "runner_lrn_max_pool", ptx()?)?;
+        let dims: [u32; 9] = [
+            n as u32,
+            c as u32,
+            h as u32,
+            w as u32,
+            ho as u32,
+            wo as u32,
+            self.k as u32,
+            self.stride as u32,
+            self.radius as u32,
+        ];
+        let mut b = f.builder();
+        b.arg(&x).arg(&y);
+        for d in &dims {
+            b.arg(d);
+        }
+        b.arg(&self.alpha).arg(&self.beta).arg(&self.bias);
+        // SAFETY: the argument list matches the kernel's signature in KERNEL
+        unsafe { b.launch(LaunchConfig::for_num_elems(total as u32)) }
+            .map_err(candle_core::Error::wrap)?;
+        Ok((
+            candle_core::CudaStorage::wrap_cuda_slice(y, dev.clone()),
+            Shape::from((n, c, ho, wo)),
+        ))
+    }
+}
+
+/// The kernel: `cpu_fwd`'s loop body, one thread per pooled output.
+pub const KERNEL: &str = r#"
+extern "C" __global__ void lrn_max_pool(const float* x, float* out, unsigned int n,
+                                        unsigned int c, unsigned int h, unsigned int w,
+                                        unsigned int ho, unsigned int wo, unsigned int k,
+                                        unsigned int stride, unsigned int radius, float alpha,
+                                        float beta, float bias) {
+  unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n * c * ho * wo) return;
+  unsigned int ox = i % wo, oy = (i / wo) % ho, ch = (i / (wo * ho)) % c, b = i / (wo * ho * c);
+  size_t plane = (size_t)h * w;
+  const float* img = x + (size_t)b * c * plane;
+  unsigned int lo = ch >= radius ? ch - radius : 0u;
+  unsigned int hi = ch + radius < c - 1u ? ch + radius : c - 1u;
+  float best = __int_as_float(0xff800000);  /* -infinity */
+  for (unsigned int ky = 0; ky < k; ky++) {
+    for (unsigned int kx = 0; kx < k; kx++) {
+      size_t p = (size_t)(oy * stride + ky) * w + ox * stride + kx;
+      float sum = 0.f;
+      for (unsigned int q = lo; q <= hi; q++) {
+        float v = img[q * plane + p];
+        sum += v * v;
+      }
+      float d = bias + alpha * sum;
+      float v = img[ch * plane + p];
+      float y = beta == 0.75f ? v / (sqrtf(d) * sqrtf(sqrtf(d))) : v / powf(d, beta);
+      best = fmaxf(best, y);
+    }
+  }
+  out[i] = best;
+}
+"#;
+
+/// `KERNEL` compiled to PTX once per process.
+#[cfg(feature = "cuda")]
+fn ptx() -> candle_core::Result<&'static str> {
+    use candle_core::cuda::cudarc::nvrtc;
+    static P: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if let Some(p) = P.get() {
+        return Ok(p.as_str());
+    }
+    let o = nvrtc::CompileOptions {
+        arch: Some("compute_75"),
+        ..Default::default()
+    };
+    let p = nvrtc::compile_ptx_with_opts(KERNEL, o)
+        .map_err(candle_core::Error::wrap)?
+        .to_src();
+    Ok(P.get_or_init(|| p).as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::alexnet::{LRN_ALPHA, LRN_BETA, LRN_BIAS, LRN_RADIUS};
+    use crate::backbone::layers::{lrn, max_pool_valid};
+    use candle_core::Device;
+
+    #[test]
+    fn one_pass_equals_lrn_then_pooling() {
+        let dev = Device::Cpu;
+        // conv1's and conv2's output shapes (fewer images and channels), ReLU'd values
+        for (n, c, h, w, beta) in [
+            (2, 16, 55, 55, LRN_BETA),
+            (1, 7, 27, 27, LRN_BETA),
+            (2, 5, 9, 12, 0.6),
+        ] {
+            let v: Vec<f32> = (0..n * c * h * w)
+                .map(|i| ((i * 7919 % 1000) as f32 * 0.37 - 60.0).max(0.0))
+                .collect();
+            let x = Tensor::from_vec(v, (n, c, h, w), &dev).unwrap();
+            let want = max_pool_valid(
+                &lrn(&x, LRN_RADIUS, LRN_ALPHA, beta, LRN_BIAS).unwrap(),
+                3,
+                2,
+            )
+            .unwrap();
+            let op = LrnMaxPool {
+                radius: LRN_RADIUS,
+                alpha: LRN_ALPHA as f32,
+                beta: beta as f32,
+                bias: LRN_BIAS as f32,
+                k: 3,
+                stride: 2,
+            };
+            let got = op.apply(&x).unwrap();
+            assert_eq!(got.dims(), want.dims());
+            let (g, w2) = (
+                got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                want.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            );
+            // the same sums in the same order: equal to the bit
+            assert!(g == w2, "{n}x{c}x{h}x{w}: fused LRN + pool differs");
+        }
+        let tiny = Tensor::zeros((1, 3, 2, 2), DType::F32, &dev).unwrap();
+        let op = LrnMaxPool {
+            radius: 2,
+            alpha: 1e-4,
+            beta: 0.75,
+            bias: 1.0,
+            k: 3,
+            stride: 2,
+        };
+        assert!(
+            op.apply(&tiny).is_err(),
+            "a map smaller than the window is an error"
+        );
+    }
+}

@@ -1,0 +1,222 @@
+//! Preprocessing in one pass: u8 NHWC images to f32 NCHW at the backbone's input size
+//! (bilinear, TF1 or half-pixel), as one op. `to_input` otherwise takes a type conversion, two
+//! transposes with copies and two matrix products.
+//!
+//! On CUDA this is one nvrtc kernel, with one thread per output value. It is off by default:
+//! set `RUNNER_GPU_FUSED=1` to use it. No GPU has run it yet; it becomes the default once
+//! `scripts/gpu-check.sh` has passed with it on one (issue 20).
+//!
+//! The CPU does the same arithmetic in a loop (`cpu_fwd`). That loop is the reference the
+//! kernel follows line for line, and a test holds it to `to_input`.
+//!
+//! The arithmetic is the same as `to_input`'s:
+//! - Each output row `oy` reads source rows `lo`/`hi` with weights `1 - f`/`f`, where
+//!   `src = oy * in / out` for TF1 or `(oy + 0.5) * in / out - 0.5` for half-pixel.
+//!   These are computed in f64, floored, and clamped to the image.
+//! - Rows are interpolated first, then columns, in f32.
+
+use candle_core::{CpuStorage, Layout, Shape, Tensor};
+
+use crate::error::Result;
+use crate::spec::ResizeMethod;
+
+/// u8 (N, H, W, 3) -> f32 (N, 3, size, size).
+pub struct FusedResize {
+    pub size: usize,
+    pub method: ResizeMethod,
+}
+
+/// The two source indices and the weight of the second for output `o` of `out` from `inp`,
+/// as `preprocess::interp_matrix` places them.
+fn taps(o: usize, inp: usize, out: usize, method: ResizeMethod) -> (usize, usize, f32) {
+    let scale = inp as f64 / out as f64;
+    let src = match method {
+        ResizeMethod::Tf1 => o as f64 * scale,
+        ResizeMethod::HalfPixel => (o as f64 + 0.5) * scale - 0.5,
+    };
+    let f = src.floor();
+    let lo = (f.max(0.0) as usize).min(inp - 1);
+    let hi = ((f + 1.0).max(0.0) as usize).min(inp - 1);
+    (lo, hi, (src - f) as f32)
+}
+
+impl FusedResize {
+    /// The op on a u8 (N, H, W, 3) tensor.
+    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.apply_op1_no_bwd(self)?)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn method_code(&self) -> u32 {
+        match self.method {
+            ResizeMethod::Tf1 => 0,
+            ResizeMethod::HalfPixel => 1,
+        }
+    }
+}
+
+impl candle_core::CustomOp1 for FusedResize {
+    fn name(&self) -> &'static str {
+        "fused-resize"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let CpuStorage::U8(px) = s else {
+            candle_core::bail!("fused-resize: u8 pixels expected")
+        };
+        let Some((o0, o1)) = l.contiguous_offsets() else {
+            candle_core::bail!("fused-resize: contiguous pixels expected")
+        };
+        let (n, h, w, c) = l.shape().dims4()?;
+        if c != 3 {
+            candle_core::bail!("fused-resize: {c} channels, expected 3")
+        }
+        let (px, s) = (&px[o0..o1], self.size);
+        let ty: Vec<_> = (0..s).map(|o| taps(o, h, s, self.method)).collect();
+        let tx: Vec<_> = (0..s).map(|o| taps(o, w, s, self.method)).collect();
+        let mut out = vec![0f32; n * 3 * s * s];
+        for (i, v) in out.iter_mut().enumerate() {
+            // the kernel's index arithmetic: i = ((b * 3 + c) * s + oy) * s + ox
+            let (ox, oy, ch, b) = (i % s, (i / s) % s, (i / (s * s)) % 3, i / (3 * s * s));
+            let img = &px[b * h * w * 3..(b + 1) * h * w * 3];
+            let p = |y: usize, x: usize| img[(y * w + x) * 3 + ch] as f32;
+            let ((ylo, yhi, fy), (xlo, xhi, fx)) = (ty[oy], tx[ox]);
+            let a0 = (1.0 - fy) * p(ylo, xlo) + fy * p(yhi, xlo);
+            let a1 = (1.0 - fy) * p(ylo, xhi) + fy * p(yhi, xhi);
+            *v = (1.0 - fx) * a0 + fx * a1;
+        }
+        Ok((CpuStorage::F32(out), Shape::from((n, 3, s, s))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        st: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::cuda::cudarc::driver::{LaunchConfig, PushKernelArg};
+        let Some((o0, o1)) = l.contiguous_offsets() else {
+            candle_core::bail!("fused-resize: contiguous pixels expected")
+        };
+        let (n, h, w, c) = l.shape().dims4()?;
+        if c != 3 {
+            candle_core::bail!("fused-resize: {c} channels, expected 3")
+        }
+        let s = self.size;
+        let total = n * 3 * s * s;
+        if total > u32::MAX as usize {
+            candle_core::bail!("fused-resize: {total} outputs in one batch is too many")
+        }
+        let dev = &st.device;
+        let x = st.as_cuda_slice::<u8>()?.slice(o0..o1);
+        // SAFETY: every one of the `total` values is written by the kernel below
+        let y = unsafe { dev.alloc::<f32>(total)? };
+        let f = dev.get_or_load_custom_func("fused_resize", "runner_fused_resize", ptx()?)?;
+        let mut b = f.builder();
+        let (n32, h32, w32, s32, m32) =
+            (n as u32, h as u32, w as u32, s as u32, self.method_code());
+        b.arg(&x)
+            .arg(&y)
+            .arg(&n32)
+            .arg(&h32)
+            .arg(&w32)
+            .arg(&s32)
+            .arg(&m32);
+        // SAFETY: the argument list matches the kernel's signature in KERNEL
+        unsafe { b.launch(LaunchConfig::for_num_elems(total as u32)) }
+            .map_err(candle_core::Error::wrap)?;
+        Ok((
+            candle_core::CudaStorage::wrap_cuda_slice(y, dev.clone()),
+            Shape::from((n, 3, s, s)),
+        ))
+    }
+}
+
+/// The kernel: `cpu_fwd`'s loop body, one thread per output value.
+pub const KERNEL: &str = r#"
+__device__ __forceinline__ void taps(unsigned int o, unsigned int inp, unsigned int out,
+                                     unsigned int method, unsigned int* lo, unsigned int* hi,
+                                     float* frac) {
+  double scale = (double)inp / (double)out;
+  double src = method == 0 ? (double)o * scale : ((double)o + 0.5) * scale - 0.5;
+  double f = floor(src);
+  double l = f > 0.0 ? f : 0.0, h = f + 1.0 > 0.0 ? f + 1.0 : 0.0;
+  *lo = (unsigned int)l < inp - 1 ? (unsigned int)l : inp - 1;
+  *hi = (unsigned int)h < inp - 1 ? (unsigned int)h : inp - 1;
+  *frac = (float)(src - f);
+}
+
+extern "C" __global__ void fused_resize(const unsigned char* px, float* out, unsigned int n,
+                                        unsigned int h, unsigned int w, unsigned int s,
+                                        unsigned int method) {
+  unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n * 3u * s * s) return;
+  unsigned int ox = i % s, oy = (i / s) % s, ch = (i / (s * s)) % 3u, b = i / (3u * s * s);
+  const unsigned char* img = px + (size_t)b * h * w * 3u;
+  unsigned int ylo, yhi, xlo, xhi;
+  float fy, fx;
+  taps(oy, h, s, method, &ylo, &yhi, &fy);
+  taps(ox, w, s, method, &xlo, &xhi, &fx);
+  #define P(y, x) ((float)img[((size_t)(y) * w + (x)) * 3u + ch])
+  float a0 = (1.f - fy) * P(ylo, xlo) + fy * P(yhi, xlo);
+  float a1 = (1.f - fy) * P(ylo, xhi) + fy * P(yhi, xhi);
+  #undef P
+  out[i] = (1.f - fx) * a0 + fx * a1;
+}
+"#;
+
+/// `KERNEL` compiled to PTX once per process (nvrtc needs no GPU, only its library).
+#[cfg(feature = "cuda")]
+fn ptx() -> candle_core::Result<&'static str> {
+    use candle_core::cuda::cudarc::nvrtc;
+    static P: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if let Some(p) = P.get() {
+        return Ok(p.as_str());
+    }
+    let o = nvrtc::CompileOptions {
+        arch: Some("compute_75"),
+        ..Default::default()
+    };
+    let p = nvrtc::compile_ptx_with_opts(KERNEL, o)
+        .map_err(candle_core::Error::wrap)?
+        .to_src();
+    Ok(P.get_or_init(|| p).as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn one_pass_resize_matches_the_matrix_products() {
+        let dev = Device::Cpu;
+        for (h, w, s, method) in [
+            (32, 32, 227, ResizeMethod::Tf1),
+            (37, 23, 64, ResizeMethod::HalfPixel),
+            (300, 260, 224, ResizeMethod::Tf1),
+            (16, 16, 16, ResizeMethod::Tf1),
+        ] {
+            let n = 2;
+            let px: Vec<u8> = (0..n * h * w * 3)
+                .map(|i| ((i * 37 + i / 7) % 256) as u8)
+                .collect();
+            let want = crate::data::preprocess::to_input(&px, n, h, w, s, method, &dev).unwrap();
+            let x = Tensor::from_slice(&px, (n, h, w, 3), &dev).unwrap();
+            let got = FusedResize { size: s, method }.apply(&x).unwrap();
+            assert_eq!(got.dims(), want.dims());
+            let d = (got - &want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            // pixel values are 0..255; float rounding of the two orders of the same sums
+            assert!(d < 2e-4, "{h}x{w} -> {s} {method:?}: max difference {d}");
+        }
+    }
+}
