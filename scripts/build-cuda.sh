@@ -65,4 +65,17 @@ fi
 # without noticing an nvcc change, so a different wheel version needs `cargo clean -p candle-kernels`.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target-cuda}"
 cargo build --release --features "$features" --bin runner
+
+# runner's own CUDA kernels are compiled by nvrtc when first used (on a GPU); compile each here
+# with the wheel's nvcc too, so a kernel that does not compile fails the build, not a GPU run.
+for src in $(grep -l 'pub const KERNEL: &str = r#"' src -r); do
+  cu="$CARGO_TARGET_DIR/$(basename "$src" .rs).cu"
+  "$venv/bin/python" - "$src" "$cu" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+open(sys.argv[2], "w").write(re.search(r'pub const KERNEL: &str = r#"(.*?)"#;', text, re.S).group(1))
+PY
+  "$NVCC" --ptx -arch=compute_75 -o "${cu%.cu}.ptx" "$cu" || { echo "build-cuda: $src: its KERNEL does not compile" >&2; exit 1; }
+  echo "build-cuda: $src: KERNEL compiles (nvcc --ptx, compute_75)"
+done
 echo "build-cuda: built $CARGO_TARGET_DIR/release/runner (features: $features, sm_$CUDA_COMPUTE_CAP, CUDA wheels $version)"

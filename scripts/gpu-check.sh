@@ -11,6 +11,9 @@
 #    element error relative to the largest feature is printed too);
 # 2. timing: AlexNet extraction of 39,216 32x32 images resized to 227 (f32, TF32, bf16),
 #    VGG16 extraction of 3,698 images at 224, and 10 head epochs on the AlexNet fc7 features.
+# 3. both again with RUNNER_GPU_FUSED=1 (configs `f32+fused` ...): the opt-in GPU paths that no
+#    GPU has run yet (now: preprocessing in one kernel, src/data/fused_input.rs), checked and
+#    timed beside the default ones in the same run. Set GPU_CHECK_FUSED=0 to skip them.
 # Prints one table and writes OUT_DIR/gpu-check.csv. Exit status 1 when a fidelity bound fails.
 set -uo pipefail
 dev="${GPU_CHECK_DEVICE:-cuda}"          # cpu: a dry run of this script with a CPU build
@@ -65,8 +68,15 @@ spec vgg16 vgg16 fc6 $(( (86 + scale - 1) / scale ))          # 3,698 images (fl
 
 echo "config,workload,images,seconds,images_per_s,epoch_s,rel_l2_err,max_err_rel,bound,ok" >"$out/gpu-check.csv"
 fail=0
+fused_modes="0"
+[ "$dev" = cuda ] && [ "${GPU_CHECK_FUSED:-1}" = 1 ] && fused_modes="0 1"
 for net in alexnet vgg16; do
-  "$bin" extract "fid_$net.toml" --out "cpu_$net.npz" --set run.device=cpu >/dev/null || exit 1
+  RUNNER_GPU_FUSED=0 "$bin" extract "fid_$net.toml" --out "cpu_$net.npz" --set run.device=cpu >/dev/null || exit 1
+done
+for fused in $fused_modes; do
+export RUNNER_GPU_FUSED=$fused
+tag=""; [ "$fused" = 1 ] && tag="+fused"
+for net in alexnet vgg16; do
   for cfg in f32 tf32 bf16; do
     [ "$dev" = cpu ] && [ "$cfg" = bf16 ] && continue   # the CPU refuses bf16
     case $cfg in f32) sets=(--set run.dtype=f32 --set run.tf32=false); bound=1e-3 ;;
@@ -86,7 +96,7 @@ PY
 )
     IFS=, read -r n err mx b ok <<<"$line"
     [ "$ok" = yes ] || fail=1
-    echo "$cfg,fidelity $net,$n,,,,$err,$mx,$b,$ok" >>"$out/gpu-check.csv"
+    echo "$cfg$tag,fidelity $net,$n,,,,$err,$mx,$b,$ok" >>"$out/gpu-check.csv"
   done
 done
 
@@ -105,12 +115,14 @@ print(f"{sys.argv[3]},extract {sys.argv[4]},{s['n_train']},{s['extract_seconds']
       f"{s['extract_images_per_second']:.0f},{epoch},,,,")
 PY
 }
-bench f32 alexnet 10 --set run.dtype=f32 --set run.tf32=false
-bench tf32 alexnet 1 --set run.dtype=f32 --set run.tf32=true
-[ "$dev" = cpu ] || bench bf16 alexnet 1 --set run.dtype=bf16
-bench f32 vgg16 1 --set run.dtype=f32 --set run.tf32=false
-bench tf32 vgg16 1 --set run.dtype=f32 --set run.tf32=true
-[ "$dev" = cpu ] || bench bf16 vgg16 1 --set run.dtype=bf16
+bench f32$tag alexnet 10 --set run.dtype=f32 --set run.tf32=false
+bench tf32$tag alexnet 1 --set run.dtype=f32 --set run.tf32=true
+[ "$dev" = cpu ] || bench bf16$tag alexnet 1 --set run.dtype=bf16
+bench f32$tag vgg16 1 --set run.dtype=f32 --set run.tf32=false
+bench tf32$tag vgg16 1 --set run.dtype=f32 --set run.tf32=true
+[ "$dev" = cpu ] || bench bf16$tag vgg16 1 --set run.dtype=bf16
+done
+unset RUNNER_GPU_FUSED
 
 # The PyTorch peer on the same GPU, same workloads (when python3 has torch with CUDA).
 peer="$(dirname "$bin")/torch_peer.py"
