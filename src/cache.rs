@@ -316,7 +316,7 @@ struct FileHeader {
     ranges: [(u64, u64); 3],
 }
 
-fn read_header(path: &Path, file: &std::fs::File) -> std::result::Result<FileHeader, String> {
+fn read_header(file: &std::fs::File) -> std::result::Result<FileHeader, String> {
     use std::os::unix::fs::FileExt;
     let mut head = vec![0u8; DATA_START as usize];
     file.read_exact_at(&mut head, 0)
@@ -362,7 +362,12 @@ fn read_header(path: &Path, file: &std::fs::File) -> std::result::Result<FileHea
         .checked_mul(per)
         .and_then(|x| x.checked_mul(4))
         .ok_or("features shape overflows")?;
-    let (r8, expect_len) = ((rows as u64) * 8, DATA_START + fbytes + (rows as u64) * 16);
+    let r8 = (rows as u64).checked_mul(8).ok_or("row count overflows")?;
+    let expect_len = (rows as u64)
+        .checked_mul(16)
+        .and_then(|x| x.checked_add(fbytes))
+        .and_then(|x| x.checked_add(DATA_START))
+        .ok_or("sizes overflow")?;
     if ls != [rows]
         || is != [rows]
         || f != (0, fbytes)
@@ -377,7 +382,6 @@ fn read_header(path: &Path, file: &std::fs::File) -> std::result::Result<FileHea
             "{len} bytes, the header describes {expect_len} (truncated?)"
         ));
     }
-    let _ = path;
     Ok(FileHeader {
         meta,
         shape,
@@ -413,7 +417,7 @@ fn open_file(
         Err(e) => return Err(Miss::Corrupt(format!("{}: {e}", path.display()))),
     };
     let corrupt = |m: String| Miss::Corrupt(format!("{}: {m}", path.display()));
-    let h = read_header(path, &file).map_err(corrupt)?;
+    let h = read_header(&file).map_err(corrupt)?;
     if h.meta.get("key").map(String::as_str) != Some(digest) {
         return Err(corrupt("key mismatch".into()));
     }
@@ -955,6 +959,26 @@ mod tests {
         let n = b.len();
         b[n - 40] ^= 1;
         std::fs::write(&p, &b).unwrap();
+        assert!(matches!(c.open(&d), Err(Miss::Corrupt(_))));
+    }
+
+    #[test]
+    fn a_header_with_impossible_sizes_is_damage_not_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = FeatureCache::new(dir.path());
+        let d = key().digest();
+        let huge = 1u64 << 60;
+        let header = serde_json::json!({
+            "__metadata__": {"key": d},
+            "features": {"dtype": "F32", "shape": [huge, 0], "data_offsets": [0, 0]},
+            "labels": {"dtype": "I64", "shape": [huge], "data_offsets": [0, huge * 8]},
+            "index": {"dtype": "U64", "shape": [huge], "data_offsets": [huge * 8, 0]},
+        })
+        .to_string();
+        let mut b = (DATA_START - 8).to_le_bytes().to_vec();
+        b.extend_from_slice(header.as_bytes());
+        b.resize(DATA_START as usize, b' ');
+        std::fs::write(c.path_for(&d), &b).unwrap();
         assert!(matches!(c.open(&d), Err(Miss::Corrupt(_))));
     }
 }

@@ -241,11 +241,21 @@ impl<'a> FeatureSource<'a> {
         let frac = |file: &Option<Dataset>, f: f64| if file.is_some() { 0.0 } else { f };
         // rows are the samples that decoded (all of them unless images were skipped)
         let rows_of = pool_f.features.index();
-        let groups: Option<Vec<u64>> = pool
-            .groups
-            .as_deref()
-            .filter(|_| spec.track_split)
-            .map(|g| rows_of.iter().map(|&i| g[i as usize]).collect());
+        let groups: Option<Vec<u64>> = match pool.groups.as_deref().filter(|_| spec.track_split) {
+            Some(g) => Some(
+                rows_of
+                    .iter()
+                    .map(|&i| g.get(i as usize).copied())
+                    .collect::<Option<_>>()
+                    .ok_or_else(|| {
+                        Error::Other(format!(
+                            "the cached features name samples beyond the dataset's {} (a stale cache entry? delete run.cache_dir)",
+                            g.len()
+                        ))
+                    })?,
+            ),
+            None => None,
+        };
         let (train_idx, val_idx, test_idx) = split::train_val_test(
             pool_f.features.labels(),
             groups.as_deref(),
