@@ -11,9 +11,10 @@
 #    element error relative to the largest feature is printed too);
 # 2. timing: AlexNet extraction of 39,216 32x32 images resized to 227 (f32, TF32, bf16),
 #    VGG16 extraction of 3,698 images at 224, and 10 head epochs on the AlexNet fc7 features.
-# 3. both again with RUNNER_GPU_FUSED=1 (configs `f32+fused` ...): the opt-in GPU paths that no
-#    GPU has run yet (now: preprocessing in one kernel, src/data/fused_input.rs), checked and
-#    timed beside the default ones in the same run. Set GPU_CHECK_FUSED=0 to skip them.
+# 3. both again with RUNNER_GPU_FUSED=1 (configs `f32+fused` ...): the opt-in GPU kernels that no
+#    GPU has run yet (preprocessing, LRN + pooling, the head's cross-entropy gradient), checked
+#    and timed beside the default ones in the same run, and the fused head's 10th-epoch loss
+#    against the default head's. Set GPU_CHECK_FUSED=0 to skip them.
 # Prints one table and writes OUT_DIR/gpu-check.csv. Exit status 1 when a fidelity bound fails.
 set -uo pipefail
 dev="${GPU_CHECK_DEVICE:-cuda}"          # cpu: a dry run of this script with a CPU build
@@ -110,6 +111,7 @@ import sys, json, csv, statistics
 s = json.load(open(sys.argv[1]))
 rows = list(csv.DictReader(open(sys.argv[2])))
 ep = [float(r["train_seconds"]) for r in rows][1:]  # training pass; the first is warm-up
+open(f"loss-{sys.argv[3]}-{sys.argv[4]}", "w").write(rows[-1]["train_loss"] if rows else "nan")
 epoch = f"{statistics.median(ep):.4f}" if int(sys.argv[5]) > 1 and ep else ""
 print(f"{sys.argv[3]},extract {sys.argv[4]},{s['n_train']},{s['extract_seconds']:.3f},"
       f"{s['extract_images_per_second']:.0f},{epoch},,,,")
@@ -123,6 +125,17 @@ bench tf32$tag vgg16 1 --set run.dtype=f32 --set run.tf32=true
 [ "$dev" = cpu ] || bench bf16$tag vgg16 1 --set run.dtype=bf16
 done
 unset RUNNER_GPU_FUSED
+# The fused head step against the default one: the 10th epoch's training loss of the same seeded
+# run (GPU sums differ in order, so a loose bound).
+if [ -f "loss-f32+fused-alexnet" ]; then
+  python3 - "$(cat loss-f32-alexnet)" "$(cat loss-f32+fused-alexnet)" <<'PY' >>"$out/gpu-check.csv"
+import sys
+a, b = float(sys.argv[1]), float(sys.argv[2])
+err = abs(a - b) / max(abs(a), 1e-30)
+print(f"f32+fused,fidelity head loss (10 epochs),,,,,{err:.3e},,1e-2,{'yes' if err <= 1e-2 else 'NO'}")
+PY
+  tail -n1 "$out/gpu-check.csv" | grep -q ',yes$' || fail=1
+fi
 
 # The PyTorch peer on the same GPU, same workloads (when python3 has torch with CUDA).
 peer="$(dirname "$bin")/torch_peer.py"

@@ -196,12 +196,43 @@ pub fn in_worker_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 }
 
 /// Whether `RUNNER_GPU_FUSED=1` asks for the opt-in fused GPU kernels (read once per process):
-/// preprocessing in one pass (`data::fused_input`) and LRN + max pooling in one pass
-/// (`backbone::gpu_fused`). Off by default until `scripts/gpu-check.sh` has passed with them on
-/// a GPU.
+/// preprocessing in one pass (`data::fused_input`), LRN + max pooling in one pass
+/// (`backbone::gpu_fused`) and the head step's softmax cross-entropy gradient in one kernel
+/// (`train::step`). Off by default until `scripts/gpu-check.sh` has passed with them on a GPU.
 pub fn gpu_fused() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("RUNNER_GPU_FUSED").is_ok_and(|v| v == "1"))
+}
+
+/// A kernel source compiled by nvrtc to PTX (virtual compute_75: Turing and newer), once per
+/// process and source; the GPU is not needed for this, only nvrtc's library.
+#[cfg(feature = "cuda")]
+pub fn compile_kernel(src: &'static str) -> candle_core::Result<&'static str> {
+    use candle_core::cuda::cudarc::nvrtc;
+    use std::collections::HashMap;
+    type Compiled = HashMap<usize, &'static str>;
+    static DONE: std::sync::Mutex<Option<Compiled>> = std::sync::Mutex::new(None);
+    let key = src.as_ptr() as usize;
+    if let Some(p) = DONE
+        .lock()
+        .ok()
+        .and_then(|d| d.as_ref()?.get(&key).copied())
+    {
+        return Ok(p);
+    }
+    let o = nvrtc::CompileOptions {
+        arch: Some("compute_75"),
+        ..Default::default()
+    };
+    let p = nvrtc::compile_ptx_with_opts(src, o)
+        .map_err(candle_core::Error::wrap)?
+        .to_src();
+    // kept for the process, as candle keeps its loaded modules
+    let p: &'static str = Box::leak(p.into_boxed_str());
+    if let Ok(mut d) = DONE.lock() {
+        d.get_or_insert_with(HashMap::new).insert(key, p);
+    }
+    Ok(p)
 }
 
 /// The device a spec asks for. `auto` is CUDA when compiled in and a GPU answers, else CPU.

@@ -183,19 +183,7 @@ extern "C" __global__ void lrn_max_pool(const float* x, float* out, unsigned int
 /// `KERNEL` compiled to PTX once per process.
 #[cfg(feature = "cuda")]
 fn ptx() -> candle_core::Result<&'static str> {
-    use candle_core::cuda::cudarc::nvrtc;
-    static P: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    if let Some(p) = P.get() {
-        return Ok(p.as_str());
-    }
-    let o = nvrtc::CompileOptions {
-        arch: Some("compute_75"),
-        ..Default::default()
-    };
-    let p = nvrtc::compile_ptx_with_opts(KERNEL, o)
-        .map_err(candle_core::Error::wrap)?
-        .to_src();
-    Ok(P.get_or_init(|| p).as_str())
+    crate::device::compile_kernel(KERNEL)
 }
 
 #[cfg(test)]

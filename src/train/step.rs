@@ -88,13 +88,102 @@ impl candle_core::CustomOp2 for SoftmaxXent {
         }
         Ok((CpuStorage::F32(out), Shape::from((b, w))))
     }
+
+    /// `cpu_fwd` as one kernel, a thread per row (opt-in: `RUNNER_GPU_FUSED=1`; see
+    /// `xent_grad`). A label out of range gives a row of NaN (labels are checked before
+    /// training; a kernel cannot stop with an error).
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::cuda::cudarc::driver::{LaunchConfig, PushKernelArg};
+        let (Some((z0, z1)), Some((y0, y1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            candle_core::bail!("softmax-xent-grad: contiguous inputs expected")
+        };
+        let (b, k) = l1.shape().dims2()?;
+        if y1 - y0 != b {
+            candle_core::bail!("softmax-xent-grad: {} labels for {b} rows", y1 - y0)
+        }
+        let dev = &s1.device;
+        let z = s1.as_cuda_slice::<f32>()?.slice(z0..z1);
+        let y = s2.as_cuda_slice::<u32>()?.slice(y0..y1);
+        // SAFETY: the kernel writes all k + 3 values of every row
+        let out = unsafe { dev.alloc::<f32>(b * (k + 3))? };
+        let f = dev.get_or_load_custom_func(
+            "softmax_xent_grad",
+            "runner_softmax_xent_grad",
+            crate::device::compile_kernel(KERNEL)?,
+        )?;
+        let (b32, k32) = (b as u32, k as u32);
+        let mut l = f.builder();
+        l.arg(&z)
+            .arg(&y)
+            .arg(&out)
+            .arg(&b32)
+            .arg(&k32)
+            .arg(&self.eps);
+        // SAFETY: the argument list matches the kernel's signature in KERNEL
+        unsafe { l.launch(LaunchConfig::for_num_elems(b32)) }.map_err(candle_core::Error::wrap)?;
+        Ok((
+            candle_core::CudaStorage::wrap_cuda_slice(out, dev.clone()),
+            Shape::from((b, k + 3)),
+        ))
+    }
 }
 
-/// (dZ, per-sample loss, top-1, top-5) of the mean smoothed cross-entropy; fused on CPU,
-/// tensor ops elsewhere.
+/// `SoftmaxXent::cpu_fwd`'s loop body as a kernel, one thread per row.
+pub const KERNEL: &str = r#"
+extern "C" __global__ void softmax_xent_grad(const float* z, const unsigned int* y, float* out,
+                                             unsigned int b, unsigned int k, float eps) {
+  unsigned int r = blockIdx.x * blockDim.x + threadIdx.x;
+  if (r >= b) return;
+  const float* zr = z + (size_t)r * k;
+  float* o = out + (size_t)r * (k + 3u);
+  unsigned int label = y[r];
+  if (label >= k) {
+    for (unsigned int j = 0; j < k + 3u; j++) o[j] = __int_as_float(0x7fc00000);
+    return;
+  }
+  float mx = __int_as_float(0xff800000);
+  for (unsigned int j = 0; j < k; j++) mx = fmaxf(mx, zr[j]);
+  float sum = 0.f;
+  for (unsigned int j = 0; j < k; j++) {
+    float e = expf(zr[j] - mx);
+    o[j] = e;
+    sum += e;
+  }
+  float lse = mx + logf(sum);
+  float loss = (1.f - eps) * (lse - zr[label]);
+  if (eps > 0.f) {
+    float m = 0.f;
+    for (unsigned int j = 0; j < k; j++) m += zr[j] - lse;
+    loss -= eps * (m / (float)k);
+  }
+  float inv_b = 1.f / (float)b;
+  unsigned int above = 0;
+  for (unsigned int j = 0; j < k; j++) {
+    float q = eps / (float)k + (j == label ? 1.f - eps : 0.f);
+    o[j] = (o[j] / sum - q) * inv_b;
+    if (zr[j] > zr[label]) above++;
+  }
+  o[k] = loss;
+  o[k + 1u] = above == 0 ? 1.f : 0.f;
+  o[k + 2u] = above < 5u ? 1.f : 0.f;
+}
+"#;
+
+/// (dZ, per-sample loss, top-1, top-5) of the mean smoothed cross-entropy; fused on the CPU
+/// (and on a GPU with `RUNNER_GPU_FUSED=1`), tensor ops elsewhere.
 fn xent_grad(z: &Tensor, y: &Tensor, eps: f64) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
     let (b, k) = z.dims2()?;
-    if z.device().is_cpu() {
+    // on a GPU one kernel instead of a dozen small ones, when asked (not yet run on a GPU)
+    let fused = cfg!(feature = "cuda") && crate::device::gpu_fused();
+    if z.device().is_cpu() || fused {
         let o = z
             .contiguous()?
             .apply_op2_no_bwd(&y.contiguous()?, &SoftmaxXent { eps: eps as f32 })?;
