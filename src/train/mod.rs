@@ -85,8 +85,14 @@ impl Split {
             };
             return Ok(s);
         }
+        // on the CPU the tensor is the copy: one block, no concatenation
+        let block = if device.is_cpu() {
+            rows.len().max(1)
+        } else {
+            UPLOAD_ROWS
+        };
         let mut parts = Vec::new();
-        for block in rows.chunks(UPLOAD_ROWS) {
+        for block in rows.chunks(block) {
             parts.push(gather(f, block, &tail, device)?);
         }
         let x = match parts.len() {
