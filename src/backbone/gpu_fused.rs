@@ -119,7 +119,11 @@ impl candle_core::CustomOp1 for LrnMaxPool {
         let x = st.as_cuda_slice::<f32>()?.slice(o0..o1);
         // SAFETY: every one of the `total` values is written by the kernel below
         let y = unsafe { dev.alloc::<f32>(total)? };
-        let f = dev.get_or_load_custom_func("lrn_max_pool", "runner_lrn_max_pool", ptx()?)?;
+        let f = dev.get_or_load_custom_func(
+            "lrn_max_pool",
+            "runner_lrn_max_pool",
+            crate::device::compile_kernel(KERNEL)?,
+        )?;
         let dims: [u32; 9] = [
             n as u32,
             c as u32,
@@ -179,12 +183,6 @@ extern "C" __global__ void lrn_max_pool(const float* x, float* out, unsigned int
   out[i] = best;
 }
 "#;
-
-/// `KERNEL` compiled to PTX once per process.
-#[cfg(feature = "cuda")]
-fn ptx() -> candle_core::Result<&'static str> {
-    crate::device::compile_kernel(KERNEL)
-}
 
 #[cfg(test)]
 mod tests {

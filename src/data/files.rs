@@ -43,6 +43,27 @@ pub struct ImageFiles {
 }
 
 impl ImageFiles {
+    /// A dataset of these files (decoded a batch at a time) with a label per file.
+    pub fn into_dataset(
+        self,
+        labels: Vec<i64>,
+        num_classes: usize,
+        class_names: Option<Vec<String>>,
+        groups: Option<Vec<u64>>,
+    ) -> super::Dataset {
+        super::Dataset {
+            images: Vec::new(),
+            n: self.items.len(),
+            height: self.size,
+            width: self.size,
+            files: Some(std::sync::Arc::new(self)),
+            labels,
+            num_classes,
+            class_names,
+            groups,
+        }
+    }
+
     /// The file `i` named for messages.
     pub fn what(&self, i: usize) -> String {
         let it = &self.items[i];

@@ -5,8 +5,6 @@
 
 use std::path::{Path, PathBuf};
 
-use std::sync::Arc;
-
 use super::files::{Cut, FileItem, ImageFiles};
 use super::images::{self, OnBad};
 use super::preprocess::ResizeMethod;
@@ -65,22 +63,14 @@ pub fn index(root: &Path, size: usize, method: ResizeMethod, on_bad: OnBad) -> R
             origin: None,
         })
         .collect();
-    Ok(Dataset {
-        images: Vec::new(),
-        files: Some(Arc::new(ImageFiles {
-            items,
-            size,
-            method,
-            on_bad,
-        })),
-        n: files.len(),
-        height: size,
-        width: size,
-        labels: files.iter().map(|f| f.1).collect(),
-        num_classes: classes.len(),
-        class_names: Some(names),
-        groups: None,
-    })
+    let labels = files.iter().map(|f| f.1).collect();
+    let files = ImageFiles {
+        items,
+        size,
+        method,
+        on_bad,
+    };
+    Ok(files.into_dataset(labels, classes.len(), Some(names), None))
 }
 
 /// The folder dataset under `root`, decoded whole into memory.

@@ -17,27 +17,13 @@
 
 use candle_core::{CpuStorage, Layout, Shape, Tensor};
 
+use super::preprocess::{bilinear_taps, ResizeMethod};
 use crate::error::Result;
-use crate::spec::ResizeMethod;
 
 /// u8 (N, H, W, 3) -> f32 (N, 3, size, size).
 pub struct FusedResize {
     pub size: usize,
     pub method: ResizeMethod,
-}
-
-/// The two source indices and the weight of the second for output `o` of `out` from `inp`,
-/// as `preprocess::interp_matrix` places them.
-fn taps(o: usize, inp: usize, out: usize, method: ResizeMethod) -> (usize, usize, f32) {
-    let scale = inp as f64 / out as f64;
-    let src = match method {
-        ResizeMethod::Tf1 => o as f64 * scale,
-        ResizeMethod::HalfPixel => (o as f64 + 0.5) * scale - 0.5,
-    };
-    let f = src.floor();
-    let lo = (f.max(0.0) as usize).min(inp - 1);
-    let hi = ((f + 1.0).max(0.0) as usize).min(inp - 1);
-    (lo, hi, (src - f) as f32)
 }
 
 impl FusedResize {
@@ -72,8 +58,12 @@ impl candle_core::CustomOp1 for FusedResize {
             candle_core::bail!("fused-resize: {c} channels, expected 3")
         }
         let (px, s) = (&px[o0..o1], self.size);
-        let ty: Vec<_> = (0..s).map(|o| taps(o, h, s, self.method)).collect();
-        let tx: Vec<_> = (0..s).map(|o| taps(o, w, s, self.method)).collect();
+        let ty: Vec<_> = (0..s)
+            .map(|o| bilinear_taps(o, h, s, self.method))
+            .collect();
+        let tx: Vec<_> = (0..s)
+            .map(|o| bilinear_taps(o, w, s, self.method))
+            .collect();
         let mut out = vec![0f32; n * 3 * s * s];
         for (i, v) in out.iter_mut().enumerate() {
             // the kernel's index arithmetic: i = ((b * 3 + c) * s + oy) * s + ox
@@ -111,7 +101,11 @@ impl candle_core::CustomOp1 for FusedResize {
         let x = st.as_cuda_slice::<u8>()?.slice(o0..o1);
         // SAFETY: every one of the `total` values is written by the kernel below
         let y = unsafe { dev.alloc::<f32>(total)? };
-        let f = dev.get_or_load_custom_func("fused_resize", "runner_fused_resize", ptx()?)?;
+        let f = dev.get_or_load_custom_func(
+            "fused_resize",
+            "runner_fused_resize",
+            crate::device::compile_kernel(KERNEL)?,
+        )?;
         let mut b = f.builder();
         let (n32, h32, w32, s32, m32) =
             (n as u32, h as u32, w as u32, s as u32, self.method_code());
@@ -164,12 +158,6 @@ extern "C" __global__ void fused_resize(const unsigned char* px, float* out, uns
   out[i] = (1.f - fx) * a0 + fx * a1;
 }
 "#;
-
-/// `KERNEL` compiled to PTX once per process (nvrtc needs no GPU, only its library).
-#[cfg(feature = "cuda")]
-fn ptx() -> candle_core::Result<&'static str> {
-    crate::device::compile_kernel(KERNEL)
-}
 
 #[cfg(test)]
 mod tests {

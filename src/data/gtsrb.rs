@@ -10,8 +10,6 @@
 
 use std::path::{Path, PathBuf};
 
-use std::sync::Arc;
-
 use super::files::{Cut, FileItem, ImageFiles};
 use super::images::OnBad;
 use super::preprocess::ResizeMethod;
@@ -144,27 +142,19 @@ fn index_rows(
             origin: Some(r.origin.clone()),
         })
         .collect();
-    Ok(Dataset {
-        images: Vec::new(),
-        files: Some(Arc::new(ImageFiles {
-            items,
-            size,
-            method,
-            on_bad,
-        })),
-        n: rows.len(),
-        height: size,
-        width: size,
-        labels: rows.iter().map(|r| r.class).collect(),
-        num_classes: classes,
-        class_names: None,
-        groups: Some(
-            rows.iter()
-                .enumerate()
-                .map(|(i, r)| r.class as u64 * 1_000_000 + r.track.unwrap_or(i as u64))
-                .collect(),
-        ),
-    })
+    let groups = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| r.class as u64 * 1_000_000 + r.track.unwrap_or(i as u64))
+        .collect();
+    let files = ImageFiles {
+        items,
+        size,
+        method,
+        on_bad,
+    };
+    let labels = rows.iter().map(|r| r.class).collect();
+    Ok(files.into_dataset(labels, classes, None, Some(groups)))
 }
 
 /// The training set under `root` decoded whole into memory (see [`index_train`]).

@@ -10,19 +10,31 @@ use crate::error::Result;
 
 pub use crate::spec::ResizeMethod;
 
+/// The two source indices of output `o` (of `out`, from `inp`) and the weight of the second:
+/// `src = o * inp / out` (TF1) or `(o + 0.5) * inp / out - 0.5` (half-pixel), in f64,
+/// floored and clamped to the image.
+pub fn bilinear_taps(
+    o: usize,
+    inp: usize,
+    out: usize,
+    method: ResizeMethod,
+) -> (usize, usize, f32) {
+    let scale = inp as f64 / out as f64;
+    let src = match method {
+        ResizeMethod::Tf1 => o as f64 * scale,
+        ResizeMethod::HalfPixel => (o as f64 + 0.5) * scale - 0.5,
+    };
+    let f = src.floor();
+    let lo = (f.max(0.0) as usize).min(inp - 1);
+    let hi = ((f + 1.0).max(0.0) as usize).min(inp - 1);
+    (lo, hi, (src - f) as f32)
+}
+
 /// The `out x inp` bilinear interpolation matrix.
 pub fn interp_matrix(inp: usize, out: usize, method: ResizeMethod) -> Vec<f32> {
     let mut m = vec![0f32; out * inp];
-    let scale = inp as f64 / out as f64;
     for o in 0..out {
-        let src = match method {
-            ResizeMethod::Tf1 => o as f64 * scale,
-            ResizeMethod::HalfPixel => (o as f64 + 0.5) * scale - 0.5,
-        };
-        let f = src.floor();
-        let frac = (src - f) as f32;
-        let lo = (f.max(0.0) as usize).min(inp - 1);
-        let hi = ((f + 1.0).max(0.0) as usize).min(inp - 1);
+        let (lo, hi, frac) = bilinear_taps(o, inp, out, method);
         m[o * inp + lo] += 1.0 - frac;
         m[o * inp + hi] += frac;
     }
