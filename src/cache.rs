@@ -405,10 +405,12 @@ fn range_checksum(file: &std::fs::File, from: u64, to: u64) -> std::io::Result<S
     Ok(format!("{:x}", h.finalize()))
 }
 
-/// Open one entry file: header, key, checksum, labels and positions.
+/// Open one entry file: header, key, checksum (unless `verify` is false: a file this process
+/// has just written, whose checksum it computed from the rows), labels and positions.
 fn open_file(
     path: &Path,
     digest: &str,
+    verify: bool,
 ) -> std::result::Result<(FileHeader, Segment, Vec<i64>, Vec<u64>), Miss> {
     use std::os::unix::fs::FileExt;
     let file = match std::fs::File::open(path) {
@@ -422,10 +424,12 @@ fn open_file(
         return Err(corrupt("key mismatch".into()));
     }
     // checked on every open (the points of a sweep in one process share the opened entry)
-    let len = file.metadata().map_err(|e| corrupt(e.to_string()))?.len();
-    let sum = range_checksum(&file, DATA_START, len).map_err(|e| corrupt(e.to_string()))?;
-    if h.meta.get("checksum") != Some(&sum) {
-        return Err(corrupt("checksum mismatch".into()));
+    if verify {
+        let len = file.metadata().map_err(|e| corrupt(e.to_string()))?.len();
+        let sum = range_checksum(&file, DATA_START, len).map_err(|e| corrupt(e.to_string()))?;
+        if h.meta.get("checksum") != Some(&sum) {
+            return Err(corrupt("checksum mismatch".into()));
+        }
     }
     let rows = h.shape[0];
     let mut lb = vec![0i64; rows];
@@ -640,7 +644,17 @@ impl FeatureCache {
     /// The entry for `digest`, opened for reading rows in place: its file, or else a complete
     /// set of shards (every shard of one count present and intact, together covering the data).
     pub fn open(&self, digest: &str) -> std::result::Result<Entry, Miss> {
-        match open_file(&self.path_for(digest), digest) {
+        self.open_entry(digest, true)
+    }
+
+    /// The entry this process has just written with [`FeatureCache::writer`], opened without
+    /// reading it all again for its checksum (computed from the rows as they were written).
+    pub fn open_written(&self, digest: &str) -> std::result::Result<Entry, Miss> {
+        self.open_entry(digest, false)
+    }
+
+    fn open_entry(&self, digest: &str, verify: bool) -> std::result::Result<Entry, Miss> {
+        match open_file(&self.path_for(digest), digest, verify) {
             Ok((h, seg, labels, index)) => Ok(Entry {
                 per: h.shape[1..].iter().product(),
                 rows: seg.rows,
@@ -688,7 +702,7 @@ impl FeatureCache {
         let (mut shape, mut next_first, mut rows) = (None::<Vec<usize>>, 0usize, 0usize);
         for i in 0..count {
             let path = self.shard_path(digest, i, count);
-            let (h, mut seg, l, ix) = open_file(&path, digest)?;
+            let (h, mut seg, l, ix) = open_file(&path, digest, true)?;
             let bad = |m: &str| Miss::Corrupt(format!("{}: {m}", path.display()));
             let num = |k: &str| h.meta.get(k).and_then(|v| v.parse::<usize>().ok());
             let want = format!("{i}/{count}");

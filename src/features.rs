@@ -412,7 +412,7 @@ impl<'a> FeatureSource<'a> {
                     .cache
                     .as_ref()
                     .ok_or_else(|| Error::Other("no cache".into()))?;
-                Features::Stored(c.open(d).map_err(|m| {
+                Features::Stored(c.open_written(d).map_err(|m| {
                     Error::Other(format!(
                         "the feature cache entry just written cannot be read: {m:?}"
                     ))
