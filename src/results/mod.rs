@@ -131,10 +131,28 @@ pub struct RunDir {
 
 impl RunDir {
     /// Create (or empty) the run folder.
+    ///
+    /// An earlier run's folder is first renamed out of the way (one atomic step) to a hidden
+    /// `.<run_id>.replaced-<pid>` beside it, its `summary.json` (the mark of a finished run) is
+    /// deleted, then the rest. Deleting in place could leave, after a kill, a folder whose
+    /// `summary.json` says finished while its `epochs.csv` is gone; this way a kill leaves either
+    /// the whole old run, hidden, or a hidden folder without the mark. Such leftovers of this
+    /// run id are removed here too.
     pub fn create(results_dir: &Path, name: &str, run_id: &str) -> Result<RunDir> {
-        let dir = results_dir.join(name).join(run_id);
+        let parent = results_dir.join(name);
+        let dir = parent.join(run_id);
+        let prefix = format!(".{run_id}.replaced-");
+        if let Ok(rd) = std::fs::read_dir(&parent) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                    discard(&e.path())?;
+                }
+            }
+        }
         if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            let old = parent.join(format!("{prefix}{}", std::process::id()));
+            std::fs::rename(&dir, &old).map_err(|e| Error::io(&dir, e))?;
+            discard(&old)?;
         }
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         Ok(RunDir {
@@ -175,6 +193,16 @@ impl RunDir {
     pub fn rows(&self) -> &[EpochRow] {
         &self.rows
     }
+}
+
+/// Delete a run folder that was renamed out of the way: its finished mark first.
+fn discard(old: &Path) -> Result<()> {
+    match std::fs::remove_file(old.join("summary.json")) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(old.join("summary.json"), e)),
+    }
+    std::fs::remove_dir_all(old).map_err(|e| Error::io(old, e))
 }
 
 /// The row a finished run adds to `<results_dir>/<name>/summary.csv`.
@@ -350,4 +378,41 @@ pub fn write_class_reports(
     };
     write_atomic(&dir.join("per_class.csv"), &bytes(pc)?)?;
     write_atomic(&dir.join("confusion.csv"), &bytes(cm)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replaced_run_folder_goes_whole_and_leftovers_of_killed_replacements_go_too() {
+        let d = tempfile::tempdir().unwrap();
+        let parent = d.path().join("exp");
+        // a finished earlier run, and what a replacement killed midway left beside it
+        let old = parent.join("r1");
+        std::fs::create_dir_all(&old).unwrap();
+        std::fs::write(old.join("summary.json"), r#"{"status":"finished"}"#).unwrap();
+        std::fs::write(old.join("epochs.csv"), "epoch\n1\n").unwrap();
+        let killed = parent.join(".r1.replaced-12345");
+        std::fs::create_dir_all(&killed).unwrap();
+        std::fs::write(killed.join("head.safetensors"), b"x").unwrap();
+        // another run id's folder is not touched
+        std::fs::create_dir_all(parent.join("r2")).unwrap();
+
+        let rd = RunDir::create(d.path(), "exp", "r1").unwrap();
+        assert_eq!(rd.dir, old);
+        assert!(old.is_dir());
+        assert_eq!(
+            std::fs::read_dir(&old).unwrap().count(),
+            0,
+            "a fresh folder"
+        );
+        let mut left: Vec<String> = std::fs::read_dir(&parent)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["r1", "r2"]);
+    }
 }
