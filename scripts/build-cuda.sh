@@ -76,6 +76,9 @@ text = open(sys.argv[1]).read()
 open(sys.argv[2], "w").write(re.search(r'pub const KERNEL: &str = r#"(.*?)"#;', text, re.S).group(1))
 PY
   "$NVCC" --ptx -arch=compute_75 -o "${cu%.cu}.ptx" "$cu" || { echo "build-cuda: $src: its KERNEL does not compile" >&2; exit 1; }
-  echo "build-cuda: $src: KERNEL compiles (nvcc --ptx, compute_75)"
+  # and the PTX (inline asm included) assembles for the target GPU, as the driver will do
+  "$CUDA_HOME/bin/ptxas" -arch="sm_$CUDA_COMPUTE_CAP" -o "${cu%.cu}.cubin" "${cu%.cu}.ptx" ||
+    { echo "build-cuda: $src: its KERNEL's PTX does not assemble for sm_$CUDA_COMPUTE_CAP" >&2; exit 1; }
+  echo "build-cuda: $src: KERNEL compiles (nvcc --ptx compute_75; ptxas sm_$CUDA_COMPUTE_CAP)"
 done
 echo "build-cuda: built $CARGO_TARGET_DIR/release/runner (features: $features, sm_$CUDA_COMPUTE_CAP, CUDA wheels $version)"

@@ -195,13 +195,87 @@ pub fn in_worker_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     }
 }
 
-/// Whether `RUNNER_GPU_FUSED=1` asks for the opt-in fused GPU kernels (read once per process):
-/// preprocessing in one pass (`data::fused_input`), LRN + max pooling in one pass
-/// (`backbone::gpu_fused`) and the head step's softmax cross-entropy gradient in one kernel
-/// (`train::step`). Off by default until `scripts/gpu-check.sh` has passed with them on a GPU.
-pub fn gpu_fused() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("RUNNER_GPU_FUSED").is_ok_and(|v| v == "1"))
+/// The opt-in GPU paths, by the names `RUNNER_GPU_FUSED` takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GpuPath {
+    /// pinned, double-buffered uploads (`upload_u8`)
+    Upload,
+    /// preprocessing in one pass (`data::fused_input`)
+    Resize,
+    /// runner's own cuDNN convolutions, in a `cudnn` build (`backbone::gpu_conv`)
+    Conv,
+    /// LRN + max pooling in one pass (`backbone::gpu_fused`)
+    LrnPool,
+    /// the head step's softmax cross-entropy gradient in one kernel (`train::step`)
+    Xent,
+    /// the optimizer step in one kernel per parameter (`train::optim`)
+    Optim,
+}
+
+impl GpuPath {
+    pub const ALL: [GpuPath; 6] = [
+        GpuPath::Upload,
+        GpuPath::Resize,
+        GpuPath::Conv,
+        GpuPath::LrnPool,
+        GpuPath::Xent,
+        GpuPath::Optim,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            GpuPath::Upload => "upload",
+            GpuPath::Resize => "resize",
+            GpuPath::Conv => "conv",
+            GpuPath::LrnPool => "lrn",
+            GpuPath::Xent => "xent",
+            GpuPath::Optim => "optim",
+        }
+    }
+}
+
+/// `RUNNER_GPU_FUSED`'s value: `1` or `all` for every path, `0` or nothing for none, or names
+/// separated by commas (`conv,lrn`), so that one path can be checked or timed alone.
+pub fn parse_gpu_paths(v: &str) -> std::result::Result<Vec<GpuPath>, String> {
+    match v.trim() {
+        "" | "0" => return Ok(Vec::new()),
+        "1" | "all" => return Ok(GpuPath::ALL.to_vec()),
+        _ => {}
+    }
+    let mut out = Vec::new();
+    for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match GpuPath::ALL.iter().find(|g| g.name() == part) {
+            Some(g) if !out.contains(g) => out.push(*g),
+            Some(_) => {}
+            None => {
+                let names: Vec<_> = GpuPath::ALL.iter().map(|g| g.name()).collect();
+                return Err(format!(
+                    "RUNNER_GPU_FUSED: unknown path `{part}`; expected 1, all, 0, or some of {}",
+                    names.join(", ")
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The opt-in GPU paths `RUNNER_GPU_FUSED` turns on (read once per process; a bad value turns
+/// none on, and says why once). Off by default until `scripts/gpu-check.sh` has passed with them
+/// on a GPU (issue 20).
+pub fn gpu_paths() -> &'static [GpuPath] {
+    static ON: std::sync::OnceLock<Vec<GpuPath>> = std::sync::OnceLock::new();
+    ON.get_or_init(|| {
+        let v = std::env::var("RUNNER_GPU_FUSED").unwrap_or_default();
+        parse_gpu_paths(&v).unwrap_or_else(|e| {
+            tracing::error!("{e}; no opt-in GPU path is on");
+            Vec::new()
+        })
+    })
+}
+
+/// Whether `RUNNER_GPU_FUSED` turns on the opt-in GPU path `p`.
+pub fn gpu_path(p: GpuPath) -> bool {
+    gpu_paths().contains(&p)
 }
 
 /// A kernel source compiled by nvrtc to PTX (virtual compute_75: Turing and newer), once per
@@ -233,6 +307,94 @@ pub fn compile_kernel(src: &'static str) -> candle_core::Result<&'static str> {
         d.get_or_insert_with(HashMap::new).insert(key, p);
     }
     Ok(p)
+}
+
+/// u8 values as a tensor of `shape` on `device`. On CUDA with `RUNNER_GPU_FUSED=1` the bytes go
+/// through page-locked host memory, two buffers per size taken in turn: the copy to the GPU is
+/// asynchronous (the caller goes on decoding or launching while it runs), and a buffer is
+/// rewritten only after its previous copy has finished. From ordinary (pageable) memory, as
+/// `Tensor::from_slice` copies, the driver first stages the bytes and the call waits for that.
+pub fn upload_u8(
+    pixels: &[u8],
+    shape: impl Into<candle_core::Shape>,
+    device: &Device,
+) -> candle_core::Result<candle_core::Tensor> {
+    let shape = shape.into();
+    #[cfg(feature = "cuda")]
+    if let (Device::Cuda(dev), true, false) = (device, gpu_path(GpuPath::Upload), pixels.is_empty())
+    {
+        return pinned::upload(pixels, shape, dev);
+    }
+    candle_core::Tensor::from_slice(pixels, shape, device)
+}
+
+#[cfg(feature = "cuda")]
+mod pinned {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use candle_core::cuda::cudarc::driver::PinnedHostSlice;
+    use candle_core::cuda::{CudaDevice, DeviceId};
+    use candle_core::{op::BackpropOp, CudaStorage, Shape, Storage, Tensor};
+
+    /// Two page-locked buffers of one length and the one to fill next.
+    #[derive(Default)]
+    struct Ring {
+        bufs: [Option<PinnedHostSlice<u8>>; 2],
+        next: usize,
+    }
+
+    /// Rings by device and length; at most `MAX_RINGS` lengths are kept (a batch size and the
+    /// last, shorter batch are two).
+    static RINGS: Mutex<Option<HashMap<(DeviceId, usize), Ring>>> = Mutex::new(None);
+    const MAX_RINGS: usize = 8;
+
+    pub(super) fn upload(
+        pixels: &[u8],
+        shape: Shape,
+        dev: &CudaDevice,
+    ) -> candle_core::Result<Tensor> {
+        if shape.elem_count() != pixels.len() {
+            candle_core::bail!("upload: {} bytes for shape {shape:?}", pixels.len())
+        }
+        let stream = dev.cuda_stream();
+        let mut guard = RINGS
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("pinned upload buffers poisoned".into()))?;
+        let rings = guard.get_or_insert_with(HashMap::new);
+        let key = (dev.id(), pixels.len());
+        if !rings.contains_key(&key) && rings.len() >= MAX_RINGS {
+            rings.clear(); // dropping a buffer waits for its copy to finish
+        }
+        let ring = rings.entry(key).or_default();
+        let i = ring.next;
+        ring.next ^= 1;
+        let buf = match &mut ring.bufs[i] {
+            Some(b) => b,
+            slot => {
+                // SAFETY: filled below before any copy reads it
+                slot.insert(
+                    unsafe { stream.context().alloc_pinned::<u8>(pixels.len()) }
+                        .map_err(candle_core::Error::wrap)?,
+                )
+            }
+        };
+        // waits for this buffer's previous copy (two uploads ago) before overwriting it
+        buf.as_mut_slice()
+            .map_err(candle_core::Error::wrap)?
+            .copy_from_slice(pixels);
+        // SAFETY: the copy below writes all of it
+        let mut d = unsafe { dev.alloc::<u8>(pixels.len())? };
+        stream
+            .memcpy_htod(&*buf, &mut d)
+            .map_err(candle_core::Error::wrap)?;
+        Ok(Tensor::from_storage(
+            Storage::Cuda(CudaStorage::wrap_cuda_slice(d, dev.clone())),
+            shape,
+            BackpropOp::none(),
+            false,
+        ))
+    }
 }
 
 /// The device a spec asks for. `auto` is CUDA when compiled in and a GPU answers, else CPU.
@@ -454,6 +616,23 @@ fn cpu_model() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gpu_paths_are_all_none_or_named_ones() {
+        assert_eq!(parse_gpu_paths("1").unwrap(), GpuPath::ALL.to_vec());
+        assert_eq!(parse_gpu_paths("all").unwrap(), GpuPath::ALL.to_vec());
+        assert!(parse_gpu_paths("").unwrap().is_empty());
+        assert!(parse_gpu_paths("0").unwrap().is_empty());
+        assert_eq!(
+            parse_gpu_paths("conv, lrn,conv").unwrap(),
+            [GpuPath::Conv, GpuPath::LrnPool]
+        );
+        let e = parse_gpu_paths("conv,cudnn").unwrap_err();
+        assert!(
+            e.contains("`cudnn`") && e.contains("upload, resize, conv"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn memory_is_known_here_and_bounds_what_fits() {

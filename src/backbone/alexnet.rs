@@ -85,7 +85,10 @@ impl AlexNet {
         dropout: Option<(&mut ChaCha8Rng, f64)>,
     ) -> Result<Tensor> {
         let lrn_pool = |x: &Tensor| -> Result<Tensor> {
-            if !x.device().is_cpu() && !x.track_op() && crate::device::gpu_fused() {
+            if !x.device().is_cpu()
+                && !x.track_op()
+                && crate::device::gpu_path(crate::device::GpuPath::LrnPool)
+            {
                 // opt-in: one kernel on a GPU (frozen layers only: it has no backward pass)
                 let op = super::gpu_fused::LrnMaxPool {
                     radius: LRN_RADIUS,

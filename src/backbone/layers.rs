@@ -153,6 +153,33 @@ fn conv2d_act(
             x.apply_op3_no_bwd(&w, &b, &op)?
         });
     }
+    // Frozen layers on a GPU, opt-in (`RUNNER_GPU_FUSED=1`, `cudnn` build): one cuDNN call per
+    // layer with a measured algorithm, groups in one call, bias and ReLU in one pass
+    // (`gpu_conv`). TensorFlow's SAME puts any odd padding row/column at the bottom/right.
+    if cfg!(feature = "cudnn")
+        && !x.device().is_cpu()
+        && crate::device::gpu_path(crate::device::GpuPath::Conv)
+        && matches!(x.dtype(), DType::F32 | DType::BF16 | DType::F16)
+        && !x.track_op()
+        && !w.track_op()
+        && !b.track_op()
+    {
+        let x = if pb > pt || pr > pl {
+            x.pad_with_zeros(2, 0, pb.saturating_sub(pt))?
+                .pad_with_zeros(3, 0, pr.saturating_sub(pl))?
+        } else {
+            x.clone()
+        };
+        let op = super::gpu_conv::CudnnConv {
+            stride,
+            pad: (pt, pl),
+            groups,
+            relu,
+            tf32: candle_core::cuda::gemm_reduced_precision_f32(),
+        };
+        let (x, w, b) = (x.contiguous()?, w.contiguous()?, b.contiguous()?);
+        return Ok(x.apply_op3_no_bwd(&w, &b, &op)?);
+    }
     let y = if pt == pb && pl == pr && pt == pl {
         x.conv2d(w, pt, stride, 1, groups)?
     } else {

@@ -4,6 +4,7 @@
 
 pub mod alexnet;
 mod cpu_conv;
+pub mod gpu_conv;
 pub mod gpu_fused;
 pub mod layers;
 pub mod vgg;

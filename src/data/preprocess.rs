@@ -51,9 +51,9 @@ pub fn to_input(
     method: ResizeMethod,
     device: &Device,
 ) -> Result<Tensor> {
-    if !device.is_cpu() && crate::device::gpu_fused() {
+    if !device.is_cpu() && crate::device::gpu_path(crate::device::GpuPath::Resize) {
         // one kernel instead of the conversion, transposes and products below (opt-in)
-        let x = Tensor::from_slice(pixels, (count, h, w, 3), device)?;
+        let x = crate::device::upload_u8(pixels, (count, h, w, 3), device)?;
         return super::fused_input::FusedResize { size, method }.apply(&x);
     }
     // (N,H,W,C) u8 -> (N,C,W,H) f32: one small copy of the source-size images.

@@ -33,8 +33,12 @@ pub fn build_and_machine() -> serde_json::Value {
         "git_commit": env!("RUNNER_GIT_COMMIT"),
         "candle_version": CANDLE_VERSION,
         "cudnn": cfg!(feature = "cudnn"),
-        // the opt-in GPU paths (`RUNNER_GPU_FUSED=1`), so timings with and without compare
-        "gpu_fused": cfg!(feature = "cuda") && crate::device::gpu_fused(),
+        // the opt-in GPU paths (`RUNNER_GPU_FUSED`), so timings with and without compare
+        "gpu_fused": if cfg!(feature = "cuda") {
+            crate::device::gpu_paths().iter().map(|g| g.name()).collect::<Vec<_>>()
+        } else {
+            Vec::new()
+        },
         "threads": candle_core::utils::get_num_threads(),
         "hostname": hostname(),
     })

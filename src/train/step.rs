@@ -182,7 +182,7 @@ extern "C" __global__ void softmax_xent_grad(const float* z, const unsigned int*
 fn xent_grad(z: &Tensor, y: &Tensor, eps: f64) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
     let (b, k) = z.dims2()?;
     // on a GPU one kernel instead of a dozen small ones, when asked (not yet run on a GPU)
-    let fused = cfg!(feature = "cuda") && crate::device::gpu_fused();
+    let fused = cfg!(feature = "cuda") && crate::device::gpu_path(crate::device::GpuPath::Xent);
     if z.device().is_cpu() || fused {
         let o = z
             .contiguous()?

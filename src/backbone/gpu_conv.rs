@@ -1,0 +1,571 @@
+//! Frozen convolutions on the GPU through runner's own cuDNN calls: bias + convolution (+ ReLU)
+//! as one op, the way PyTorch drives cuDNN with `torch.backends.cudnn.benchmark = True`.
+//!
+//! What candle's cuDNN path does and this one does not (issue 20):
+//! - candle splits a grouped convolution into one call per group plus a concatenation; here
+//!   the group count is set on the descriptor, so AlexNet's conv2/4/5 are one call each;
+//! - candle takes cuDNN's first heuristic algorithm, asked again on every call; here the
+//!   algorithm is chosen once per shape by running the candidates on the real tensors
+//!   (`cudnnFindConvolutionForwardAlgorithmEx`, fastest first) with a bounded workspace, and the
+//!   choice and its descriptors are kept for the process;
+//! - candle never sets a math type; here it follows PyTorch: f32 without `run.tf32` is limited
+//!   to FMA kernels (true f32), f32 with it may use TF32 tensor cores, bf16 and f16 ask for
+//!   tensor cores; every format accumulates in f32;
+//! - candle allocates and zeroes a workspace on every call; here one workspace per device and
+//!   thread grows to the largest chosen algorithm's need and is reused;
+//! - bias and ReLU are one in-place pass over the output (an nvrtc kernel, `KERNEL`) instead of
+//!   a broadcast add and a ReLU.
+//!
+//! Activations stay NCHW, the layout of the rest of runner's GPU path and of PyTorch's default
+//! (its figures in `bench/README.md` are NCHW); cuDNN transforms internally where its
+//! tensor-core kernels want NHWC. Used only for frozen layers, and only with
+//! `RUNNER_GPU_FUSED=1` in a `cudnn` build until `scripts/gpu-check.sh` has passed with it on a
+//! GPU. Without a GPU nothing here runs: `cpu_fwd` refuses.
+
+use candle_core::{CpuStorage, Layout, Shape};
+
+/// `y = relu?(conv(x, w) + b)` for contiguous NCHW `x`, OIHW `w`, `b` of O, all of one float
+/// format (f32, bf16 or f16): zero padding `pad` = (rows, columns) on both sides (uneven
+/// TensorFlow SAME padding is applied to `x` beforehand), `groups` equal splits.
+pub struct CudnnConv {
+    pub stride: usize,
+    pub pad: (usize, usize),
+    pub groups: usize,
+    pub relu: bool,
+    /// f32 data may use TF32 tensor cores (`run.tf32`).
+    pub tf32: bool,
+}
+
+/// The largest workspace an algorithm may use, and the most the measuring pass allocates
+/// (further bounded by a quarter of the device's free memory).
+pub const WORKSPACE_CAP: usize = 1 << 30;
+
+/// The output's (height, width), or an error naming the mismatch.
+pub fn out_dims(
+    op: &CudnnConv,
+    x: (usize, usize, usize, usize),
+    w: (usize, usize, usize, usize),
+    bias: usize,
+) -> candle_core::Result<(usize, usize)> {
+    let ((n, c, h, wd), (o, cg, kh, kw)) = (x, w);
+    let (hp, wp) = (h + 2 * op.pad.0, wd + 2 * op.pad.1);
+    if op.groups == 0
+        || c != cg * op.groups
+        || o % op.groups != 0
+        || bias != o
+        || op.stride == 0
+        || hp < kh
+        || wp < kw
+    {
+        candle_core::bail!(
+            "cudnn-conv: input {n}x{c}x{h}x{wd}, kernel {o}x{cg}x{kh}x{kw}, bias {bias}, \
+             {} groups, stride {}, pad {:?}",
+            op.groups,
+            op.stride,
+            op.pad
+        )
+    }
+    Ok(((hp - kh) / op.stride + 1, (wp - kw) / op.stride + 1))
+}
+
+impl candle_core::CustomOp3 for CudnnConv {
+    fn name(&self) -> &'static str {
+        "cudnn-conv"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        candle_core::bail!("cudnn-conv runs on CUDA only (the CPU has its own frozen convolution)")
+    }
+
+    #[cfg(feature = "cudnn")]
+    fn cuda_fwd(
+        &self,
+        xs: &candle_core::CudaStorage,
+        xl: &Layout,
+        ws: &candle_core::CudaStorage,
+        wl: &Layout,
+        bs: &candle_core::CudaStorage,
+        bl: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        imp::forward(self, (xs, xl), (ws, wl), (bs, bl))
+    }
+}
+
+/// Bias and optional ReLU in place over an NCHW output, computed in f32, one thread per value;
+/// one entry point per storage format. bf16/f16 are handled as raw 16-bit words so that no
+/// header is needed: bf16 widens by a shift and narrows with round-to-nearest-even (NaN kept
+/// quiet), f16 converts with PTX `cvt`.
+pub const KERNEL: &str = r#"
+__device__ __forceinline__ float ld_f32(const float* p, unsigned long long i) { return p[i]; }
+__device__ __forceinline__ void st_f32(float* p, unsigned long long i, float v) { p[i] = v; }
+__device__ __forceinline__ float ld_bf16(const unsigned short* p, unsigned long long i) {
+  return __uint_as_float(((unsigned int)p[i]) << 16);
+}
+__device__ __forceinline__ void st_bf16(unsigned short* p, unsigned long long i, float v) {
+  unsigned int u = __float_as_uint(v);
+  if ((u & 0x7fffffffu) > 0x7f800000u) { p[i] = (unsigned short)((u >> 16) | 0x40u); return; }
+  u += 0x7fffu + ((u >> 16) & 1u);
+  p[i] = (unsigned short)(u >> 16);
+}
+__device__ __forceinline__ float ld_f16(const unsigned short* p, unsigned long long i) {
+  float f; unsigned short h = p[i];
+  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+  return f;
+}
+__device__ __forceinline__ void st_f16(unsigned short* p, unsigned long long i, float v) {
+  unsigned short h;
+  asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
+  p[i] = h;
+}
+#define BIAS_ACT(NAME, T, LD, ST)                                                          \
+extern "C" __global__ void NAME(T* y, const T* b, unsigned int c, unsigned int hw,         \
+                                unsigned long long n, unsigned int relu) {                 \
+  unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;        \
+  unsigned long long step = (unsigned long long)gridDim.x * blockDim.x;                    \
+  for (; i < n; i += step) {                                                               \
+    float v = LD(y, i) + LD(b, (i / hw) % c);                                              \
+    if (relu && !(v > 0.f)) v = 0.f;                                                       \
+    ST(y, i, v);                                                                           \
+  }                                                                                        \
+}
+BIAS_ACT(bias_act_f32, float, ld_f32, st_f32)
+BIAS_ACT(bias_act_bf16, unsigned short, ld_bf16, st_bf16)
+BIAS_ACT(bias_act_f16, unsigned short, ld_f16, st_f16)
+"#;
+
+#[cfg(feature = "cudnn")]
+mod imp {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda::cudarc::cudnn::{result as r, sys as s};
+    use candle_core::cuda::cudarc::driver::{
+        CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
+    };
+    use candle_core::cuda::{CudaDType, DeviceId};
+    use candle_core::{CudaStorage, DType, Layout, Shape};
+
+    use super::{CudnnConv, WORKSPACE_CAP};
+
+    type Operand<'a> = (&'a CudaStorage, &'a Layout);
+
+    /// What one convolution shape was planned for.
+    #[derive(Clone, Copy, PartialEq, Eq, Hash)]
+    struct Key {
+        dtype: DType,
+        x: [usize; 4],
+        w: [usize; 4],
+        stride: usize,
+        pad: (usize, usize),
+        groups: usize,
+        tf32: bool,
+    }
+
+    /// Descriptors and the measured algorithm of one shape.
+    struct Plan {
+        x: s::cudnnTensorDescriptor_t,
+        y: s::cudnnTensorDescriptor_t,
+        w: s::cudnnFilterDescriptor_t,
+        conv: s::cudnnConvolutionDescriptor_t,
+        algo: s::cudnnConvolutionFwdAlgo_t,
+        workspace: usize,
+    }
+
+    impl Drop for Plan {
+        fn drop(&mut self) {
+            // SAFETY: each descriptor was created once for this plan and is destroyed once
+            unsafe {
+                let _ = r::destroy_tensor_descriptor(self.x);
+                let _ = r::destroy_tensor_descriptor(self.y);
+                let _ = r::destroy_filter_descriptor(self.w);
+                let _ = r::destroy_convolution_descriptor(self.conv);
+            }
+        }
+    }
+
+    /// A cuDNN handle bound to candle's stream of one device, its plans and its workspace.
+    /// cuDNN handles are neither Send nor Sync: one per thread, as candle keeps its own.
+    struct State {
+        handle: s::cudnnHandle_t,
+        plans: HashMap<Key, Plan>,
+        workspace: Option<CudaSlice<u8>>,
+    }
+
+    impl Drop for State {
+        fn drop(&mut self) {
+            self.plans.clear();
+            // SAFETY: the handle was created for this state and is destroyed once
+            unsafe {
+                let _ = r::destroy_handle(self.handle);
+            }
+        }
+    }
+
+    thread_local! {
+        static STATES: RefCell<HashMap<DeviceId, State>> = RefCell::new(HashMap::new());
+    }
+
+    fn contiguous(l: &Layout, what: &str) -> candle_core::Result<(usize, usize)> {
+        l.contiguous_offsets().ok_or_else(|| {
+            candle_core::Error::Msg(format!("cudnn-conv: contiguous {what} expected"))
+        })
+    }
+
+    fn i32s(v: [usize; 4]) -> candle_core::Result<[i32; 4]> {
+        let mut o = [0i32; 4];
+        for (d, s) in o.iter_mut().zip(v) {
+            *d = i32::try_from(s).map_err(|_| {
+                candle_core::Error::Msg(format!("cudnn-conv: dimension {s} exceeds cuDNN's"))
+            })?;
+        }
+        Ok(o)
+    }
+
+    pub(super) fn forward(
+        op: &CudnnConv,
+        x: Operand,
+        w: Operand,
+        b: Operand,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        let dtype = x.0.dtype();
+        if w.0.dtype() != dtype || b.0.dtype() != dtype {
+            candle_core::bail!(
+                "cudnn-conv: input {dtype:?}, kernel {:?}, bias {:?}: one format expected",
+                w.0.dtype(),
+                b.0.dtype()
+            )
+        }
+        match dtype {
+            DType::F32 => run::<f32>(op, x, w, b, "bias_act_f32"),
+            DType::BF16 => run::<half::bf16>(op, x, w, b, "bias_act_bf16"),
+            DType::F16 => run::<half::f16>(op, x, w, b, "bias_act_f16"),
+            d => candle_core::bail!("cudnn-conv: {d:?} is not a float format cuDNN convolves"),
+        }
+    }
+
+    fn data_type(dtype: DType) -> s::cudnnDataType_t {
+        match dtype {
+            DType::BF16 => s::cudnnDataType_t::CUDNN_DATA_BFLOAT16,
+            DType::F16 => s::cudnnDataType_t::CUDNN_DATA_HALF,
+            _ => s::cudnnDataType_t::CUDNN_DATA_FLOAT,
+        }
+    }
+
+    fn run<T: CudaDType + candle_core::cuda::cudarc::driver::DeviceRepr>(
+        op: &CudnnConv,
+        (xs, xl): Operand,
+        (ws, wl): Operand,
+        (bs, bl): Operand,
+        bias_fn: &'static str,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        let (xo, wo, bo) = (
+            contiguous(xl, "input")?,
+            contiguous(wl, "kernel")?,
+            contiguous(bl, "bias")?,
+        );
+        let xd = xl.shape().dims4()?;
+        let wd = wl.shape().dims4()?;
+        let (oh, ow) = super::out_dims(op, xd, wd, bl.shape().dims1()?)?;
+        let (n, o) = (xd.0, wd.0);
+        let total = n * o * oh * ow;
+        let key = Key {
+            dtype: xs.dtype(),
+            x: [xd.0, xd.1, xd.2, xd.3],
+            w: [wd.0, wd.1, wd.2, wd.3],
+            stride: op.stride,
+            pad: op.pad,
+            groups: op.groups,
+            tf32: op.tf32,
+        };
+        let dev = &xs.device;
+        let stream = dev.cuda_stream();
+        let xv = xs.as_cuda_slice::<T>()?.slice(xo.0..xo.1);
+        let wv = ws.as_cuda_slice::<T>()?.slice(wo.0..wo.1);
+        let bv = bs.as_cuda_slice::<T>()?.slice(bo.0..bo.1);
+        // SAFETY: cuDNN writes every output value (beta = 0) before the bias pass reads it
+        let mut y = unsafe { dev.alloc::<T>(total)? };
+
+        STATES.with(|states| -> candle_core::Result<()> {
+            let mut states = states.borrow_mut();
+            let state = match states.entry(dev.id()) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    stream
+                        .context()
+                        .bind_to_thread()
+                        .map_err(candle_core::Error::wrap)?;
+                    let handle = r::create_handle()?;
+                    // SAFETY: a fresh handle and candle's live stream for this device
+                    if let Err(err) = unsafe { r::set_stream(handle, stream.cu_stream() as _) } {
+                        // SAFETY: created above, not stored anywhere
+                        let _ = unsafe { r::destroy_handle(handle) };
+                        return Err(err.into());
+                    }
+                    e.insert(State {
+                        handle,
+                        plans: HashMap::new(),
+                        workspace: None,
+                    })
+                }
+            };
+            let handle = state.handle;
+            if !state.plans.contains_key(&key) {
+                let (xp, _gx) = xv.device_ptr(&stream);
+                let (wp, _gw) = wv.device_ptr(&stream);
+                let (yp, _gy) = y.device_ptr_mut(&stream);
+                let plan = plan(op, &key, [n, o, oh, ow], handle, dev, (xp, wp, yp))?;
+                state.plans.insert(key, plan);
+            }
+            let plan = &state.plans[&key];
+            let need = plan.workspace;
+            if state.workspace.as_ref().map_or(0, |w| w.len()) < need {
+                state.workspace = None; // freed (stream-ordered) before the larger one is taken
+                                        // SAFETY: a workspace is scratch memory; cuDNN needs no initial contents
+                state.workspace = Some(unsafe { dev.alloc::<u8>(need)? });
+            }
+            let (alpha, beta) = (1f32, 0f32);
+            let (xp, _gx) = xv.device_ptr(&stream);
+            let (wp, _gw) = wv.device_ptr(&stream);
+            let (yp, _gy) = y.device_ptr_mut(&stream);
+            let (wsp, _gws) = match state.workspace.as_mut() {
+                Some(w) if need > 0 => {
+                    let (p, g) = w.device_ptr_mut(&stream);
+                    (p, Some(g))
+                }
+                _ => (0, None),
+            };
+            // SAFETY: the descriptors describe exactly these contiguous buffers (checked
+            // shapes), the workspace holds at least `need` bytes, and all of it is ordered on
+            // candle's stream, the handle's stream.
+            unsafe {
+                r::convolution_forward(
+                    handle,
+                    &alpha as *const f32 as *const _,
+                    plan.x,
+                    xp as *const _,
+                    plan.w,
+                    wp as *const _,
+                    plan.conv,
+                    plan.algo,
+                    wsp as *mut _,
+                    need,
+                    &beta as *const f32 as *const _,
+                    plan.y,
+                    yp as *mut _,
+                )?;
+            }
+            Ok(())
+        })?;
+
+        // bias + ReLU in place
+        let f = dev.get_or_load_custom_func(
+            bias_fn,
+            "runner_gpu_conv",
+            crate::device::compile_kernel(super::KERNEL)?,
+        )?;
+        let (c, hw, n64, relu) = (o as u32, (oh * ow) as u32, total as u64, op.relu as u32);
+        let blocks = total.div_ceil(256).clamp(1, 65_535 * 16) as u32;
+        let mut lb = f.builder();
+        lb.arg(&mut y)
+            .arg(&bv)
+            .arg(&c)
+            .arg(&hw)
+            .arg(&n64)
+            .arg(&relu);
+        let cfg = LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the arguments match `BIAS_ACT`'s signature; the grid-stride loop bounds reads
+        // and writes by `total`, the output's length
+        unsafe { lb.launch(cfg) }.map_err(candle_core::Error::wrap)?;
+        Ok((
+            CudaStorage::wrap_cuda_slice(y, dev.clone()),
+            Shape::from((n, o, oh, ow)),
+        ))
+    }
+
+    /// Descriptors for `key`, and the fastest algorithm measured on these very buffers
+    /// (`ptrs`: input, kernel, output) within the workspace bound.
+    fn plan(
+        op: &CudnnConv,
+        key: &Key,
+        out: [usize; 4],
+        handle: s::cudnnHandle_t,
+        dev: &candle_core::cuda::CudaDevice,
+        (xp, wp, yp): (u64, u64, u64),
+    ) -> candle_core::Result<Plan> {
+        use s::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION;
+        use s::cudnnMathType_t::{CUDNN_DEFAULT_MATH, CUDNN_FMA_MATH, CUDNN_TENSOR_OP_MATH};
+        use s::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
+        let dt = data_type(key.dtype);
+        let mut plan = Plan {
+            x: r::create_tensor_descriptor()?,
+            y: r::create_tensor_descriptor()?,
+            w: r::create_filter_descriptor()?,
+            conv: r::create_convolution_descriptor()?,
+            algo: s::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
+            workspace: 0,
+        };
+        let math = match key.dtype {
+            DType::F32 if op.tf32 => CUDNN_DEFAULT_MATH,
+            DType::F32 => CUDNN_FMA_MATH,
+            _ => CUDNN_TENSOR_OP_MATH,
+        };
+        let groups = i32::try_from(op.groups).unwrap_or(i32::MAX);
+        let [ph, pw, st] = [op.pad.0, op.pad.1, op.stride].map(|v| v as i32);
+        // SAFETY: descriptors created above; dims checked to fit i32
+        unsafe {
+            r::set_tensor4d_descriptor(plan.x, CUDNN_TENSOR_NCHW, dt, i32s(key.x)?)?;
+            r::set_filter4d_descriptor(plan.w, dt, CUDNN_TENSOR_NCHW, i32s(key.w)?)?;
+            r::set_tensor4d_descriptor(plan.y, CUDNN_TENSOR_NCHW, dt, i32s(out)?)?;
+            r::set_convolution2d_descriptor(
+                plan.conv,
+                ph,
+                pw,
+                st,
+                st,
+                1,
+                1,
+                CUDNN_CROSS_CORRELATION,
+                s::cudnnDataType_t::CUDNN_DATA_FLOAT,
+            )?;
+            r::set_convolution_group_count(plan.conv, groups)?;
+            r::set_convolution_math_type(plan.conv, math)?;
+        }
+        // measure: every algorithm that fits the workspace, on the real buffers
+        let free = dev
+            .cuda_stream()
+            .context()
+            .mem_get_info()
+            .map(|(free, _)| free)
+            .unwrap_or(0);
+        let cap = WORKSPACE_CAP.min(free / 4);
+        // SAFETY: scratch memory for the measurement only
+        let mut scratch = unsafe { dev.alloc::<u8>(cap.max(1))? };
+        let stream = dev.cuda_stream();
+        const WANT: usize = 8;
+        // SAFETY: the perf struct is plain old data; zero is a valid bit pattern for its enums
+        let mut perf: [s::cudnnConvolutionFwdAlgoPerf_t; WANT] = unsafe { std::mem::zeroed() };
+        let mut got = 0i32;
+        {
+            let (sp, _gs) = scratch.device_ptr_mut(&stream);
+            // SAFETY: descriptors set above describe the buffers behind xp/wp/yp; the scratch
+            // buffer holds `cap` bytes; `perf` has room for WANT results
+            unsafe {
+                s::cudnnFindConvolutionForwardAlgorithmEx(
+                    handle,
+                    plan.x,
+                    xp as *const _,
+                    plan.w,
+                    wp as *const _,
+                    plan.conv,
+                    plan.y,
+                    yp as *mut _,
+                    WANT as i32,
+                    &mut got,
+                    perf.as_mut_ptr(),
+                    sp as *mut _,
+                    cap,
+                )
+                .result()?;
+            }
+        }
+        drop(scratch);
+        let best = perf[..(got.max(0) as usize).min(WANT)]
+            .iter()
+            .find(|p| p.status == s::cudnnStatus_t::CUDNN_STATUS_SUCCESS && p.memory <= cap)
+            .ok_or_else(|| {
+                candle_core::Error::Msg(format!(
+                    "cudnn-conv: no algorithm ran for input {:?}, kernel {:?}, {} groups \
+                     within a {cap}-byte workspace",
+                    key.x, key.w, op.groups
+                ))
+            })?;
+        // SAFETY: descriptor created above
+        unsafe { r::set_convolution_math_type(plan.conv, best.mathType)? };
+        plan.algo = best.algo;
+        // SAFETY: handle and descriptors are live
+        plan.workspace = unsafe {
+            r::get_convolution_forward_workspace_size(
+                handle, plan.x, plan.w, plan.conv, plan.y, plan.algo,
+            )?
+        };
+        tracing::debug!(
+            "cudnn-conv: input {:?} kernel {:?} groups {}: {:?} ({:?}, {:.3} ms, {} bytes)",
+            key.x,
+            key.w,
+            op.groups,
+            best.algo,
+            best.mathType,
+            best.time,
+            plan.workspace
+        );
+        Ok(plan)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    fn op(stride: usize, pad: (usize, usize), groups: usize) -> CudnnConv {
+        CudnnConv {
+            stride,
+            pad,
+            groups,
+            relu: true,
+            tf32: false,
+        }
+    }
+
+    #[test]
+    fn output_sizes_are_alexnets_and_vggs() {
+        // conv1: 227 -> 57 with SAME's 4 rows/columns each side at stride 4
+        assert_eq!(
+            out_dims(&op(4, (4, 4), 1), (2, 3, 227, 227), (96, 3, 11, 11), 96).unwrap(),
+            (57, 57)
+        );
+        // conv2: 96 channels in 2 groups of 48, 5x5 SAME
+        assert_eq!(
+            out_dims(&op(1, (2, 2), 2), (2, 96, 27, 27), (256, 48, 5, 5), 256).unwrap(),
+            (27, 27)
+        );
+        // VGG 3x3 SAME keeps the size
+        assert_eq!(
+            out_dims(&op(1, (1, 1), 1), (1, 64, 224, 224), (64, 64, 3, 3), 64).unwrap(),
+            (224, 224)
+        );
+    }
+
+    #[test]
+    fn mismatched_shapes_are_errors() {
+        // 96 channels are not 2 groups of 96
+        assert!(out_dims(&op(1, (2, 2), 2), (2, 96, 27, 27), (256, 96, 5, 5), 256).is_err());
+        // bias of the wrong length, zero stride, zero groups, window larger than the input
+        assert!(out_dims(&op(1, (0, 0), 1), (1, 3, 8, 8), (4, 3, 3, 3), 5).is_err());
+        assert!(out_dims(&op(0, (0, 0), 1), (1, 3, 8, 8), (4, 3, 3, 3), 4).is_err());
+        assert!(out_dims(&op(1, (0, 0), 0), (1, 3, 8, 8), (4, 3, 3, 3), 4).is_err());
+        assert!(out_dims(&op(1, (0, 0), 1), (1, 3, 2, 2), (4, 3, 3, 3), 4).is_err());
+    }
+
+    #[test]
+    fn the_cpu_refuses_rather_than_computing_something_else() {
+        let x = Tensor::zeros((1, 3, 8, 8), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let w = Tensor::zeros((4, 3, 3, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let b = Tensor::zeros(4, candle_core::DType::F32, &Device::Cpu).unwrap();
+        let err = x.apply_op3_no_bwd(&w, &b, &op(1, (1, 1), 1)).unwrap_err();
+        assert!(err.to_string().contains("CUDA only"), "{err}");
+    }
+}
