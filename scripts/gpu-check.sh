@@ -78,7 +78,7 @@ fail=0
 # GPU_CHECK_FUSED: 1 (default) every opt-in path on at once; a list (e.g. conv,lrn) those only; 0 none
 fused_set="${GPU_CHECK_FUSED:-1}"
 fused_modes="0"
-[ "$dev" = cuda ] && [ "$fused_set" != 0 ] && fused_modes="0 $fused_set"
+{ [ "$dev" = cuda ] || [ -n "${GPU_CHECK_FUSED:-}" ]; } && [ "$fused_set" != 0 ] && fused_modes="0 $fused_set"
 for net in alexnet vgg16; do
   RUNNER_GPU_FUSED=0 "$bin" extract "fid_$net.toml" --out "cpu_$net.npz" --set run.device=cpu >/dev/null || exit 1
 done
@@ -169,11 +169,16 @@ done
 
 # When the opt-in run had a failure, each path alone on the small fidelity workloads (seconds),
 # so that one GPU session tells which path is at fault.
-if [ "$dev" = cuda ] && [ "$fused_set" != 0 ] &&
+if [ "$fused_modes" != 0 ] &&
    awk -F, 'NR > 1 && $1 ~ /\+/ && ($10 == "NO" || $10 == "ERROR") { bad = 1 } END { exit !bad }' "$out/gpu-check.csv"; then
-  for path in upload resize conv lrn; do
+  for path in upload resize conv lrn download; do
     export RUNNER_GPU_FUSED=$path
-    for net in alexnet vgg16; do for cfg in f32 bf16; do fidelity $cfg "+$path" $net; done; done
+    for net in alexnet vgg16; do
+      for cfg in f32 bf16; do
+        [ "$dev" = cpu ] && [ "$cfg" = bf16 ] && continue   # the CPU refuses bf16
+        fidelity $cfg "+$path" $net
+      done
+    done
   done
   for path in xent optim; do
     export RUNNER_GPU_FUSED=$path

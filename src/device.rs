@@ -210,16 +210,20 @@ pub enum GpuPath {
     Xent,
     /// the optimizer step in one kernel per parameter (`train::optim`)
     Optim,
+    /// features copied back asynchronously into page-locked memory, handed on one batch later
+    /// (`download_f32`, `features::Extractor::for_range`)
+    Download,
 }
 
 impl GpuPath {
-    pub const ALL: [GpuPath; 6] = [
+    pub const ALL: [GpuPath; 7] = [
         GpuPath::Upload,
         GpuPath::Resize,
         GpuPath::Conv,
         GpuPath::LrnPool,
         GpuPath::Xent,
         GpuPath::Optim,
+        GpuPath::Download,
     ];
 
     pub fn name(self) -> &'static str {
@@ -230,6 +234,7 @@ impl GpuPath {
             GpuPath::LrnPool => "lrn",
             GpuPath::Xent => "xent",
             GpuPath::Optim => "optim",
+            GpuPath::Download => "download",
         }
     }
 }
@@ -328,6 +333,45 @@ pub fn upload_u8(
     candle_core::Tensor::from_slice(pixels, shape, device)
 }
 
+/// A tensor's f32 values on their way to the host: `wait` gives them as a CPU tensor of the
+/// same shape. On CUDA with the `download` path the copy is enqueued on the device's stream into
+/// page-locked memory and `download_f32` returns at once, so the caller can launch the next
+/// batch before it takes these values; otherwise the values are copied when asked.
+pub struct Download {
+    inner: DownloadInner,
+}
+
+enum DownloadInner {
+    Now(candle_core::Tensor),
+    #[cfg(feature = "cuda")]
+    Pinned(pinned::Pending),
+}
+
+/// Start copying `t` (any device, any float format) back as f32.
+pub fn download_f32(t: &candle_core::Tensor) -> candle_core::Result<Download> {
+    let t = t.to_dtype(candle_core::DType::F32)?;
+    #[cfg(feature = "cuda")]
+    if let (Device::Cuda(_), true) = (t.device(), gpu_path(GpuPath::Download)) {
+        return Ok(Download {
+            inner: DownloadInner::Pinned(pinned::download(t)?),
+        });
+    }
+    Ok(Download {
+        inner: DownloadInner::Now(t),
+    })
+}
+
+impl Download {
+    /// The values, on the CPU (waits for the copy).
+    pub fn wait(self) -> candle_core::Result<candle_core::Tensor> {
+        match self.inner {
+            DownloadInner::Now(t) => t.to_device(&Device::Cpu),
+            #[cfg(feature = "cuda")]
+            DownloadInner::Pinned(p) => p.wait(),
+        }
+    }
+}
+
 #[cfg(feature = "cuda")]
 mod pinned {
     use std::collections::HashMap;
@@ -394,6 +438,83 @@ mod pinned {
             BackpropOp::none(),
             false,
         ))
+    }
+
+    /// Page-locked f32 buffers for downloads, by device and length, reused (allocating
+    /// page-locked memory costs milliseconds). Not write-combined: the host reads them.
+    type FreeBuffers = HashMap<(DeviceId, usize), Vec<PinnedHostSlice<f32>>>;
+    static FREE: Mutex<Option<FreeBuffers>> = Mutex::new(None);
+
+    /// A copy to the host in flight: the source stays alive until it is done.
+    pub(super) struct Pending {
+        buf: Option<PinnedHostSlice<f32>>,
+        key: (DeviceId, usize),
+        shape: Shape,
+        _src: Tensor,
+    }
+
+    pub(super) fn download(t: Tensor) -> candle_core::Result<Pending> {
+        let t = t.contiguous()?;
+        let n = t.elem_count();
+        let (key, buf) = {
+            let (st, l) = t.storage_and_layout();
+            let Storage::Cuda(cs) = &*st else {
+                candle_core::bail!("download: not a CUDA tensor")
+            };
+            let Some((o0, o1)) = l.contiguous_offsets() else {
+                candle_core::bail!("download: contiguous tensor expected")
+            };
+            let dev = cs.device.clone();
+            let key = (dev.id(), n);
+            let reuse = FREE
+                .lock()
+                .ok()
+                .and_then(|mut f| f.as_mut()?.get_mut(&key)?.pop());
+            let mut buf = match reuse {
+                Some(b) => b,
+                // SAFETY: the copy below writes all of it before it is read
+                None => unsafe {
+                    dev.cuda_stream()
+                        .context()
+                        .alloc_pinned_with_flags::<f32>(n.max(1), 0)
+                }
+                .map_err(candle_core::Error::wrap)?,
+            };
+            if n > 0 {
+                let src = cs.as_cuda_slice::<f32>()?.slice(o0..o1);
+                dev.cuda_stream()
+                    .memcpy_dtoh(&src, &mut buf)
+                    .map_err(candle_core::Error::wrap)?;
+            }
+            (key, buf)
+        };
+        Ok(Pending {
+            buf: Some(buf),
+            key,
+            shape: t.shape().clone(),
+            _src: t,
+        })
+    }
+
+    impl Pending {
+        pub(super) fn wait(mut self) -> candle_core::Result<Tensor> {
+            let Some(buf) = self.buf.take() else {
+                candle_core::bail!("download: already taken")
+            };
+            let n = self.shape.elem_count();
+            let values = buf.as_slice().map_err(candle_core::Error::wrap)?[..n].to_vec();
+            if let Ok(mut f) = FREE.lock() {
+                let free = f.get_or_insert_with(HashMap::new);
+                if !free.contains_key(&self.key) && free.len() >= MAX_RINGS {
+                    free.clear();
+                }
+                let list = free.entry(self.key).or_default();
+                if list.len() < 2 {
+                    list.push(buf);
+                }
+            }
+            Tensor::from_vec(values, self.shape.clone(), &candle_core::Device::Cpu)
+        }
     }
 }
 

@@ -665,10 +665,23 @@ impl<'a> Extractor<'a> {
             .collect();
         let t0 = Instant::now();
         let mut done = 0u64;
+        // With the `download` path, a batch's features are copied back asynchronously and handed
+        // to `sink` one batch later, once the next batch has been launched, so a GPU does not
+        // wait for the host between batches. (On the CPU the copy is not asynchronous and only
+        // the order changes, which lets tests without a GPU hold it to the direct path.)
+        let defer = crate::device::gpu_path(crate::device::GpuPath::Download);
+        let mut pending: Option<(Vec<usize>, crate::device::Download)> = None;
         let mut one = |kept: &[usize], px: &[u8], count: usize, decode_s: f64| -> Result<()> {
             if !kept.is_empty() {
                 let f = self.run(data, px, kept.len())?;
-                sink(kept, f)?;
+                if defer {
+                    let d = crate::device::download_f32(&f)?;
+                    if let Some((k, prev)) = pending.replace((kept.to_vec(), d)) {
+                        sink(&k, prev.wait()?)?;
+                    }
+                } else {
+                    sink(kept, f)?;
+                }
             }
             done += count as u64;
             let rate = done as f64 / t0.elapsed().as_secs_f64().max(1e-9);
@@ -699,34 +712,39 @@ impl<'a> Extractor<'a> {
                 };
                 one(&kept, &px, c, decode_s)?;
             }
-            return Ok(());
-        }
-        type Decoded = Result<(Vec<u8>, Vec<usize>, usize, f64)>;
-        std::thread::scope(|sc| -> Result<()> {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<Decoded>(PREFETCH);
-            sc.spawn(move || {
-                for (s, c) in batches {
-                    if crate::interrupt::requested() {
-                        break;
+        } else {
+            type Decoded = Result<(Vec<u8>, Vec<usize>, usize, f64)>;
+            std::thread::scope(|sc| -> Result<()> {
+                let (tx, rx) = std::sync::mpsc::sync_channel::<Decoded>(PREFETCH);
+                sc.spawn(move || {
+                    for (s, c) in batches {
+                        if crate::interrupt::requested() {
+                            break;
+                        }
+                        let t = Instant::now();
+                        let r = data.pixels(s, c).map(|(px, kept)| {
+                            (px.into_owned(), kept, c, t.elapsed().as_secs_f64())
+                        });
+                        let failed = r.is_err();
+                        // a closed channel: the consumer stopped (an error or Ctrl-C)
+                        if tx.send(r).is_err() || failed {
+                            break;
+                        }
                     }
-                    let t = Instant::now();
-                    let r = data
-                        .pixels(s, c)
-                        .map(|(px, kept)| (px.into_owned(), kept, c, t.elapsed().as_secs_f64()));
-                    let failed = r.is_err();
-                    // a closed channel: the consumer stopped (an error or Ctrl-C)
-                    if tx.send(r).is_err() || failed {
-                        break;
-                    }
+                });
+                for r in rx {
+                    crate::interrupt::check()?;
+                    let (px, kept, c, decode_s) = r?;
+                    one(&kept, &px, c, decode_s)?;
                 }
-            });
-            for r in rx {
-                crate::interrupt::check()?;
-                let (px, kept, c, decode_s) = r?;
-                one(&kept, &px, c, decode_s)?;
-            }
-            crate::interrupt::check()
-        })
+                crate::interrupt::check()
+            })?;
+        }
+        // the last batch's features, still on their way back
+        if let Some((k, prev)) = pending.take() {
+            sink(&k, prev.wait()?)?;
+        }
+        Ok(())
     }
 }
 

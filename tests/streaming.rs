@@ -248,3 +248,61 @@ fn a_parallel_sweep_extracts_in_shards_first() {
     assert_eq!(runs.len(), 2);
     assert!(runs.iter().all(|s| s["cache_hit"] == true), "{runs:?}");
 }
+
+#[test]
+fn features_handed_on_a_batch_late_are_the_direct_paths_bitwise() {
+    // RUNNER_GPU_FUSED=download: each batch's features reach the cache one batch later (after
+    // the next batch is launched) and the last is flushed at the end; on the CPU only that order
+    // changes, so the entry must be the direct path's, bit for bit, labels and positions included
+    let d = tempfile::tempdir().unwrap();
+    photo_folder(&d.path().join("photos"), 3, 7); // 21 images: 5 batches of 4 and one of 1
+    spec(
+        d.path(),
+        "direct",
+        "cache_dir = \"c1\"\nresults_dir = \"r1\"",
+    );
+    spec(d.path(), "late", "cache_dir = \"c2\"\nresults_dir = \"r2\"");
+    run_ok(d.path(), &["-q", "direct.toml"]);
+    let out = runner()
+        .current_dir(d.path())
+        .args(["-q", "late.toml"])
+        .env("RUNNER_GPU_FUSED", "download")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (a, b) = (
+        cache_files(&d.path().join("c1"), ""),
+        cache_files(&d.path().join("c2"), ""),
+    );
+    assert_eq!((a.len(), b.len()), (1, 1));
+    let (fa, fb) = (feature_bytes(&a), feature_bytes(&b));
+    assert_eq!(fa.len(), 21 * 4096 * 4);
+    assert!(fa == fb, "the late hand-over changed the features");
+    // the whole entries (labels and dataset positions too) differ only in the run's metadata
+    let (ea, eb) = (
+        safetensors_tensors(&std::fs::read(&a[0]).unwrap()),
+        safetensors_tensors(&std::fs::read(&b[0]).unwrap()),
+    );
+    assert_eq!(ea, eb);
+    let (sb, eb) = finished(&d.path().join("r2"), "late");
+    let (_, ea) = finished(&d.path().join("r1"), "direct");
+    assert_eq!(eb, ea, "training on them gives the same epochs");
+    assert_eq!(sb["gpu_fused"], serde_json::json!(["download"]));
+}
+
+/// Every tensor of a safetensors file: name -> (shape, bytes).
+fn safetensors_tensors(bytes: &[u8]) -> Vec<(String, Vec<usize>, Vec<u8>)> {
+    let st = safetensors::SafeTensors::deserialize(bytes).unwrap();
+    let mut v: Vec<_> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, t)| (n, t.shape().to_vec(), t.data().to_vec()))
+        .collect();
+    v.sort();
+    v
+}

@@ -34,11 +34,7 @@ pub fn build_and_machine() -> serde_json::Value {
         "candle_version": CANDLE_VERSION,
         "cudnn": cfg!(feature = "cudnn"),
         // the opt-in GPU paths (`RUNNER_GPU_FUSED`), so timings with and without compare
-        "gpu_fused": if cfg!(feature = "cuda") {
-            crate::device::gpu_paths().iter().map(|g| g.name()).collect::<Vec<_>>()
-        } else {
-            Vec::new()
-        },
+        "gpu_fused": crate::device::gpu_paths().iter().map(|g| g.name()).collect::<Vec<_>>(),
         "threads": candle_core::utils::get_num_threads(),
         "hostname": hostname(),
     })
