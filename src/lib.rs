@@ -18,6 +18,8 @@ pub mod experiment;
 pub mod features;
 pub mod fsio;
 pub mod interrupt;
+#[cfg(test)]
+pub(crate) mod kernel_host;
 pub mod plot;
 pub mod predict;
 pub mod profile;

@@ -115,6 +115,7 @@ __device__ __forceinline__ void st_bf16(unsigned short* p, unsigned long long i,
   u += 0x7fffu + ((u >> 16) & 1u);
   p[i] = (unsigned short)(u >> 16);
 }
+#ifdef __CUDA_ARCH__
 __device__ __forceinline__ float ld_f16(const unsigned short* p, unsigned long long i) {
   float f; unsigned short h = p[i];
   asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
@@ -125,6 +126,31 @@ __device__ __forceinline__ void st_f16(unsigned short* p, unsigned long long i, 
   asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
   p[i] = h;
 }
+#else
+/* the same conversions in software, for running this source on the host (kernel_host.rs) */
+__device__ __forceinline__ float ld_f16(const unsigned short* p, unsigned long long i) {
+  unsigned int h = p[i], s = (h & 0x8000u) << 16, e = (h >> 10) & 31u, m = h & 1023u;
+  float v;
+  if (e == 0u) v = (float)m * __uint_as_float(0x33800000u);          /* m * 2^-24 */
+  else if (e == 31u) v = __uint_as_float(m ? 0x7fc00000u : 0x7f800000u);
+  else return __uint_as_float(s | ((e + 112u) << 23) | (m << 13));
+  return __uint_as_float(__float_as_uint(v) | s);
+}
+__device__ __forceinline__ void st_f16(unsigned short* p, unsigned long long i, float v) {
+  unsigned int x = __float_as_uint(v), s = (x >> 16) & 0x8000u, a = x & 0x7fffffffu, r, rem, half;
+  if (a > 0x7f800000u) { p[i] = (unsigned short)(s | 0x7e00u); return; }   /* NaN */
+  if (a >= 0x477ff000u) { p[i] = (unsigned short)(s | 0x7c00u); return; }  /* to infinity */
+  if (a < 0x38800000u) {                                                   /* subnormal */
+    if (a < 0x33000000u) { p[i] = (unsigned short)s; return; }
+    unsigned int m = (a & 0x7fffffu) | 0x800000u, shift = 126u - (a >> 23);
+    r = m >> shift; rem = m & ((1u << shift) - 1u); half = 1u << (shift - 1u);
+  } else {
+    r = (a - 0x38000000u) >> 13; rem = a & 0x1fffu; half = 0x1000u;
+  }
+  if (rem > half || (rem == half && (r & 1u))) r++;
+  p[i] = (unsigned short)(s | r);
+}
+#endif
 #define BIAS_ACT(NAME, T, LD, ST)                                                          \
 extern "C" __global__ void NAME(T* y, const T* b, unsigned int c, unsigned int hw,         \
                                 unsigned long long n, unsigned int relu) {                 \
@@ -558,6 +584,175 @@ mod tests {
         assert!(out_dims(&op(0, (0, 0), 1), (1, 3, 8, 8), (4, 3, 3, 3), 4).is_err());
         assert!(out_dims(&op(1, (0, 0), 0), (1, 3, 8, 8), (4, 3, 3, 3), 4).is_err());
         assert!(out_dims(&op(1, (0, 0), 1), (1, 3, 2, 2), (4, 3, 3, 3), 4).is_err());
+    }
+
+    /// The bias + ReLU kernel run on the host (`kernel_host`) over one NCHW map of `c`
+    /// channels of `hw` values, in storage format `fmt` (f32, bf16, f16): the output's raw words.
+    fn bias_act_on_host(fmt: &str, y: &[u8], b: &[u8], c: usize, hw: usize, relu: bool) -> Vec<u8> {
+        let (ty, size) = if fmt == "f32" {
+            ("float", 4)
+        } else {
+            ("unsigned short", 2)
+        };
+        let n = y.len() / size;
+        let driver = format!(
+            "  auto y = input(0); auto b = input(1);\n  \
+             launch(3, 64, [&] {{ bias_act_{fmt}(({ty}*)y.data(), (const {ty}*)b.data(), {c}u, \
+             {hw}u, {n}ull, {}u); }});\n  output(0, y.data(), y.size());",
+            relu as u32
+        );
+        crate::kernel_host::run(KERNEL, &driver, &[y, b]).swap_remove(0)
+    }
+
+    #[test]
+    fn the_bias_relu_kernel_adds_the_channels_bias_and_rounds_as_half_does() {
+        use crate::kernel_host::{bytes_f32, bytes_u16, f32_bytes, u16_bytes, values};
+        let (c, hw) = (5, 37); // 2 images: 370 values, more than the 192 threads launched
+        let mut y = values(2 * c * hw, 1, 4.0);
+        // specials and rounding ties: NaN, infinities, a bf16 tie, f16 overflow and subnormals
+        y[..8].copy_from_slice(&[
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            1.0 + 1.0 / 256.0,
+            65519.0,
+            65520.0,
+            3e-6,
+            -7e-8,
+        ]);
+        let b = values(c, 2, 1.0);
+        let b: Vec<f32> = b.iter().map(|v| if *v == 0.0 { 0.5 } else { *v }).collect();
+        for relu in [false, true] {
+            let act = |v: f32| {
+                if relu && (v.is_nan() || v <= 0.0) {
+                    0.0
+                } else {
+                    v
+                }
+            };
+            // f32: exact
+            let got = bytes_f32(&bias_act_on_host(
+                "f32",
+                &f32_bytes(&y),
+                &f32_bytes(&b),
+                c,
+                hw,
+                relu,
+            ));
+            for (i, g) in got.iter().enumerate() {
+                let want = act(y[i] + b[(i / hw) % c]);
+                assert!(
+                    g.to_bits() == want.to_bits() || (g.is_nan() && want.is_nan()),
+                    "f32 {i}: {g} vs {want}"
+                );
+            }
+            // bf16 and f16: the sum in f32 of the widened values, rounded to nearest even
+            let yb: Vec<u16> = y
+                .iter()
+                .map(|v| half::bf16::from_f32(*v).to_bits())
+                .collect();
+            let bb: Vec<u16> = b
+                .iter()
+                .map(|v| half::bf16::from_f32(*v).to_bits())
+                .collect();
+            let got = bytes_u16(&bias_act_on_host(
+                "bf16",
+                &u16_bytes(&yb),
+                &u16_bytes(&bb),
+                c,
+                hw,
+                relu,
+            ));
+            for (i, g) in got.iter().enumerate() {
+                let s = half::bf16::from_bits(yb[i]).to_f32()
+                    + half::bf16::from_bits(bb[(i / hw) % c]).to_f32();
+                let want = half::bf16::from_f32(act(s));
+                let g = half::bf16::from_bits(*g);
+                assert!(
+                    g.to_bits() == want.to_bits() || (g.is_nan() && want.is_nan()),
+                    "bf16 {i}: {g} vs {want}"
+                );
+            }
+            let yh: Vec<u16> = y
+                .iter()
+                .map(|v| half::f16::from_f32(*v).to_bits())
+                .collect();
+            let bh: Vec<u16> = b
+                .iter()
+                .map(|v| half::f16::from_f32(*v).to_bits())
+                .collect();
+            let got = bytes_u16(&bias_act_on_host(
+                "f16",
+                &u16_bytes(&yh),
+                &u16_bytes(&bh),
+                c,
+                hw,
+                relu,
+            ));
+            for (i, g) in got.iter().enumerate() {
+                let s = half::f16::from_bits(yh[i]).to_f32()
+                    + half::f16::from_bits(bh[(i / hw) % c]).to_f32();
+                let want = half::f16::from_f32(act(s));
+                let g = half::f16::from_bits(*g);
+                assert!(
+                    g.to_bits() == want.to_bits() || (g.is_nan() && want.is_nan()),
+                    "f16 {i}: {g} vs {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_f16_conversions_round_every_tie_and_edge_as_half_does() {
+        use crate::kernel_host::{bytes_f32, bytes_u16, f32_bytes, u16_bytes};
+        // the kernel's own ld_f16/st_f16 (their host versions), called directly
+        let k = format!(
+            "{KERNEL}\nextern \"C\" void widen(const unsigned short* h, float* x, unsigned long \
+             long n) {{ for (unsigned long long i = 0; i < n; i++) x[i] = ld_f16(h, i); }}\n\
+             extern \"C\" void narrow(const float* x, unsigned short* h, unsigned long long n) \
+             {{ for (unsigned long long i = 0; i < n; i++) st_f16(h, i, x[i]); }}"
+        );
+        let d = "  auto h = input(0);\n  std::vector<float> x(h.size() / 2);\n  \
+                 widen((const unsigned short*)h.data(), x.data(), x.size());\n  \
+                 output(0, x.data(), x.size() * 4);\n  auto y = input(1);\n  \
+                 std::vector<unsigned short> g(y.size() / 4);\n  \
+                 narrow((const float*)y.data(), g.data(), g.size());\n  \
+                 output(1, g.data(), g.size() * 2);";
+        // every f16 value widens exactly; halfway points and quarter points between neighbours
+        // (subnormals, the overflow edge and negatives included) narrow to nearest even
+        let all: Vec<u16> = (0..=u16::MAX).collect();
+        let mut xs: Vec<f32> = (0..0x7bffu16)
+            .flat_map(|h| {
+                let (a, b) = (
+                    half::f16::from_bits(h).to_f32(),
+                    half::f16::from_bits(h + 1).to_f32(),
+                );
+                let m = a + (b - a) * 0.5;
+                [a, m, a + (b - a) * 0.25, a + (b - a) * 0.75, -m]
+            })
+            .collect();
+        xs.extend([
+            65504.0,
+            65519.9,
+            65520.0,
+            1e6,
+            f32::INFINITY,
+            1e-9,
+            -1e-9,
+            f32::NAN,
+        ]);
+        let out = crate::kernel_host::run(&k, d, &[&u16_bytes(&all), &f32_bytes(&xs)]);
+        let (wide, narrow) = (bytes_f32(&out[0]), bytes_u16(&out[1]));
+        let bad = all.iter().zip(&wide).find(|(h, x)| {
+            let want = half::f16::from_bits(**h).to_f32();
+            !(x.to_bits() == want.to_bits() || (x.is_nan() && want.is_nan()))
+        });
+        assert!(bad.is_none(), "widening {bad:?}");
+        let bad = xs.iter().zip(&narrow).find(|(x, h)| {
+            let (g, want) = (half::f16::from_bits(**h), half::f16::from_f32(**x));
+            !(g.to_bits() == want.to_bits() || (g.is_nan() && want.is_nan()))
+        });
+        assert!(bad.is_none(), "narrowing {bad:?}");
     }
 
     #[test]

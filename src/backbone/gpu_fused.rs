@@ -192,6 +192,48 @@ mod tests {
     use candle_core::Device;
 
     #[test]
+    fn the_kernel_run_on_the_host_equals_the_cpu_reference() {
+        use crate::kernel_host::{bytes_f32, f32_bytes, run, values};
+        let (n, c, h, w) = (2usize, 7usize, 9usize, 11usize);
+        let x = values(n * c * h * w, 3, 3.0);
+        for beta in [0.75f32, 0.6] {
+            let op = LrnMaxPool {
+                radius: 2,
+                alpha: 0.05,
+                beta,
+                bias: 1.0,
+                k: 3,
+                stride: 2,
+            };
+            let want: Vec<f32> = Tensor::from_vec(x.clone(), (n, c, h, w), &Device::Cpu)
+                .unwrap()
+                .apply_op1_no_bwd(&op)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let (ho, wo) = op.out_dims(h, w).unwrap();
+            let total = n * c * ho * wo;
+            let d = format!(
+                "  auto x = input(0);\n  std::vector<float> o({total});\n  \
+                 launch({}, 64, [&] {{ lrn_max_pool((const float*)x.data(), o.data(), {n}u, {c}u, \
+                 {h}u, {w}u, {ho}u, {wo}u, 3u, 2u, 2u, 0.05f, {beta:?}f, 1.0f); }});\n  \
+                 output(0, o.data(), o.size() * 4);",
+                total.div_ceil(64)
+            );
+            let got = bytes_f32(&run(KERNEL, &d, &[&f32_bytes(&x)])[0]);
+            assert_eq!(got.len(), want.len());
+            for (i, (g, r)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - r).abs() <= 1e-6 * r.abs().max(1.0),
+                    "beta {beta} {i}: {g} vs {r}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn one_pass_equals_lrn_then_pooling() {
         let dev = Device::Cpu;
         // conv1's and conv2's output shapes (fewer images and channels), ReLU'd values

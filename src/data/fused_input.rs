@@ -165,6 +165,35 @@ mod tests {
     use candle_core::Device;
 
     #[test]
+    fn the_kernel_run_on_the_host_equals_the_cpu_reference() {
+        use crate::kernel_host::{bytes_f32, run};
+        let (n, h, w) = (2usize, 5usize, 7usize);
+        let px: Vec<u8> = (0..n * h * w * 3).map(|i| (i * 37 % 256) as u8).collect();
+        for (method, code) in [(ResizeMethod::Tf1, 0), (ResizeMethod::HalfPixel, 1)] {
+            for s in [11usize, 3] {
+                let op = FusedResize { size: s, method };
+                let want: Vec<f32> = Tensor::from_vec(px.clone(), (n, h, w, 3), &Device::Cpu)
+                    .unwrap()
+                    .apply_op1_no_bwd(&op)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                let total = n * 3 * s * s;
+                let d = format!(
+                    "  auto px = input(0);\n  std::vector<float> o({total});\n  \
+                     launch({}, 32, [&] {{ fused_resize(px.data(), o.data(), {n}u, {h}u, {w}u, \
+                     {s}u, {code}u); }});\n  output(0, o.data(), o.size() * 4);",
+                    total.div_ceil(32)
+                );
+                let got = bytes_f32(&run(KERNEL, &d, &[&px])[0]);
+                assert_eq!(got, want, "{method:?} to {s}");
+            }
+        }
+    }
+
+    #[test]
     fn one_pass_resize_matches_the_matrix_products() {
         let dev = Device::Cpu;
         for (h, w, s, method) in [

@@ -103,6 +103,35 @@ extern "C" __global__ void optimizer_step(float* w, const float* g, float* m, fl
 }
 "#;
 
+impl FusedStep<'_> {
+    /// `optimizer_step`'s `kind` and its float arguments after `n`, in order: lr, lr_t, 1/bc1,
+    /// 1/bc2, 1 - lr*wd, b1, b2, eps, wd, and the momentum (0 on the first SGD step).
+    #[cfg_attr(not(any(test, feature = "cuda")), allow(dead_code))]
+    fn kernel_args(&self) -> (u32, [f32; 10]) {
+        let kind = match self.kind {
+            Kind::Adam => 0,
+            Kind::Adamw => 1,
+            Kind::Sgd => 2,
+        };
+        let mom = if self.first { 0.0 } else { self.momentum };
+        (
+            kind,
+            [
+                self.lr,
+                self.lr_t,
+                1.0 / self.bc1,
+                1.0 / self.bc2,
+                1.0 - self.lr * self.wd,
+                self.b1,
+                self.b2,
+                self.eps,
+                self.wd,
+                mom,
+            ],
+        )
+    }
+}
+
 impl candle_core::InplaceOp2 for FusedStep<'_> {
     fn name(&self) -> &'static str {
         "fused-optimizer-step"
@@ -205,20 +234,11 @@ impl candle_core::InplaceOp2 for FusedStep<'_> {
             "runner_optimizer_step",
             crate::device::compile_kernel(KERNEL)?,
         )?;
-        let kind: u32 = match self.kind {
-            Kind::Adam => 0,
-            Kind::Adamw => 1,
-            Kind::Sgd => 2,
-        };
-        let (ibc1, ibc2, decay) = (1.0 / self.bc1, 1.0 / self.bc2, 1.0 - self.lr * self.wd);
-        let mom = if self.first { 0.0f32 } else { self.momentum };
+        let (kind, scalars) = self.kernel_args();
         let n32 = n as u32;
         let mut b = f.builder();
         b.arg(&mut wv).arg(&gv).arg(m).arg(v).arg(&n32).arg(&kind);
-        for x in [
-            &self.lr, &self.lr_t, &ibc1, &ibc2, &decay, &self.b1, &self.b2, &self.eps, &self.wd,
-            &mom,
-        ] {
+        for x in &scalars {
             b.arg(x);
         }
         // SAFETY: the arguments match `optimizer_step`'s signature; w, g, m and v hold n values
@@ -446,6 +466,74 @@ mod tests {
                             "{kind:?} wd {wd} step {step}: {x} vs {y}"
                         );
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_optimizer_kernel_run_on_the_host_equals_the_cpu_fused_step() {
+        use crate::kernel_host::{bytes_f32, f32_bytes, run, values};
+        let n = 300usize;
+        for kind in [Kind::Adam, Kind::Adamw, Kind::Sgd] {
+            for wd in [0.0f32, 0.1] {
+                let w0 = values(n, 7, 1.0);
+                let w = Tensor::from_vec(w0.clone(), n, &Device::Cpu).unwrap();
+                let state = Mutex::new(Moments::default());
+                // three steps on the CPU, recording each step's kernel arguments and gradient
+                let (mut args, mut grads) = (Vec::new(), Vec::new());
+                for t in 1..=3i32 {
+                    let g = values(n, 10 + t as u64, 2.0);
+                    let (b1, b2, lr) = (0.9f64, 0.999f64, 0.01f64);
+                    let (bc1, bc2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
+                    let op = FusedStep {
+                        kind,
+                        lr: lr as f32,
+                        lr_t: (lr * bc2.sqrt() / bc1) as f32,
+                        bc1: bc1 as f32,
+                        bc2: bc2 as f32,
+                        b1: b1 as f32,
+                        b2: b2 as f32,
+                        eps: 1e-8,
+                        wd,
+                        momentum: 0.9,
+                        first: t == 1,
+                        state: &state,
+                    };
+                    let gt = Tensor::from_vec(g.clone(), n, &Device::Cpu).unwrap();
+                    w.inplace_op2(&gt, &op).unwrap();
+                    args.push(op.kernel_args());
+                    grads.extend(g);
+                }
+                let steps: String = args
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (k, a))| {
+                        let a: Vec<String> = a.iter().map(|v| format!("{v:?}f")).collect();
+                        format!(
+                            "  launch(2, 256, [&] {{ optimizer_step(w, g + {}, m.data(), \
+                             v.data(), {n}u, {k}u, {}); }});\n",
+                            i * n,
+                            a.join(", ")
+                        )
+                    })
+                    .collect();
+                let d = format!(
+                    "  auto wb = input(0); auto gb = input(1);\n  float* w = (float*)wb.data();\n  \
+                     const float* g = (const float*)gb.data();\n  \
+                     std::vector<float> m({n}, 0.f), v({n}, 0.f);\n{steps}  \
+                     output(0, w, {n} * 4);\n  output(1, m.data(), {n} * 4);\n  \
+                     output(2, v.data(), {n} * 4);"
+                );
+                let out = run(KERNEL, &d, &[&f32_bytes(&w0), &f32_bytes(&grads), &[]]);
+                let want_w: Vec<f32> = w.to_vec1().unwrap();
+                let st = state.lock().unwrap();
+                let want = [&want_w, &st.host.0, &st.host.1];
+                for (what, (o, r)) in ["w", "m", "v"].iter().zip(out.iter().zip(want)) {
+                    if kind == Kind::Sgd && *what == "v" {
+                        continue; // SGD keeps no second moment
+                    }
+                    assert_eq!(&bytes_f32(o), r, "{kind:?} wd {wd}: {what}");
                 }
             }
         }

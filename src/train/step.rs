@@ -318,6 +318,43 @@ mod tests {
     use rand::SeedableRng;
 
     #[test]
+    fn the_xent_kernel_run_on_the_host_equals_the_cpu_op() {
+        use crate::kernel_host::{bytes_f32, f32_bytes, run, values};
+        let (b, k) = (9usize, 12usize);
+        let z = values(b * k, 5, 6.0);
+        let y: Vec<u32> = (0..b as u32).map(|i| (i * 5) % k as u32).collect();
+        let yb: Vec<u8> = y.iter().flat_map(|v| v.to_le_bytes()).collect();
+        for eps in [0.0f32, 0.1] {
+            let want: Vec<f32> = Tensor::from_vec(z.clone(), (b, k), &Device::Cpu)
+                .unwrap()
+                .apply_op2_no_bwd(
+                    &Tensor::from_vec(y.clone(), b, &Device::Cpu).unwrap(),
+                    &SoftmaxXent { eps },
+                )
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let d = format!(
+                "  auto z = input(0); auto y = input(1);\n  std::vector<float> o({});\n  \
+                 launch(3, 4, [&] {{ softmax_xent_grad((const float*)z.data(), \
+                 (const unsigned int*)y.data(), o.data(), {b}u, {k}u, {eps:?}f); }});\n  \
+                 output(0, o.data(), o.size() * 4);",
+                b * (k + 3)
+            );
+            let got = bytes_f32(&run(KERNEL, &d, &[&f32_bytes(&z), &yb])[0]);
+            assert_eq!(got.len(), want.len());
+            for (i, (g, r)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - r).abs() <= 1e-6 * r.abs().max(1.0),
+                    "eps {eps} {i}: {g} vs {r}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn hand_written_gradients_equal_autograd() {
         let dev = Device::Cpu;
         for act in [Activation::Relu, Activation::Tanh, Activation::Sigmoid] {
