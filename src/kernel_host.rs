@@ -134,6 +134,19 @@ pub fn bytes_u16(b: &[u8]) -> Vec<u16> {
         .collect()
 }
 
+/// A one-input op's output on the CPU, as f32 values: the reference a kernel is held to.
+pub fn cpu_op1<T: candle_core::WithDType>(
+    data: Vec<T>,
+    shape: impl Into<candle_core::Shape>,
+    op: &impl candle_core::CustomOp1,
+) -> Vec<f32> {
+    candle_core::Tensor::from_vec(data, shape, &candle_core::Device::Cpu)
+        .and_then(|t| t.apply_op1_no_bwd(op))
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1())
+        .expect("the CPU reference op")
+}
+
 /// Pseudo-random values in [-scale, scale) (a fixed sequence).
 pub fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;

@@ -647,57 +647,36 @@ mod tests {
                 );
             }
             // bf16 and f16: the sum in f32 of the widened values, rounded to nearest even
-            let yb: Vec<u16> = y
-                .iter()
-                .map(|v| half::bf16::from_f32(*v).to_bits())
-                .collect();
-            let bb: Vec<u16> = b
-                .iter()
-                .map(|v| half::bf16::from_f32(*v).to_bits())
-                .collect();
-            let got = bytes_u16(&bias_act_on_host(
-                "bf16",
-                &u16_bytes(&yb),
-                &u16_bytes(&bb),
-                c,
-                hw,
-                relu,
-            ));
-            for (i, g) in got.iter().enumerate() {
-                let s = half::bf16::from_bits(yb[i]).to_f32()
-                    + half::bf16::from_bits(bb[(i / hw) % c]).to_f32();
-                let want = half::bf16::from_f32(act(s));
-                let g = half::bf16::from_bits(*g);
-                assert!(
-                    g.to_bits() == want.to_bits() || (g.is_nan() && want.is_nan()),
-                    "bf16 {i}: {g} vs {want}"
-                );
-            }
-            let yh: Vec<u16> = y
-                .iter()
-                .map(|v| half::f16::from_f32(*v).to_bits())
-                .collect();
-            let bh: Vec<u16> = b
-                .iter()
-                .map(|v| half::f16::from_f32(*v).to_bits())
-                .collect();
-            let got = bytes_u16(&bias_act_on_host(
-                "f16",
-                &u16_bytes(&yh),
-                &u16_bytes(&bh),
-                c,
-                hw,
-                relu,
-            ));
-            for (i, g) in got.iter().enumerate() {
-                let s = half::f16::from_bits(yh[i]).to_f32()
-                    + half::f16::from_bits(bh[(i / hw) % c]).to_f32();
-                let want = half::f16::from_f32(act(s));
-                let g = half::f16::from_bits(*g);
-                assert!(
-                    g.to_bits() == want.to_bits() || (g.is_nan() && want.is_nan()),
-                    "f16 {i}: {g} vs {want}"
-                );
+            type Narrow = fn(f32) -> u16;
+            type Widen = fn(u16) -> f32;
+            let bf16: (Narrow, Widen) = (
+                |v| half::bf16::from_f32(v).to_bits(),
+                |h| half::bf16::from_bits(h).to_f32(),
+            );
+            let f16: (Narrow, Widen) = (
+                |v| half::f16::from_f32(v).to_bits(),
+                |h| half::f16::from_bits(h).to_f32(),
+            );
+            for (fmt, (narrow, widen)) in [("bf16", bf16), ("f16", f16)] {
+                let yh: Vec<u16> = y.iter().map(|v| narrow(*v)).collect();
+                let bh: Vec<u16> = b.iter().map(|v| narrow(*v)).collect();
+                let got = bytes_u16(&bias_act_on_host(
+                    fmt,
+                    &u16_bytes(&yh),
+                    &u16_bytes(&bh),
+                    c,
+                    hw,
+                    relu,
+                ));
+                for (i, g) in got.iter().enumerate() {
+                    let want = narrow(act(widen(yh[i]) + widen(bh[(i / hw) % c])));
+                    assert!(
+                        *g == want || (widen(*g).is_nan() && widen(want).is_nan()),
+                        "{fmt} {i}: {} vs {}",
+                        widen(*g),
+                        widen(want)
+                    );
+                }
             }
         }
     }
