@@ -10,7 +10,8 @@
 # Settings (environment): CUDA_COMPUTE_CAP (default 90: H100/H200; 80 for A100, 89 for L4/4090),
 # CUDA_WHEELS_VERSION (default 13.0.3.0: its PTX runs on drivers >= 580 / CUDA 13.0),
 # CUDA_VENV (default .venv-cuda), FEATURES (default cuda; "cuda cudnn" adds cuDNN's convolutions,
-# installing its wheel too; the binary then also needs libcudnn.so.9 where it runs).
+# installing its wheel too; the binary then also needs libcudnn.so.9 where it runs), CLIPPY
+# (1: also run clippy with those features, warnings as errors).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -65,6 +66,10 @@ fi
 # without noticing an nvcc change, so a different wheel version needs `cargo clean -p candle-kernels`.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target-cuda}"
 cargo build --release --features "$features" --bin runner
+# CLIPPY=1: the lints CI holds the CPU build to, for the GPU-only code as well
+if [ "${CLIPPY:-0}" = 1 ]; then
+  cargo clippy --release --features "$features" --all-targets -- -D warnings
+fi
 
 # runner's own CUDA kernels are compiled by nvrtc when first used (on a GPU); compile each here
 # with the wheel's nvcc too, so a kernel that does not compile fails the build, not a GPU run.

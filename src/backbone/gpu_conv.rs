@@ -344,18 +344,20 @@ mod imp {
                 }
             };
             let handle = state.handle;
-            if !state.plans.contains_key(&key) {
-                let (xp, _gx) = xv.device_ptr(&stream);
-                let (wp, _gw) = wv.device_ptr(&stream);
-                let (yp, _gy) = y.device_ptr_mut(&stream);
-                let plan = plan(op, &key, [n, o, oh, ow], handle, dev, (xp, wp, yp))?;
-                state.plans.insert(key, plan);
-            }
-            let plan = &state.plans[&key];
+            let plan = match state.plans.entry(key) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let (xp, _gx) = xv.device_ptr(&stream);
+                    let (wp, _gw) = wv.device_ptr(&stream);
+                    let (yp, _gy) = y.device_ptr_mut(&stream);
+                    e.insert(plan(op, &key, [n, o, oh, ow], handle, dev, (xp, wp, yp))?)
+                }
+            };
             let need = plan.workspace;
             if state.workspace.as_ref().map_or(0, |w| w.len()) < need {
-                state.workspace = None; // freed (stream-ordered) before the larger one is taken
-                                        // SAFETY: a workspace is scratch memory; cuDNN needs no initial contents
+                // the smaller one is freed (stream-ordered) before the larger one is taken
+                state.workspace = None;
+                // SAFETY: a workspace is scratch memory; cuDNN needs no initial contents
                 state.workspace = Some(unsafe { dev.alloc::<u8>(need)? });
             }
             let (alpha, beta) = (1f32, 0f32);
