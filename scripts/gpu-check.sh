@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # GPU check for a CUDA build of runner (scripts/build-cuda.sh), on a machine with an NVIDIA GPU,
 # its driver, the CUDA 13 libraries (cuBLAS, cuRAND, cudart: e.g. inside a PyTorch install) and
-# python3 with numpy. Needs no Rust and no downloads; about 3 minutes on an H200.
+# python3 with numpy. Needs no Rust and no downloads; about 5 minutes on an H200 (the
+# default and the opt-in passes and PyTorch); rows are appended to the CSV as they finish, so a
+# run cut short keeps what it measured.
 #
 #   scripts/gpu-check.sh [RUNNER_BINARY] [OUT_DIR]
 #
