@@ -5,7 +5,7 @@
 # default and the opt-in passes and PyTorch); rows are appended to the CSV as they finish, so a
 # run cut short keeps what it measured.
 #
-#   scripts/gpu-check.sh [RUNNER_BINARY] [OUT_DIR]
+#   scripts/gpu-check.sh [RUNNER_BINARY] [OUT_DIR]     (RUNNER_BINARY may be gpu-pack.sh's runner.gz)
 #
 # 1. fidelity: features of the same images on the GPU (f32, TF32, bf16) against the CPU
 #    (AlexNet to fc7, VGG16 to fc6/relu6; random weights): the relative L2 error
@@ -32,6 +32,10 @@ bin="$(realpath "${1:-target-cuda/release/runner}")"
 out="$(mkdir -p "${2:-gpu-check-out}" && realpath "${2:-gpu-check-out}")"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
+if [[ "$bin" == *.gz ]]; then   # packed by scripts/gpu-pack.sh
+  gunzip -c "$bin" >"$work/runner" && chmod +x "$work/runner" || { echo "gpu-check: cannot unpack $bin" >&2; exit 2; }
+  bin="$work/runner"
+fi
 cd "$work"
 
 # The libraries the binary needs (driver's libcuda.so.1; cuBLAS, cuRAND, cudart 13): for each one
