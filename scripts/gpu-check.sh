@@ -20,9 +20,10 @@
 #    the default head's. GPU_CHECK_FUSED=0 skips them; GPU_CHECK_FUSED=conv,lrn (names as
 #    RUNNER_GPU_FUSED takes them) runs those paths only (configs `f32+conv+lrn` ...).
 # 4. when a row of 3 failed (a bound, or an error: a failing command is an ERROR row with its
-#    stderr in OUT_DIR, never the end of the check), each path alone on the fidelity workloads
+#    stderr in OUT_DIR/details.tgz, never the end of the check), each path alone on the fidelity workloads
 #    (rows `f32+conv` ...), and the head paths alone on the AlexNet head, to tell which is wrong.
-# Prints one table and writes OUT_DIR/gpu-check.csv. Exit status 1 when a bound fails or a
+# Prints one table and writes OUT_DIR/gpu-check.csv (+ gpu-check-ratios.txt, details.tgz with
+# per-layer profiles and failed commands' stderr). Exit status 1 when a bound fails or a
 # command errs.
 set -uo pipefail
 dev="${GPU_CHECK_DEVICE:-cuda}"          # cpu: a dry run of this script with a CPU build
@@ -31,7 +32,13 @@ repo="$(cd "$(dirname "$0")/.." && pwd)"
 bin="$(realpath "${1:-target-cuda/release/runner}")"
 out="$(mkdir -p "${2:-gpu-check-out}" && realpath "${2:-gpu-check-out}")"
 work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
+# Errors' stderr and the profiles go to OUT_DIR/details/, packed at the end as details.tgz, so
+# that OUT_DIR holds a few plainly named files (gpu-check.csv, gpu-check-ratios.txt,
+# gpu-name.txt, details.tgz): some machines hand back only a few files with such names.
+det="$out/details"
+mkdir -p "$det"
+pack() { [ -d "$det" ] && tar -czf "$out/details.tgz" -C "$out" details && rm -rf "$det"; }
+trap 'pack; rm -rf "$work"' EXIT
 if [[ "$bin" == *.gz ]]; then   # packed by scripts/gpu-pack.sh
   gunzip -c "$bin" >"$work/runner" && chmod +x "$work/runner" || { echo "gpu-check: cannot unpack $bin" >&2; exit 2; }
   bin="$work/runner"
@@ -93,8 +100,8 @@ done
 # the other rows and the PyTorch peer still run.
 error_row() { # cfg workload log
   echo "$1,$2,,,,,,,,ERROR" >>"$out/gpu-check.csv"
-  cp "$3" "$out/error-$1-${2// /_}.txt" 2>/dev/null
-  echo "gpu-check: $1 $2 failed (see $out/error-$1-${2// /_}.txt):" >&2
+  cp "$3" "$det/error-$1-${2// /_}.txt" 2>/dev/null
+  echo "gpu-check: $1 $2 failed (its stderr: details/error-$1-${2// /_}.txt):" >&2
   tail -n 5 "$3" >&2
   fail=1
 }
@@ -194,6 +201,26 @@ if [ "$fused_modes" != 0 ] &&
   done
 fi
 unset RUNNER_GPU_FUSED
+
+# Where the time goes: the per-layer profile (RUNNER_PROFILE=1, each layer between two device
+# synchronisations) of 40 extraction batches, with the opt-in paths off and on, and the
+# convolution algorithm cuDNN's measurement chose for each shape (the `conv` path's debug log):
+# details/profile-<net>-<cfg><tag>.txt. GPU_CHECK_PROFILE=0 skips it.
+if [ "${GPU_CHECK_PROFILE:-1}" = 1 ]; then
+  for fused in $fused_modes; do
+    tag=""; [ "$fused" = 1 ] && tag="+fused"; [ "$fused" != 0 ] && [ "$fused" != 1 ] && tag="+${fused//,/+}"
+    for net in alexnet vgg16; do
+      for cfg in bf16 f32; do
+        [ "$dev" = cpu ] && [ "$cfg" = bf16 ] && continue
+        RUNNER_PROFILE=1 RUST_LOG="warn,runner::backbone::gpu_conv=debug" RUNNER_GPU_FUSED=$fused \
+          "$bin" bench "$net.toml" --batches 40 --epochs 1 --set run.device=$dev \
+          --set run.extract_batch=256 --set run.dtype=$cfg --set run.tf32=false \
+          >/dev/null 2>"$det/profile-$net-$cfg$tag.txt" ||
+          echo "gpu-check: the $net $cfg$tag profile failed (see details/profile-$net-$cfg$tag.txt)" >&2
+      done
+    done
+  done
+fi
 
 # The PyTorch peer on the same GPU, same workloads (when python3 has torch with CUDA).
 peer="$(dirname "$bin")/torch_peer.py"
