@@ -78,7 +78,10 @@ for src in $(grep -l 'pub const KERNEL: &str = r#"' src -r); do
   "$venv/bin/python" - "$src" "$cu" <<'PY'
 import re, sys
 text = open(sys.argv[1]).read()
-open(sys.argv[2], "w").write(re.search(r'pub const KERNEL: &str = r#"(.*?)"#;', text, re.S).group(1))
+# every kernel is compiled after the shared prelude, as device::compile_kernel does
+prelude = re.search(r'pub const KERNEL_PRELUDE: &str = r#"(.*?)"#;', open("src/device.rs").read(), re.S).group(1)
+kernel = re.search(r'pub const KERNEL: &str = r#"(.*?)"#;', text, re.S).group(1)
+open(sys.argv[2], "w").write(prelude + "\n" + kernel)
 PY
   "$NVCC" --ptx -arch=compute_75 -o "${cu%.cu}.ptx" "$cu" || { echo "build-cuda: $src: its KERNEL does not compile" >&2; exit 1; }
   # and the PTX (inline asm included) assembles for the target GPU, as the driver will do

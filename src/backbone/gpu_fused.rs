@@ -24,9 +24,13 @@ pub struct LrnMaxPool {
 }
 
 impl LrnMaxPool {
-    /// The op on `x` (any float format; computed in f32, returned in `x`'s format).
+    /// The op on `x` (any float format; computed in f32, returned in `x`'s format). On a GPU,
+    /// f32, bf16 and f16 maps are read and written in their own format by the kernel.
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
         let dtype = x.dtype();
+        if !x.device().is_cpu() && matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
+            return Ok(x.contiguous()?.apply_op1_no_bwd(self)?);
+        }
         let x = x.to_dtype(DType::F32)?.contiguous()?;
         Ok(x.apply_op1_no_bwd(self)?.to_dtype(dtype)?)
     }
@@ -105,7 +109,7 @@ impl candle_core::CustomOp1 for LrnMaxPool {
         st: &candle_core::CudaStorage,
         l: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        use candle_core::cuda::cudarc::driver::{LaunchConfig, PushKernelArg};
+        use candle_core::backend::BackendStorage;
         let Some((o0, o1)) = l.contiguous_offsets() else {
             candle_core::bail!("lrn-max-pool: contiguous input expected")
         };
@@ -115,12 +119,37 @@ impl candle_core::CustomOp1 for LrnMaxPool {
         if total > u32::MAX as usize || o1 - o0 > u32::MAX as usize {
             candle_core::bail!("lrn-max-pool: {total} outputs in one batch is too many")
         }
+        match st.dtype() {
+            DType::F32 => self.launch::<f32>(st, (o0, o1), "lrn_max_pool_f32", l),
+            DType::BF16 => self.launch::<half::bf16>(st, (o0, o1), "lrn_max_pool_bf16", l),
+            DType::F16 => self.launch::<half::f16>(st, (o0, o1), "lrn_max_pool_f16", l),
+            d => candle_core::bail!("lrn-max-pool: {d:?} maps are not supported"),
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl LrnMaxPool {
+    fn launch<T>(
+        &self,
+        st: &candle_core::CudaStorage,
+        (o0, o1): (usize, usize),
+        name: &'static str,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)>
+    where
+        T: candle_core::cuda::CudaDType + candle_core::cuda::cudarc::driver::DeviceRepr,
+    {
+        use candle_core::cuda::cudarc::driver::{LaunchConfig, PushKernelArg};
+        let (n, c, h, w) = l.shape().dims4()?;
+        let (ho, wo) = self.out_dims(h, w)?;
+        let total = n * c * ho * wo;
         let dev = &st.device;
-        let x = st.as_cuda_slice::<f32>()?.slice(o0..o1);
+        let x = st.as_cuda_slice::<T>()?.slice(o0..o1);
         // SAFETY: every one of the `total` values is written by the kernel below
-        let y = unsafe { dev.alloc::<f32>(total)? };
+        let y = unsafe { dev.alloc::<T>(total)? };
         let f = dev.get_or_load_custom_func(
-            "lrn_max_pool",
+            name,
             "runner_lrn_max_pool",
             crate::device::compile_kernel(KERNEL)?,
         )?;
@@ -151,37 +180,43 @@ impl candle_core::CustomOp1 for LrnMaxPool {
     }
 }
 
-/// The kernel: `cpu_fwd`'s loop body, one thread per pooled output.
+/// The kernel: `cpu_fwd`'s loop body, one thread per pooled output, computing in f32; one entry
+/// point per storage format (the loads and stores of `device::KERNEL_PRELUDE`), so that bf16 and
+/// f16 maps are neither widened nor narrowed by separate passes.
 pub const KERNEL: &str = r#"
-extern "C" __global__ void lrn_max_pool(const float* x, float* out, unsigned int n,
-                                        unsigned int c, unsigned int h, unsigned int w,
-                                        unsigned int ho, unsigned int wo, unsigned int k,
-                                        unsigned int stride, unsigned int radius, float alpha,
-                                        float beta, float bias) {
-  unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
-  if (i >= n * c * ho * wo) return;
-  unsigned int ox = i % wo, oy = (i / wo) % ho, ch = (i / (wo * ho)) % c, b = i / (wo * ho * c);
-  size_t plane = (size_t)h * w;
-  const float* img = x + (size_t)b * c * plane;
-  unsigned int lo = ch >= radius ? ch - radius : 0u;
-  unsigned int hi = ch + radius < c - 1u ? ch + radius : c - 1u;
-  float best = __int_as_float(0xff800000);  /* -infinity */
-  for (unsigned int ky = 0; ky < k; ky++) {
-    for (unsigned int kx = 0; kx < k; kx++) {
-      size_t p = (size_t)(oy * stride + ky) * w + ox * stride + kx;
-      float sum = 0.f;
-      for (unsigned int q = lo; q <= hi; q++) {
-        float v = img[q * plane + p];
-        sum += v * v;
-      }
-      float d = bias + alpha * sum;
-      float v = img[ch * plane + p];
-      float y = beta == 0.75f ? v / (sqrtf(d) * sqrtf(sqrtf(d))) : v / powf(d, beta);
-      best = fmaxf(best, y);
-    }
-  }
-  out[i] = best;
+#define LRN_MAX_POOL(NAME, T, LD, ST)                                                      \
+extern "C" __global__ void NAME(const T* x, T* out, unsigned int n, unsigned int c,         \
+                                unsigned int h, unsigned int w, unsigned int ho,           \
+                                unsigned int wo, unsigned int k, unsigned int stride,      \
+                                unsigned int radius, float alpha, float beta, float bias) { \
+  unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;                                  \
+  if (i >= n * c * ho * wo) return;                                                        \
+  unsigned int ox = i % wo, oy = (i / wo) % ho, ch = (i / (wo * ho)) % c;                  \
+  unsigned int b = i / (wo * ho * c);                                                      \
+  size_t plane = (size_t)h * w;                                                            \
+  const T* img = x + (size_t)b * c * plane;                                                \
+  unsigned int lo = ch >= radius ? ch - radius : 0u;                                       \
+  unsigned int hi = ch + radius < c - 1u ? ch + radius : c - 1u;                           \
+  float best = __int_as_float(0xff800000);  /* -infinity */                                \
+  for (unsigned int ky = 0; ky < k; ky++) {                                                \
+    for (unsigned int kx = 0; kx < k; kx++) {                                              \
+      size_t p = (size_t)(oy * stride + ky) * w + ox * stride + kx;                        \
+      float sum = 0.f;                                                                     \
+      for (unsigned int q = lo; q <= hi; q++) {                                            \
+        float v = LD(img, q * plane + p);                                                  \
+        sum += v * v;                                                                      \
+      }                                                                                    \
+      float d = bias + alpha * sum;                                                        \
+      float v = LD(img, ch * plane + p);                                                   \
+      float y = beta == 0.75f ? v / (sqrtf(d) * sqrtf(sqrtf(d))) : v / powf(d, beta);      \
+      best = fmaxf(best, y);                                                               \
+    }                                                                                      \
+  }                                                                                        \
+  ST(out, i, best);                                                                        \
 }
+LRN_MAX_POOL(lrn_max_pool_f32, float, ld_f32, st_f32)
+LRN_MAX_POOL(lrn_max_pool_bf16, unsigned short, ld_bf16, st_bf16)
+LRN_MAX_POOL(lrn_max_pool_f16, unsigned short, ld_f16, st_f16)
 "#;
 
 #[cfg(test)]
@@ -190,6 +225,54 @@ mod tests {
     use crate::arch::alexnet::{LRN_ALPHA, LRN_BETA, LRN_BIAS, LRN_RADIUS};
     use crate::backbone::layers::{lrn, max_pool_valid};
     use candle_core::Device;
+
+    #[test]
+    fn in_bf16_and_f16_the_kernel_rounds_the_f32_result_once() {
+        // the kernel widens each value, computes in f32 and narrows the result: the CPU
+        // reference on the widened map, narrowed to nearest even, to the bit
+        use crate::kernel_host::{bytes_u16, run, u16_bytes, values};
+        type Narrow = fn(f32) -> u16;
+        type Widen = fn(u16) -> f32;
+        let bf16: (Narrow, Widen) = (
+            |v| half::bf16::from_f32(v).to_bits(),
+            |h| half::bf16::from_bits(h).to_f32(),
+        );
+        let f16: (Narrow, Widen) = (
+            |v| half::f16::from_f32(v).to_bits(),
+            |h| half::f16::from_bits(h).to_f32(),
+        );
+        let (n, c, h, w) = (2usize, 9usize, 7usize, 7usize);
+        let op = LrnMaxPool {
+            radius: 2,
+            alpha: 0.05,
+            beta: 0.75,
+            bias: 1.0,
+            k: 3,
+            stride: 2,
+        };
+        let (ho, wo) = op.out_dims(h, w).unwrap();
+        let total = n * c * ho * wo;
+        for (fmt, (narrow, widen)) in [("bf16", bf16), ("f16", f16)] {
+            let x: Vec<u16> = values(n * c * h * w, 4, 5.0)
+                .iter()
+                .map(|v| narrow(*v))
+                .collect();
+            let wide: Vec<f32> = x.iter().map(|v| widen(*v)).collect();
+            let want: Vec<u16> = crate::kernel_host::cpu_op1(wide, (n, c, h, w), &op)
+                .iter()
+                .map(|v| narrow(*v))
+                .collect();
+            let d = format!(
+                "  auto x = input(0);\n  std::vector<unsigned short> o({total});\n  \
+                 launch({}, 32, [&] {{ lrn_max_pool_{fmt}((const unsigned short*)x.data(), \
+                 o.data(), {n}u, {c}u, {h}u, {w}u, {ho}u, {wo}u, 3u, 2u, 2u, 0.05f, 0.75f, \
+                 1.0f); }});\n  output(0, o.data(), o.size() * 2);",
+                total.div_ceil(32)
+            );
+            let got = bytes_u16(&run(KERNEL, &d, &[&u16_bytes(&x)])[0]);
+            assert_eq!(got, want, "{fmt}");
+        }
+    }
 
     #[test]
     fn the_kernel_run_on_the_host_equals_the_cpu_reference() {
@@ -210,7 +293,7 @@ mod tests {
             let total = n * c * ho * wo;
             let d = format!(
                 "  auto x = input(0);\n  std::vector<float> o({total});\n  \
-                 launch({}, 64, [&] {{ lrn_max_pool((const float*)x.data(), o.data(), {n}u, {c}u, \
+                 launch({}, 64, [&] {{ lrn_max_pool_f32((const float*)x.data(), o.data(), {n}u, {c}u, \
                  {h}u, {w}u, {ho}u, {wo}u, 3u, 2u, 2u, 0.05f, {beta:?}f, 1.0f); }});\n  \
                  output(0, o.data(), o.size() * 4);",
                 total.div_ceil(64)
