@@ -335,13 +335,14 @@ fn train_epoch(
     let manual = model.tail.is_none() && step::supported(&model.head);
     let mut order: Vec<u32> = (0..train.n as u32).collect();
     order.shuffle(&mut rngs.shuffle);
-    let mut sums: Option<(Tensor, Tensor, Tensor)> = None;
+    // (loss, top-1, top-5) summed over the epoch, as one (3,) vector
+    let mut sums: Option<Tensor> = None;
     for chunk in order.chunks(t.batch_size) {
         let (xb, yb) = train.take(chunk)?;
-        let (l, c, k) = if manual {
+        let batch = if manual {
             let out = step::head_step(&model.head, &xb, &yb, t.label_smoothing, &mut rngs.dropout)?;
             opt.step_with(&out.grads, lr)?;
-            (out.loss_sum, out.correct, out.top5)
+            out.sums
         } else {
             let logits = model.forward(&xb, Some(&mut rngs.dropout))?;
             let loss = metrics::cross_entropy(&logits, &yb, t.label_smoothing)?;
@@ -349,21 +350,28 @@ fn train_epoch(
             opt.step(&grads, lr)?;
             let l = (loss.detach() * chunk.len() as f64)?;
             let (_, c, k) = metrics::batch_sums(&logits.detach(), &yb)?;
-            (l, c, k)
+            step::sums3(&l, &c, &k)?
         };
         // running sums stay on the device: no sync per step
         sums = Some(match sums {
-            None => (l, c, k),
-            Some((a, b, d)) => ((a + l)?, (b + c)?, (d + k)?),
+            None => batch,
+            Some(a) => (a + batch)?,
         });
     }
-    let scalar = |t: Tensor| -> Result<f64> { Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?) };
     Ok(match sums {
-        Some((l, c, k)) => Sums {
-            n: train.n,
-            loss: scalar(l)?,
-            correct: scalar(c)?,
-            top5: scalar(k)?,
+        Some(s) => match s.to_vec1::<f32>()?.as_slice() {
+            [loss, correct, top5] => Sums {
+                n: train.n,
+                loss: *loss as f64,
+                correct: *correct as f64,
+                top5: *top5 as f64,
+            },
+            v => {
+                return Err(crate::Error::Other(format!(
+                    "training sums: 3 values expected, got {}",
+                    v.len()
+                )))
+            }
         },
         None => Sums::default(),
     })

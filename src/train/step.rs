@@ -136,8 +136,18 @@ impl candle_core::CustomOp2 for SoftmaxXent {
     }
 }
 
-/// `SoftmaxXent::cpu_fwd`'s loop body as a kernel, one thread per row.
+/// `SoftmaxXent::cpu_fwd`'s loop body as a kernel, one thread per row; and `ColumnSums`, one
+/// thread per column summing the rows in order.
 pub const KERNEL: &str = r#"
+extern "C" __global__ void column_sums(const float* x, float* out, unsigned int rows,
+                                       unsigned int width, unsigned int from, unsigned int count) {
+  unsigned int j = blockIdx.x * blockDim.x + threadIdx.x;
+  if (j >= count) return;
+  float s = 0.f;
+  for (unsigned int r = 0; r < rows; r++) s += x[(size_t)r * width + from + j];
+  out[j] = s;
+}
+
 extern "C" __global__ void softmax_xent_grad(const float* z, const unsigned int* y, float* out,
                                              unsigned int b, unsigned int k, float eps) {
   unsigned int r = blockIdx.x * blockDim.x + threadIdx.x;
@@ -179,7 +189,88 @@ extern "C" __global__ void softmax_xent_grad(const float* z, const unsigned int*
 
 /// (dZ, per-sample loss, top-1, top-5) of the mean smoothed cross-entropy; fused on the CPU
 /// (and on a GPU with `RUNNER_GPU_FUSED=1`), tensor ops elsewhere.
-fn xent_grad(z: &Tensor, y: &Tensor, eps: f64) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
+/// Sums of columns `from..from + count` of a (rows, width) f32 matrix, each over its rows in
+/// order: a (count,) vector. On a GPU one kernel (a thread per column) instead of a reduction
+/// per column; the head step sums its loss, top-1 and top-5 columns with it.
+struct ColumnSums {
+    from: usize,
+    count: usize,
+}
+
+impl ColumnSums {
+    fn check(&self, l: &Layout) -> candle_core::Result<(usize, usize, usize, usize)> {
+        let Some((o0, o1)) = l.contiguous_offsets() else {
+            candle_core::bail!("column-sums: contiguous input expected")
+        };
+        let (rows, width) = l.shape().dims2()?;
+        if self.from + self.count > width || o1 - o0 > u32::MAX as usize {
+            candle_core::bail!(
+                "column-sums: columns {}..{} of a {rows}x{width} matrix",
+                self.from,
+                self.from + self.count
+            )
+        }
+        Ok((o0, o1, rows, width))
+    }
+}
+
+impl candle_core::CustomOp1 for ColumnSums {
+    fn name(&self) -> &'static str {
+        "column-sums"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(v) = s else {
+            candle_core::bail!("column-sums: f32 input expected")
+        };
+        let (o0, o1, rows, width) = self.check(l)?;
+        let x = &v[o0..o1];
+        let out: Vec<f32> = (0..self.count)
+            .map(|j| (0..rows).fold(0f32, |acc, r| acc + x[r * width + self.from + j]))
+            .collect();
+        Ok((CpuStorage::F32(out), Shape::from(self.count)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::cuda::cudarc::driver::{LaunchConfig, PushKernelArg};
+        let (o0, o1, rows, width) = self.check(l)?;
+        let dev = &s.device;
+        let x = s.as_cuda_slice::<f32>()?.slice(o0..o1);
+        // SAFETY: the kernel writes all `count` sums
+        let out = unsafe { dev.alloc::<f32>(self.count)? };
+        let f = dev.get_or_load_custom_func(
+            "column_sums",
+            "runner_softmax_xent_grad",
+            crate::device::compile_kernel(KERNEL)?,
+        )?;
+        let dims = [
+            rows as u32,
+            width as u32,
+            self.from as u32,
+            self.count as u32,
+        ];
+        let mut b = f.builder();
+        b.arg(&x).arg(&out);
+        for d in &dims {
+            b.arg(d);
+        }
+        // SAFETY: the argument list matches `column_sums` in KERNEL
+        unsafe { b.launch(LaunchConfig::for_num_elems(self.count as u32)) }
+            .map_err(candle_core::Error::wrap)?;
+        Ok((
+            candle_core::CudaStorage::wrap_cuda_slice(out, dev.clone()),
+            Shape::from(self.count),
+        ))
+    }
+}
+
+/// dLoss/dlogits of the mean loss, and the batch's (summed loss, top-1 count, top-5 count).
+fn xent_grad(z: &Tensor, y: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
     let (b, k) = z.dims2()?;
     // on a GPU one kernel instead of a dozen small ones, when asked (not yet run on a GPU)
     let fused = cfg!(feature = "cuda") && crate::device::gpu_path(crate::device::GpuPath::Xent);
@@ -187,12 +278,17 @@ fn xent_grad(z: &Tensor, y: &Tensor, eps: f64) -> Result<(Tensor, Tensor, Tensor
         let o = z
             .contiguous()?
             .apply_op2_no_bwd(&y.contiguous()?, &SoftmaxXent { eps: eps as f32 })?;
-        return Ok((
-            o.narrow(1, 0, k)?.contiguous()?,
-            o.narrow(1, k, 1)?,
-            o.narrow(1, k + 1, 1)?,
-            o.narrow(1, k + 2, 1)?,
-        ));
+        let sums = if z.device().is_cpu() {
+            sums3(
+                &o.narrow(1, k, 1)?,
+                &o.narrow(1, k + 1, 1)?,
+                &o.narrow(1, k + 2, 1)?,
+            )?
+        } else {
+            // one kernel for the three column sums (GPU, opt-in with the fused step)
+            o.apply_op1_no_bwd(&ColumnSums { from: k, count: 3 })?
+        };
+        return Ok((o.narrow(1, 0, k)?.contiguous()?, sums));
     }
     let logp = candle_nn::ops::log_softmax(z, D::Minus1)?;
     let onehot = candle_nn::encoding::one_hot(y.clone(), k, 1f32, 0f32)?;
@@ -206,7 +302,13 @@ fn xent_grad(z: &Tensor, y: &Tensor, eps: f64) -> Result<(Tensor, Tensor, Tensor
         .sum_keepdim(1)?;
     let top1 = above.eq(0f64)?.to_dtype(DType::F32)?;
     let top5 = above.lt(5f64)?.to_dtype(DType::F32)?;
-    Ok((dz, loss, top1, top5))
+    Ok((dz, sums3(&loss, &top1, &top5)?))
+}
+
+/// (sum of `loss`, of `top1`, of `top5`) as one (3,) vector.
+pub fn sums3(loss: &Tensor, top1: &Tensor, top5: &Tensor) -> Result<Tensor> {
+    let one = |t: &Tensor| -> Result<Tensor> { Ok(t.sum_all()?.reshape(1)?) };
+    Ok(Tensor::cat(&[one(loss)?, one(top1)?, one(top5)?], 0)?)
 }
 
 /// Derivative of the activation, from its input `z` and output `a`.
@@ -241,13 +343,11 @@ fn mask(
     Ok(Some(Tensor::from_vec(m, shape, dev)?))
 }
 
-/// Gradients of one batch, in `head.vars()` order (w0, b0, w1, b1, ...), plus the batch's summed
-/// loss and correct count (device scalars).
+/// Gradients of one batch, in `head.vars()` order (w0, b0, w1, b1, ...), plus the batch's
+/// (summed loss, top-1 count, top-5 count) as a (3,) vector on the device.
 pub struct StepOut {
     pub grads: Vec<Tensor>,
-    pub loss_sum: Tensor,
-    pub correct: Tensor,
-    pub top5: Tensor,
+    pub sums: Tensor,
 }
 
 pub fn head_step(
@@ -286,7 +386,7 @@ pub fn head_step(
             a = z;
         }
     }
-    let (mut dz, loss, correct, top5) = xent_grad(&a, y, eps)?;
+    let (mut dz, sums) = xent_grad(&a, y, eps)?;
     let mut grads = vec![None; 2 * head.layers.len()];
     for k in (0..=last).rev() {
         let (w, _) = &head.layers[k];
@@ -305,9 +405,7 @@ pub fn head_step(
             .into_iter()
             .map(|g| g.ok_or_else(|| crate::Error::Other("missing gradient".into())))
             .collect::<Result<_>>()?,
-        loss_sum: loss.sum_all()?,
-        correct: correct.sum_all()?,
-        top5: top5.sum_all()?,
+        sums,
     })
 }
 
@@ -316,6 +414,36 @@ mod tests {
     use super::*;
     use candle_core::Device;
     use rand::SeedableRng;
+
+    #[test]
+    fn column_sums_on_the_host_and_on_the_cpu_sum_the_rows_in_order() {
+        use crate::kernel_host::{bytes_f32, f32_bytes, run, values};
+        let (rows, width) = (130usize, 15usize);
+        let x = values(rows * width, 9, 3.0);
+        let op = ColumnSums { from: 12, count: 3 };
+        let want: Vec<f32> = (12..15)
+            .map(|j| (0..rows).fold(0f32, |a, r| a + x[r * width + j]))
+            .collect();
+        let cpu: Vec<f32> = Tensor::from_vec(x.clone(), (rows, width), &Device::Cpu)
+            .unwrap()
+            .apply_op1_no_bwd(&op)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(cpu, want);
+        let d = format!(
+            "  auto x = input(0);\n  std::vector<float> o(3);\n  launch(1, 32, [&] {{ \
+             column_sums((const float*)x.data(), o.data(), {rows}u, {width}u, 12u, 3u); }});\n  \
+             output(0, o.data(), 12);"
+        );
+        assert_eq!(bytes_f32(&run(KERNEL, &d, &[&f32_bytes(&x)])[0]), want);
+        // columns past the matrix are an error, not a read out of bounds
+        let bad = ColumnSums { from: 13, count: 3 };
+        assert!(Tensor::from_vec(x, (rows, width), &Device::Cpu)
+            .unwrap()
+            .apply_op1_no_bwd(&bad)
+            .is_err());
+    }
 
     #[test]
     fn the_xent_kernel_run_on_the_host_equals_the_cpu_op() {
@@ -395,7 +523,7 @@ mod tests {
                     }
                 }
                 let l: f32 = loss.to_scalar().unwrap();
-                let ls: f32 = out.loss_sum.to_scalar().unwrap();
+                let ls: f32 = out.sums.to_vec1::<f32>().unwrap()[0];
                 assert!((ls / 7.0 - l).abs() < 1e-5, "loss {ls} / 7 vs {l}");
             }
         }
