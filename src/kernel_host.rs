@@ -135,6 +135,31 @@ pub fn bytes_u16(b: &[u8]) -> Vec<u16> {
         .collect()
 }
 
+/// A 16-bit float format as the tests use it: name (as in the kernels' `ld_*`/`st_*`), f32 to
+/// its bits rounded to nearest even, and its bits back to f32, as the `half` crate does them.
+pub type HalfFormat = (&'static str, fn(f32) -> u16, fn(u16) -> f32);
+
+pub const HALF_FORMATS: [HalfFormat; 2] = [
+    ("bf16", bf16_narrow, bf16_widen),
+    ("f16", f16_narrow, f16_widen),
+];
+
+fn bf16_narrow(v: f32) -> u16 {
+    half::bf16::from_f32(v).to_bits()
+}
+
+fn bf16_widen(h: u16) -> f32 {
+    half::bf16::from_bits(h).to_f32()
+}
+
+fn f16_narrow(v: f32) -> u16 {
+    half::f16::from_f32(v).to_bits()
+}
+
+fn f16_widen(h: u16) -> f32 {
+    half::f16::from_bits(h).to_f32()
+}
+
 /// A one-input op's output on the CPU, as f32 values: the reference a kernel is held to.
 pub fn cpu_op1<T: candle_core::WithDType>(
     data: Vec<T>,

@@ -600,17 +600,7 @@ mod tests {
                 );
             }
             // bf16 and f16: the sum in f32 of the widened values, rounded to nearest even
-            type Narrow = fn(f32) -> u16;
-            type Widen = fn(u16) -> f32;
-            let bf16: (Narrow, Widen) = (
-                |v| half::bf16::from_f32(v).to_bits(),
-                |h| half::bf16::from_bits(h).to_f32(),
-            );
-            let f16: (Narrow, Widen) = (
-                |v| half::f16::from_f32(v).to_bits(),
-                |h| half::f16::from_bits(h).to_f32(),
-            );
-            for (fmt, (narrow, widen)) in [("bf16", bf16), ("f16", f16)] {
+            for (fmt, narrow, widen) in crate::kernel_host::HALF_FORMATS {
                 let yh: Vec<u16> = y.iter().map(|v| narrow(*v)).collect();
                 let bh: Vec<u16> = b.iter().map(|v| narrow(*v)).collect();
                 let got = bytes_u16(&bias_act_on_host(

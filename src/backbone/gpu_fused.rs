@@ -231,16 +231,6 @@ mod tests {
         // the kernel widens each value, computes in f32 and narrows the result: the CPU
         // reference on the widened map, narrowed to nearest even, to the bit
         use crate::kernel_host::{bytes_u16, run, u16_bytes, values};
-        type Narrow = fn(f32) -> u16;
-        type Widen = fn(u16) -> f32;
-        let bf16: (Narrow, Widen) = (
-            |v| half::bf16::from_f32(v).to_bits(),
-            |h| half::bf16::from_bits(h).to_f32(),
-        );
-        let f16: (Narrow, Widen) = (
-            |v| half::f16::from_f32(v).to_bits(),
-            |h| half::f16::from_bits(h).to_f32(),
-        );
         let (n, c, h, w) = (2usize, 9usize, 7usize, 7usize);
         let op = LrnMaxPool {
             radius: 2,
@@ -252,7 +242,7 @@ mod tests {
         };
         let (ho, wo) = op.out_dims(h, w).unwrap();
         let total = n * c * ho * wo;
-        for (fmt, (narrow, widen)) in [("bf16", bf16), ("f16", f16)] {
+        for (fmt, narrow, widen) in crate::kernel_host::HALF_FORMATS {
             let x: Vec<u16> = values(n * c * h * w, 4, 5.0)
                 .iter()
                 .map(|v| narrow(*v))

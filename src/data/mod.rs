@@ -5,6 +5,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+mod bilinear;
 pub mod files;
 pub mod folder;
 pub mod fused_input;

@@ -10,25 +10,7 @@ use crate::error::Result;
 
 pub use crate::spec::ResizeMethod;
 
-/// The two source indices of output `o` (of `out`, from `inp`) and the weight of the second:
-/// `src = o * inp / out` (TF1) or `(o + 0.5) * inp / out - 0.5` (half-pixel), in f64,
-/// floored and clamped to the image.
-pub fn bilinear_taps(
-    o: usize,
-    inp: usize,
-    out: usize,
-    method: ResizeMethod,
-) -> (usize, usize, f32) {
-    let scale = inp as f64 / out as f64;
-    let src = match method {
-        ResizeMethod::Tf1 => o as f64 * scale,
-        ResizeMethod::HalfPixel => (o as f64 + 0.5) * scale - 0.5,
-    };
-    let f = src.floor();
-    let lo = (f.max(0.0) as usize).min(inp - 1);
-    let hi = ((f + 1.0).max(0.0) as usize).min(inp - 1);
-    (lo, hi, (src - f) as f32)
-}
+use super::bilinear::bilinear_taps;
 
 /// The `out x inp` bilinear interpolation matrix.
 pub fn interp_matrix(inp: usize, out: usize, method: ResizeMethod) -> Vec<f32> {
@@ -168,5 +150,39 @@ mod tests {
         assert_eq!(t.dims(), &[1, 3, 11, 11]);
         let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
         assert!(v.iter().all(|&x| (x - 77.0).abs() < 1e-4));
+    }
+
+    #[test]
+    fn one_pass_resize_matches_the_matrix_products() {
+        let dev = Device::Cpu;
+        for (h, w, s, method) in [
+            (32, 32, 227, ResizeMethod::Tf1),
+            (37, 23, 64, ResizeMethod::HalfPixel),
+            (300, 260, 224, ResizeMethod::Tf1),
+            (16, 16, 16, ResizeMethod::Tf1),
+        ] {
+            let n = 2;
+            let px: Vec<u8> = (0..n * h * w * 3)
+                .map(|i| ((i * 37 + i / 7) % 256) as u8)
+                .collect();
+            let want = to_input(&px, n, h, w, s, method, &dev).unwrap();
+            let x = Tensor::from_slice(&px, (n, h, w, 3), &dev).unwrap();
+            let got = super::super::fused_input::FusedResize { size: s, method }
+                .apply(&x)
+                .unwrap();
+            assert_eq!(got.dims(), want.dims());
+            let d = (got - &want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            // pixel values are 0..255; float rounding of the two orders of the same sums
+            assert!(d < 2e-4, "{h}x{w} -> {s} {method:?}: max difference {d}");
+        }
     }
 }
