@@ -51,9 +51,10 @@ fn main() {
         head,
         backbone_dropout: 0.0,
         tail_pool: runner::spec::Pool::None,
+        backends: Default::default(),
     };
     let mut last = Instant::now();
-    runner::device::in_worker_pool(|| {
+    runner::threads::in_worker_pool(|| {
         train::fit(&spec, &model, &split, &val, &dev, |s, _| {
             println!(
             "runner head epoch {}: train {:.4} s (total {:.4} s incl. eval of 1024), loss {:.4}",

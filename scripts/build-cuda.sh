@@ -71,22 +71,18 @@ if [ "${CLIPPY:-0}" = 1 ]; then
   cargo clippy --release --features "$features" --all-targets -- -D warnings
 fi
 
-# runner's own CUDA kernels are compiled by nvrtc when first used (on a GPU); compile each here
-# with the wheel's nvcc too, so a kernel that does not compile fails the build, not a GPU run.
-for src in $(grep -l 'pub const KERNEL: &str = r#"' src -r); do
-  cu="$CARGO_TARGET_DIR/$(basename "$src" .rs).cu"
-  "$venv/bin/python" - "$src" "$cu" <<'PY'
-import re, sys
-text = open(sys.argv[1]).read()
-# every kernel is compiled after the shared prelude, as device::compile_kernel does
-prelude = re.search(r'pub const KERNEL_PRELUDE: &str = r#"(.*?)"#;', open("src/device.rs").read(), re.S).group(1)
-kernel = re.search(r'pub const KERNEL: &str = r#"(.*?)"#;', text, re.S).group(1)
-open(sys.argv[2], "w").write(prelude + "\n" + kernel)
-PY
-  "$NVCC" --ptx -arch=compute_75 -o "${cu%.cu}.ptx" "$cu" || { echo "build-cuda: $src: its KERNEL does not compile" >&2; exit 1; }
+# runner's own CUDA kernels (src/gpu/kernels/*.cu) are compiled by nvrtc when first used (on a
+# GPU), each after prelude.cu; compile each here with the wheel's nvcc too, so a kernel that does
+# not compile fails the build, not a GPU run.
+kernels=src/gpu/kernels
+for src in "$kernels"/*.cu; do
+  [ "$(basename "$src")" = prelude.cu ] && continue
+  cu="$CARGO_TARGET_DIR/kernel-$(basename "$src")"
+  cat "$kernels/prelude.cu" "$src" >"$cu"
+  "$NVCC" --ptx -arch=compute_75 -o "${cu%.cu}.ptx" "$cu" || { echo "build-cuda: $src does not compile" >&2; exit 1; }
   # and the PTX (inline asm included) assembles for the target GPU, as the driver will do
   "$CUDA_HOME/bin/ptxas" -arch="sm_$CUDA_COMPUTE_CAP" -o "${cu%.cu}.cubin" "${cu%.cu}.ptx" ||
-    { echo "build-cuda: $src: its KERNEL's PTX does not assemble for sm_$CUDA_COMPUTE_CAP" >&2; exit 1; }
-  echo "build-cuda: $src: KERNEL compiles (nvcc --ptx compute_75; ptxas sm_$CUDA_COMPUTE_CAP)"
+    { echo "build-cuda: $src: its PTX does not assemble for sm_$CUDA_COMPUTE_CAP" >&2; exit 1; }
+  echo "build-cuda: $src compiles (nvcc --ptx compute_75; ptxas sm_$CUDA_COMPUTE_CAP)"
 done
 echo "build-cuda: built $CARGO_TARGET_DIR/release/runner (features: $features, sm_$CUDA_COMPUTE_CAP, CUDA wheels $version)"

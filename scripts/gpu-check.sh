@@ -212,7 +212,7 @@ if [ "${GPU_CHECK_PROFILE:-1}" = 1 ]; then
     for net in alexnet vgg16; do
       for cfg in bf16 f32; do
         [ "$dev" = cpu ] && [ "$cfg" = bf16 ] && continue
-        RUNNER_PROFILE=1 RUST_LOG="warn,runner::backbone::gpu_conv=debug" RUNNER_GPU_FUSED=$fused \
+        RUNNER_PROFILE=1 RUST_LOG="warn,runner::gpu::conv=debug" RUNNER_GPU_FUSED=$fused \
           "$bin" bench "$net.toml" --batches 40 --epochs 1 --set run.device=$dev \
           --set run.extract_batch=256 --set run.dtype=$cfg --set run.tf32=false \
           >/dev/null 2>"$det/profile-$net-$cfg$tag.txt" ||

@@ -26,7 +26,7 @@ pub struct BenchReport {
 }
 
 pub fn run(spec: &Spec, batches: usize, epochs: usize) -> Result<BenchReport> {
-    crate::device::in_worker_pool(|| run_here(spec, batches, epochs))
+    crate::threads::in_worker_pool(|| run_here(spec, batches, epochs))
 }
 
 fn run_here(spec: &Spec, batches: usize, epochs: usize) -> Result<BenchReport> {
@@ -139,6 +139,7 @@ fn time_head(
         head,
         backbone_dropout: 0.0,
         tail_pool: crate::spec::Pool::None,
+        backends: spec.backends,
     };
     let mut bench_spec = spec.clone();
     bench_spec.train.epochs = epochs.max(1);

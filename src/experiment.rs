@@ -26,14 +26,8 @@ use crate::train::{self, FitOutcome, Model};
 /// neither what is computed nor, up to rounding, the numbers, and a sweep's workers each set
 /// their own device.
 pub fn run_id(spec: &Spec) -> String {
-    let mut raw = spec.raw.clone();
     // Where results go and how features are cached do not change them; the number format does.
-    raw.run = crate::spec::RunSection {
-        dtype: raw.run.dtype,
-        tf32: raw.run.tf32,
-        ..Default::default()
-    };
-    let text = toml::to_string(&raw).unwrap_or_default();
+    let text = spec.identity_toml();
     let h = format!("{:x}", Sha256::digest(text.as_bytes()));
     if spec.point_label.is_empty() {
         h[..10].to_string()
@@ -69,14 +63,14 @@ pub struct Outcome {
 
 /// Run one experiment (on a worker of a rayon pool: see `device::in_worker_pool`).
 pub fn run(spec: &Spec, mode: Mode) -> Result<Outcome> {
-    crate::device::in_worker_pool(|| run_here(spec, mode, false))
+    crate::threads::in_worker_pool(|| run_here(spec, mode, false))
         .and_then(|o| o.ok_or_else(|| Error::Other("run skipped".into())))
 }
 
 /// Run a sweep point; with `skip_finished`, `None` when it is finished (checked under the run's
 /// lock, so a point another process just finished is not run again).
 pub fn run_point(spec: &Spec, mode: Mode, skip_finished: bool) -> Result<Option<Outcome>> {
-    crate::device::in_worker_pool(|| run_here(spec, mode, skip_finished))
+    crate::threads::in_worker_pool(|| run_here(spec, mode, skip_finished))
 }
 
 /// The stages of one run, in order: lock the run, load the data, get the frozen features,

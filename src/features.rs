@@ -39,7 +39,13 @@ pub fn load_network(spec: &Spec, device: &Device) -> Result<Network> {
             spec.precision.name()
         )));
     }
-    let mut net = Network::new_until(spec.arch, &set, device, spec.output)?;
+    let mut net = Network::new_until(
+        spec.arch,
+        &set,
+        device,
+        spec.output,
+        (&spec.preprocess, spec.backends),
+    )?;
     net.cast_frozen(spec.freeze, spec.precision.dtype())?;
     Ok(net)
 }
@@ -49,8 +55,8 @@ pub fn load_options(spec: &Spec) -> crate::data::LoadOptions {
         num_classes: spec.num_classes,
         image_size: spec.image_size,
         resize: spec.resize,
-        on_bad: spec.raw.dataset.on_bad_image,
-        crop: spec.raw.dataset.crop,
+        on_bad: spec.on_bad_image,
+        crop: spec.crop,
         labels: spec.labels_path.clone(),
     }
 }
@@ -331,11 +337,22 @@ impl<'a> FeatureSource<'a> {
                 self.spec.freeze_name().to_string()
             },
             data: dataset_hash(data)?,
-            preprocessing: format!(
-                "resize={};size={}",
-                self.spec.resize.name(),
-                self.spec.input_size
-            ),
+            preprocessing: {
+                let mut p = format!(
+                    "resize={};size={}",
+                    self.spec.resize.name(),
+                    self.spec.input_size
+                );
+                // backbone.mean/std: another entry; keys without them are as before
+                let b = &self.spec.preprocess;
+                if *b != self.spec.arch.preprocess() {
+                    p += &format!(
+                        ";bgr={};scale={};mean={:?};std={:?}",
+                        b.bgr, b.scale, b.mean, b.std
+                    );
+                }
+                p
+            },
             dtype: self
                 .spec
                 .precision
@@ -500,7 +517,7 @@ pub fn extract_shard(spec: &Spec, index: usize, count: usize, mode: Mode) -> Res
             "shard {index} of {count}: the index must be below the count (e.g. 0/4 .. 3/4)"
         )));
     }
-    crate::device::in_worker_pool(|| {
+    crate::threads::in_worker_pool(|| {
         crate::spec::budget::check_memory(spec)?;
         let device = crate::device::select(spec.device, spec.tf32)?;
         let data = load_run_data(spec)?;
@@ -537,7 +554,7 @@ impl Sink {
         let per: usize = spec.feature_shape().iter().product();
         // the host copy, then the device copy of the splits
         let bytes = (n as u64).saturating_mul(per as u64).saturating_mul(8);
-        crate::device::ensure_fits(
+        crate::memory::ensure_fits(
             || {
                 format!(
                     "{what}: the {} features of {n} samples ({per} values each, backbone.freeze = {:?}; run.cache = true reads them from disk instead)",
@@ -590,6 +607,8 @@ pub struct Extractor<'a> {
     pub input: usize,
     /// Global pooling of the output (`backbone.pool`, when the head reads `until`).
     pub pool: Pool,
+    /// Which implementations preprocessing and copies run (the run's choice).
+    pub backends: crate::backend::Backends,
 }
 
 impl<'a> Extractor<'a> {
@@ -608,6 +627,7 @@ impl<'a> Extractor<'a> {
             } else {
                 Pool::None
             },
+            backends: spec.backends,
         }
     }
 
@@ -623,12 +643,11 @@ impl<'a> Extractor<'a> {
         let x = crate::profile::time("preprocess", self.device, || {
             preprocess::to_input(
                 px,
-                count,
-                data.height,
-                data.width,
+                (count, data.height, data.width),
                 self.input,
                 self.resize,
                 self.device,
+                &self.backends,
             )
         })?;
         let f = self.net.forward_until(&x, self.until)?;
@@ -669,13 +688,13 @@ impl<'a> Extractor<'a> {
         // to `sink` one batch later, once the next batch has been launched, so a GPU does not
         // wait for the host between batches. (On the CPU the copy is not asynchronous and only
         // the order changes, which lets tests without a GPU hold it to the direct path.)
-        let defer = crate::device::gpu_path(crate::device::GpuPath::Download);
-        let mut pending: Option<(Vec<usize>, crate::device::Download)> = None;
+        let defer = self.backends.fused(crate::backend::GpuPath::Download);
+        let mut pending: Option<(Vec<usize>, crate::gpu::Download)> = None;
         let mut one = |kept: &[usize], px: &[u8], count: usize, decode_s: f64| -> Result<()> {
             if !kept.is_empty() {
                 let f = self.run(data, px, kept.len())?;
                 if defer {
-                    let d = crate::device::download_f32(&f)?;
+                    let d = crate::gpu::download_f32(&f, true)?;
                     if let Some((k, prev)) = pending.replace((kept.to_vec(), d)) {
                         sink(&k, prev.wait()?)?;
                     }
@@ -748,14 +767,15 @@ impl<'a> Extractor<'a> {
     }
 }
 
-/// Flatten features as the seed's TensorFlow graph would: NHWC for feature maps.
 pub use crate::backbone::layers::global_pool;
 
-pub fn flatten_tf_order(f: &Tensor) -> Result<Tensor> {
-    let f = if f.rank() == 4 {
-        f.permute((0, 2, 3, 1))?
-    } else {
-        f.clone()
+/// Flatten a batch of features into rows in `order`: a feature map's values in (H, W, C)
+/// order for the seed's TensorFlow graphs (AlexNet, VGG), (C, H, W) for PyTorch's; vectors as
+/// they are.
+pub fn flatten_rows(f: &Tensor, order: crate::arch::FlattenOrder) -> Result<Tensor> {
+    let f = match (f.rank(), order) {
+        (4, crate::arch::FlattenOrder::Nhwc) => f.permute((0, 2, 3, 1))?,
+        _ => f.clone(),
     };
     Ok(f.flatten_from(1)?.contiguous()?)
 }
@@ -769,7 +789,7 @@ pub struct ExtractReport {
 /// `runner extract`: every sample, in file order, through the backbone up to `backbone.freeze`,
 /// streamed into an `.npz` (memory stays at one batch whatever N is), written atomically.
 pub fn extract_to_npz(spec: &Spec, out: &Path) -> Result<ExtractReport> {
-    crate::device::in_worker_pool(|| extract_here(spec, out))
+    crate::threads::in_worker_pool(|| extract_here(spec, out))
 }
 
 /// The samples of `data` whose images decode: all of them, except for images read from files
@@ -802,6 +822,7 @@ fn extract_here(spec: &Spec, out: &Path) -> Result<ExtractReport> {
     let net = load_network(spec, &device)?;
     let dim: usize = spec.feature_shape().iter().product();
     let ex = Extractor::new(spec, &net, spec.extract_batch_for(&device), &device);
+    let order = spec.arch.desc().flatten;
     let t0 = Instant::now();
 
     let mut file = AtomicFile::create(out)?;
@@ -818,7 +839,7 @@ fn extract_here(spec: &Spec, out: &Path) -> Result<ExtractReport> {
             .map_err(ioerr)?;
         let mut labels = Vec::with_capacity(data.n);
         ex.for_each(&data, |kept, f| {
-            let rows: Vec<f32> = flatten_tf_order(&f)?.flatten_all()?.to_vec1()?;
+            let rows: Vec<f32> = flatten_rows(&f, order)?.flatten_all()?.to_vec1()?;
             let bytes: Vec<u8> = rows.iter().flat_map(|v| v.to_le_bytes()).collect();
             zip.write_all(&bytes).map_err(ioerr)?;
             labels.extend(kept.iter().map(|&i| data.labels[i]));

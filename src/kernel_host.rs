@@ -62,7 +62,7 @@ template <class F> static void launch(unsigned int grid, unsigned int block, F f
 }
 "#;
 
-/// Compile `kernel` (a `KERNEL` source, after `device::KERNEL_PRELUDE` as on the device) with `driver` (a C++ body for `main`, using the helpers
+/// Compile `kernel` (a `KERNEL` source, after `gpu::kernels::PRELUDE` as on the device) with `driver` (a C++ body for `main`, using the helpers
 /// above) on the host, run it on `inputs`, and return its outputs. `main`'s body reads input `i`
 /// with `input(i)` and writes output `i` with `output(i, pointer, bytes)`; there are as many
 /// outputs as inputs (an unused one may be left unwritten: it comes back empty).
@@ -75,7 +75,7 @@ pub fn run(kernel: &str, driver: &str, inputs: &[&[u8]]) -> Vec<Vec<u8>> {
         format!(
             "{SHIM}\n{}\n{kernel}\n{DRIVER_HELPERS}\nint main(int argc, char** argv) {{\n  \
              (void)argc;\n  g_argv = argv;\n{driver}\n  return 0;\n}}\n",
-            crate::device::KERNEL_PRELUDE
+            crate::gpu::kernels::PRELUDE
         ),
     )
     .expect("write the host kernel source");

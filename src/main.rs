@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use runner::sweep::Selection;
 use runner::{features, spec, weights, Error};
@@ -41,137 +41,34 @@ enum Cmd {
         specs: Vec<PathBuf>,
     },
     /// Run the points of a sweep (finished points are skipped unless --force)
-    Sweep {
-        spec: PathBuf,
-        /// Run only point I
-        #[arg(long, conflicts_with = "shard")]
-        index: Option<usize>,
-        /// Run every point whose index % N == I, e.g. --shard 0/4
-        #[arg(long)]
-        shard: Option<String>,
-        /// Points run at once, each in its own process with cores/N threads
-        #[arg(long, default_value_t = 1)]
-        jobs: usize,
-        /// Devices for the workers, e.g. cuda:0,cuda:1 (worker k uses device k mod count)
-        #[arg(long, value_delimiter = ',')]
-        devices: Vec<String>,
-        /// Rerun finished points
-        #[arg(long)]
-        force: bool,
-        /// With --jobs N: extract the features first as N shard processes, one per worker
-        /// and device, then run the points from the stored shards
-        #[arg(long)]
-        extract_shards: bool,
-    },
+    Sweep(SweepArgs),
     /// Print the points of a sweep (index, run id, overrides) without running
     Plan { spec: PathBuf },
     /// Report which points are done, started or missing
     Status { spec: PathBuf },
     /// Submit a sweep to Slurm as a job array (one task per point)
-    Slurm {
-        spec: PathBuf,
-        #[arg(long)]
-        partition: Option<String>,
-        #[arg(long)]
-        gpus_per_task: Option<usize>,
-        /// Wall-clock limit per task, e.g. 01:00:00
-        #[arg(long)]
-        time: Option<String>,
-        /// At most K tasks at once (--array=...%K)
-        #[arg(long)]
-        max_parallel: Option<usize>,
-        /// Extra #SBATCH lines, e.g. --sbatch-arg=--mem=8G (repeatable)
-        #[arg(long = "sbatch-arg", allow_hyphen_values = true)]
-        sbatch_args: Vec<String>,
-        /// Write the script without submitting it
-        #[arg(long)]
-        dry_run: bool,
-        /// Extract features first as an array of N tasks (one shard of the cache entry each);
-        /// the sweep's array starts when all succeeded (--dependency=afterok)
-        #[arg(long, default_value_t = 0)]
-        extract_shards: usize,
-    },
+    Slurm(SlurmArgs),
     /// Compute one shard of a spec's frozen features into the feature cache, e.g. --shard 0/4
     /// (what `runner slurm --extract-shards` runs in each task)
     #[command(hide = true)]
-    ExtractShard {
-        spec: PathBuf,
-        #[arg(long)]
-        shard: String,
-    },
+    ExtractShard(ExtractShardArgs),
     /// Compare runs and epoch timings across devices and machines (folders, epochs.csv, summary.csv)
-    Compare {
-        #[arg(required = true)]
-        paths: Vec<PathBuf>,
-        /// Grouping keys (device_name, experiment, backbone, freeze, batch_size, dtype, lr, hidden, optimizer)
-        #[arg(long, value_delimiter = ',')]
-        by: Vec<String>,
-        /// table | csv | markdown | json
-        #[arg(long, default_value = "table")]
-        format: String,
-        /// Add a speed-up column relative to the first row whose keys contain this text
-        #[arg(long)]
-        baseline: Option<String>,
-    },
+    Compare(CompareArgs),
     /// Classify images (files, folders, or train.p-style pickles) with a finished run's head
-    Predict {
-        run_dir: PathBuf,
-        #[arg(required = true)]
-        inputs: Vec<PathBuf>,
-        /// Classes shown per image
-        #[arg(long, default_value_t = 5)]
-        top: usize,
-        /// table | csv | json
-        #[arg(long, default_value = "table")]
-        format: String,
-    },
+    Predict(PredictArgs),
     /// Time extraction and head epochs on the spec's device without a full run (rows for compare)
-    Bench {
-        spec: PathBuf,
-        /// Extraction batches timed (the first is warm-up)
-        #[arg(long, default_value_t = 4)]
-        batches: usize,
-        /// Head epochs timed on the extracted features
-        #[arg(long, default_value_t = 3)]
-        epochs: usize,
-    },
+    Bench(BenchArgs),
     /// Draw learning curves, epoch times per device, or accuracy vs epoch time (.svg or .png)
-    Plot {
-        #[arg(required = true)]
-        paths: Vec<PathBuf>,
-        #[arg(long)]
-        out: PathBuf,
-        /// curves | times | scatter
-        #[arg(long, default_value = "curves")]
-        kind: String,
-        /// Grouping keys for `times` (as for compare)
-        #[arg(long, value_delimiter = ',')]
-        by: Vec<String>,
-    },
+    Plot(PlotArgs),
     /// One self-contained HTML page over runs from any number of machines (runs, timing by
     /// device, learning curves, swept settings, the best run's confusion matrix, machines)
-    Report {
-        #[arg(required = true)]
-        paths: Vec<PathBuf>,
-        #[arg(long)]
-        out: PathBuf,
-        /// Grouping keys of the timing table (as for compare)
-        #[arg(long, value_delimiter = ',')]
-        by: Vec<String>,
-        /// Add a speed-up column relative to the first row whose keys contain this text
-        #[arg(long)]
-        baseline: Option<String>,
-    },
+    Report(ReportArgs),
     /// Validate experiment files without running them
     Check { specs: Vec<PathBuf> },
     /// List the devices this runner can use (CPU, and GPUs when built with CUDA)
     Devices,
     /// Write the frozen backbone's features of every sample to an .npz (features, labels)
-    Extract {
-        spec: PathBuf,
-        #[arg(long)]
-        out: PathBuf,
-    },
+    Extract(ExtractArgs),
     /// Inspect or convert weight files
     #[command(subcommand)]
     Weights(WeightsCmd),
@@ -183,17 +80,7 @@ enum Cmd {
 #[derive(Subcommand)]
 enum DataCmd {
     /// Write the synthetic traffic-sign set in the train.p format (43 classes, 32x32)
-    Synth {
-        #[arg(long)]
-        out: PathBuf,
-        #[arg(long, default_value_t = 40)]
-        per_class: usize,
-        #[arg(long, default_value_t = 42)]
-        seed: u64,
-        /// Also save a PNG grid with 8 images of every class
-        #[arg(long)]
-        preview: Option<PathBuf>,
-    },
+    Synth(SynthArgs),
 }
 
 #[derive(Subcommand)]
@@ -201,16 +88,193 @@ enum WeightsCmd {
     /// List the tensors a weights file stores (name, shape, dtype), as stored
     Inspect { file: PathBuf },
     /// Convert to .safetensors in runner's (candle) layout, checked against an architecture
-    Convert {
-        input: PathBuf,
-        output: PathBuf,
-        #[arg(long, default_value = "alexnet")]
-        arch: String,
-        /// Convert the layers up to this one only (a convolutional base without fc layers:
-        /// --until pool5)
-        #[arg(long)]
-        until: Option<String>,
-    },
+    Convert(ConvertArgs),
+}
+
+#[derive(Args)]
+struct SweepArgs {
+    spec: PathBuf,
+    /// Run only point I
+    #[arg(long, conflicts_with = "shard")]
+    index: Option<usize>,
+    /// Run every point whose index % N == I, e.g. --shard 0/4
+    #[arg(long, value_name = "I/N")]
+    shard: Option<String>,
+    /// Points run at once, each in its own process with cores/N threads
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
+    /// Devices for the workers, e.g. cuda:0,cuda:1 (worker k uses device k mod count)
+    #[arg(long, value_delimiter = ',')]
+    devices: Vec<String>,
+    /// Rerun finished points
+    #[arg(long)]
+    force: bool,
+    /// With --jobs N: extract the features first as N shard processes, one per worker
+    /// and device, then run the points from the stored shards
+    #[arg(long)]
+    extract_shards: bool,
+}
+
+#[derive(Args)]
+struct SlurmArgs {
+    spec: PathBuf,
+    #[arg(long)]
+    partition: Option<String>,
+    #[arg(long)]
+    gpus_per_task: Option<usize>,
+    /// Wall-clock limit per task, e.g. 01:00:00
+    #[arg(long)]
+    time: Option<String>,
+    /// At most K tasks at once (--array=...%K)
+    #[arg(long)]
+    max_parallel: Option<usize>,
+    /// Extra #SBATCH lines, e.g. --sbatch-arg=--mem=8G (repeatable)
+    #[arg(long = "sbatch-arg", allow_hyphen_values = true)]
+    sbatch_args: Vec<String>,
+    /// Write the script without submitting it
+    #[arg(long)]
+    dry_run: bool,
+    /// Extract features first as an array of N tasks (one shard of the cache entry each);
+    /// the sweep's array starts when all succeeded (--dependency=afterok)
+    #[arg(long, default_value_t = 0)]
+    extract_shards: usize,
+}
+
+#[derive(Args)]
+struct ExtractShardArgs {
+    spec: PathBuf,
+    #[arg(long, value_name = "I/N")]
+    shard: String,
+}
+
+/// How `compare` prints its table.
+#[derive(Clone, Copy, ValueEnum)]
+enum TableFormat {
+    Table,
+    Csv,
+    Markdown,
+    Json,
+}
+
+#[derive(Args)]
+struct CompareArgs {
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// Grouping keys (device_name, experiment, backbone, freeze, batch_size, dtype, lr, hidden, optimizer)
+    #[arg(long, value_delimiter = ',')]
+    by: Vec<String>,
+    #[arg(long, value_enum, default_value_t = TableFormat::Table)]
+    format: TableFormat,
+    /// Add a speed-up column relative to the first row whose keys contain this text
+    #[arg(long)]
+    baseline: Option<String>,
+}
+
+/// How `predict` prints its classes.
+#[derive(Clone, Copy, ValueEnum)]
+enum PredictFormat {
+    Table,
+    Csv,
+    Json,
+}
+
+#[derive(Args)]
+struct PredictArgs {
+    run_dir: PathBuf,
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    /// Classes shown per image
+    #[arg(long, default_value_t = 5)]
+    top: usize,
+    #[arg(long, value_enum, default_value_t = PredictFormat::Table)]
+    format: PredictFormat,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    spec: PathBuf,
+    /// Extraction batches timed (the first is warm-up)
+    #[arg(long, default_value_t = 4)]
+    batches: usize,
+    /// Head epochs timed on the extracted features
+    #[arg(long, default_value_t = 3)]
+    epochs: usize,
+}
+
+/// What `plot` draws.
+#[derive(Clone, Copy, ValueEnum)]
+enum PlotKind {
+    /// learning curves
+    Curves,
+    /// epoch times per device (or the `--by` keys)
+    Times,
+    /// accuracy against epoch time
+    Scatter,
+}
+
+#[derive(Args)]
+struct PlotArgs {
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, value_enum, default_value_t = PlotKind::Curves)]
+    kind: PlotKind,
+    /// Grouping keys for `times` (as for compare)
+    #[arg(long, value_delimiter = ',')]
+    by: Vec<String>,
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    #[arg(long)]
+    out: PathBuf,
+    /// Grouping keys of the timing table (as for compare)
+    #[arg(long, value_delimiter = ',')]
+    by: Vec<String>,
+    /// Add a speed-up column relative to the first row whose keys contain this text
+    #[arg(long)]
+    baseline: Option<String>,
+}
+
+#[derive(Args)]
+struct ExtractArgs {
+    spec: PathBuf,
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct SynthArgs {
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 40)]
+    per_class: usize,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Also save a PNG grid with 8 images of every class
+    #[arg(long)]
+    preview: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ConvertArgs {
+    input: PathBuf,
+    output: PathBuf,
+    #[arg(long, default_value = "alexnet")]
+    arch: String,
+    /// Convert the layers up to this one only (a convolutional base without fc layers:
+    /// --until pool5)
+    #[arg(long)]
+    until: Option<String>,
+}
+
+/// The options every subcommand shares.
+struct Global {
+    sets: Vec<String>,
+    quiet: bool,
 }
 
 /// A line on standard output; a closed pipe ends the command quietly (`Error::ClosedOutput`).
@@ -360,128 +424,54 @@ fn report(r: runner::sweep::Report) -> Result<(), Error> {
 
 /// The subcommands, each to its function.
 fn run(cli: Cli) -> Result<(), Error> {
-    let (sets, quiet) = (&cli.sets, cli.quiet);
+    let g = Global {
+        sets: cli.sets,
+        quiet: cli.quiet,
+    };
     let Some(cmd) = cli.cmd else {
-        return run_specs(&cli.specs, sets, quiet);
+        return run_specs(&cli.specs, &g.sets, g.quiet);
     };
     match cmd {
-        Cmd::Run { specs } => run_specs(&specs, sets, quiet),
-        Cmd::Sweep {
-            spec,
-            index,
-            shard,
-            jobs,
-            devices,
-            force,
-            extract_shards,
-        } => cmd_sweep(
-            &spec,
-            index,
-            shard,
-            jobs,
-            devices,
-            force,
-            extract_shards,
-            sets,
-            quiet,
-        ),
-        Cmd::Compare {
-            paths,
-            by,
-            format,
-            baseline,
-        } => cmd_compare(&paths, by, &format, baseline.as_deref()),
-        Cmd::Predict {
-            run_dir,
-            inputs,
-            top,
-            format,
-        } => cmd_predict(&run_dir, &inputs, top, &format),
-        Cmd::Bench {
-            spec,
-            batches,
-            epochs,
-        } => cmd_bench(&spec, batches, epochs, sets),
-        Cmd::Plot {
-            paths,
-            out,
-            kind,
-            by,
-        } => cmd_plot(&paths, &out, &kind, by, quiet),
-        Cmd::Report {
-            paths,
-            out,
-            by,
-            baseline,
-        } => cmd_report(&paths, &out, by, baseline, quiet),
-        Cmd::Plan { spec } => cmd_plan(&spec, sets),
-        Cmd::Status { spec } => cmd_status(&spec, sets),
-        Cmd::Slurm {
-            spec,
-            partition,
-            gpus_per_task,
-            time,
-            max_parallel,
-            sbatch_args,
-            dry_run,
-            extract_shards,
-        } => {
-            let o = runner::sweep::SlurmOptions {
-                extract_shards,
-                partition,
-                gpus_per_task,
-                time,
-                max_parallel,
-                sbatch_args,
-                sets: sets.clone(),
-                dry_run,
-            };
-            cmd_slurm(&spec, &o)
-        }
-        Cmd::Data(DataCmd::Synth {
-            out,
-            per_class,
-            seed,
-            preview,
-        }) => cmd_synth(&out, per_class, seed, preview.as_deref(), quiet),
+        Cmd::Run { specs } => run_specs(&specs, &g.sets, g.quiet),
+        Cmd::Sweep(a) => cmd_sweep(a, &g),
+        Cmd::Compare(a) => cmd_compare(a),
+        Cmd::Predict(a) => cmd_predict(a),
+        Cmd::Bench(a) => cmd_bench(a, &g),
+        Cmd::Plot(a) => cmd_plot(a, &g),
+        Cmd::Report(a) => cmd_report(a, &g),
+        Cmd::Plan { spec } => cmd_plan(&spec, &g.sets),
+        Cmd::Status { spec } => cmd_status(&spec, &g.sets),
+        Cmd::Slurm(a) => cmd_slurm(a, &g),
+        Cmd::Data(DataCmd::Synth(a)) => cmd_synth(a, &g),
         Cmd::Devices => cmd_devices(),
-        Cmd::Check { specs } => cmd_check(&specs, sets),
-        Cmd::Extract { spec, out } => cmd_extract(&spec, &out, sets, quiet),
-        Cmd::ExtractShard { spec, shard } => cmd_extract_shard(&spec, &shard, sets, quiet),
+        Cmd::Check { specs } => cmd_check(&specs, &g.sets),
+        Cmd::Extract(a) => cmd_extract(a, &g),
+        Cmd::ExtractShard(a) => cmd_extract_shard(a, &g),
         Cmd::Weights(WeightsCmd::Inspect { file }) => cmd_inspect(&file),
-        Cmd::Weights(WeightsCmd::Convert {
-            input,
-            output,
-            arch,
-            until,
-        }) => cmd_convert(&input, &output, &arch, until.as_deref()),
+        Cmd::Weights(WeightsCmd::Convert(a)) => cmd_convert(a),
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn cmd_sweep(
-    spec: &Path,
-    index: Option<usize>,
-    shard: Option<String>,
-    jobs: usize,
-    devices: Vec<String>,
-    force: bool,
-    extract_shards: bool,
-    sets: &[String],
-    quiet: bool,
-) -> Result<(), Error> {
-    let selection = match (index, shard) {
+fn cmd_sweep(a: SweepArgs, g: &Global) -> Result<(), Error> {
+    let selection = match (a.index, &a.shard) {
         (Some(i), _) => Selection::Index(i),
         (None, Some(s)) => {
-            Selection::parse_shard(&s).map_err(|m| Error::Spec(format!("--shard: {m}")))?
+            Selection::parse_shard(s).map_err(|m| Error::Spec(format!("--shard: {m}")))?
         }
         (None, None) => Selection::All,
     };
-    let mut o = sweep_options(selection, force, jobs.max(1), devices, sets, quiet);
-    o.extract_shards = extract_shards;
-    report(runner::sweep::run(spec, &o)?)?;
-    if let Ok(s) = spec::load(spec, sets) {
-        name_report(&s.results_dir, &s.name, quiet);
+    let mut o = sweep_options(
+        selection,
+        a.force,
+        a.jobs.max(1),
+        a.devices,
+        &g.sets,
+        g.quiet,
+    );
+    o.extract_shards = a.extract_shards;
+    report(runner::sweep::run(&a.spec, &o)?)?;
+    if let Ok(s) = spec::load(&a.spec, &g.sets) {
+        name_report(&s.results_dir, &s.name, g.quiet);
     }
     Ok(())
 }
@@ -501,34 +491,35 @@ fn collect_runs(what: &str, paths: &[PathBuf]) -> Result<Vec<runner::compare::Ru
     Ok(runs)
 }
 
-fn cmd_compare(
-    paths: &[PathBuf],
-    by: Vec<String>,
-    format: &str,
-    baseline: Option<&str>,
-) -> Result<(), Error> {
-    let runs = collect_runs("compare", paths)?;
-    let by: Vec<String> = if by.is_empty() {
+fn cmd_compare(a: CompareArgs) -> Result<(), Error> {
+    let runs = collect_runs("compare", &a.paths)?;
+    let by: Vec<String> = if a.by.is_empty() {
         runner::compare::DEFAULT_BY
             .iter()
             .map(|s| s.to_string())
             .collect()
     } else {
-        by
+        a.by
     };
-    let rows = runner::compare::group(&runs, &by, baseline)?;
+    let rows = runner::compare::group(&runs, &by, a.baseline.as_deref())?;
+    let format = match a.format {
+        TableFormat::Table => "table",
+        TableFormat::Csv => "csv",
+        TableFormat::Markdown => "markdown",
+        TableFormat::Json => "json",
+    };
     out_str!(runner::compare::render(&rows, &by, format)?);
     Ok(())
 }
 
-fn cmd_predict(run_dir: &Path, inputs: &[PathBuf], top: usize, format: &str) -> Result<(), Error> {
-    let preds = runner::predict::predict(run_dir, inputs, top)?;
-    match format {
-        "json" => out!(
+fn cmd_predict(a: PredictArgs) -> Result<(), Error> {
+    let preds = runner::predict::predict(&a.run_dir, &a.inputs, a.top)?;
+    match a.format {
+        PredictFormat::Json => out!(
             "{}",
             serde_json::to_string_pretty(&preds).unwrap_or_default()
         ),
-        "csv" => {
+        PredictFormat::Csv => {
             out!("input,label,rank,class,name,probability");
             for p in &preds {
                 for (r, (c, n, pr)) in p.top.iter().enumerate() {
@@ -537,7 +528,7 @@ fn cmd_predict(run_dir: &Path, inputs: &[PathBuf], top: usize, format: &str) -> 
                 }
             }
         }
-        "table" => {
+        PredictFormat::Table => {
             for p in &preds {
                 let label = p.label.map(|l| format!(" (label {l})")).unwrap_or_default();
                 let top: Vec<String> = p
@@ -548,18 +539,13 @@ fn cmd_predict(run_dir: &Path, inputs: &[PathBuf], top: usize, format: &str) -> 
                 out!("{}{label}: {}", p.input, top.join(" | "));
             }
         }
-        other => {
-            return Err(Error::Other(format!(
-                "--format {other:?}: expected table, csv or json"
-            )))
-        }
     }
     Ok(())
 }
 
-fn cmd_bench(path: &Path, batches: usize, epochs: usize, sets: &[String]) -> Result<(), Error> {
-    let s = spec::load(path, sets)?;
-    let r = runner::bench::run(&s, batches, epochs)?;
+fn cmd_bench(a: BenchArgs, g: &Global) -> Result<(), Error> {
+    let s = spec::load(&a.spec, &g.sets)?;
+    let r = runner::bench::run(&s, a.batches, a.epochs)?;
     let med = runner::results::median(&r.epoch_seconds[1.min(r.epoch_seconds.len())..]);
     out!(
         "{}: extraction {:.1} images/s ({} images), head epoch {:.4} s (median of epochs 2..); written to {}",
@@ -572,47 +558,34 @@ fn cmd_bench(path: &Path, batches: usize, epochs: usize, sets: &[String]) -> Res
     Ok(())
 }
 
-fn cmd_plot(
-    paths: &[PathBuf],
-    out: &Path,
-    kind: &str,
-    by: Vec<String>,
-    quiet: bool,
-) -> Result<(), Error> {
-    let runs = collect_runs("plot", paths)?;
-    let svg = match kind {
-        "curves" => runner::plot::curves_svg(&runs)?,
-        "scatter" => runner::plot::scatter_svg(&runs)?,
-        "times" => {
-            let by: Vec<String> = if by.is_empty() {
+fn cmd_plot(a: PlotArgs, g: &Global) -> Result<(), Error> {
+    let runs = collect_runs("plot", &a.paths)?;
+    let svg = match a.kind {
+        PlotKind::Curves => runner::plot::curves_svg(&runs)?,
+        PlotKind::Scatter => runner::plot::scatter_svg(&runs)?,
+        PlotKind::Times => {
+            let by: Vec<String> = if a.by.is_empty() {
                 vec!["device_name".into()]
             } else {
-                by
+                a.by
             };
             runner::plot::times_svg(&runner::compare::group(&runs, &by, None)?, &by)?
         }
-        other => {
-            return Err(Error::Other(format!(
-                "--kind {other:?}: expected curves, times or scatter"
-            )))
-        }
     };
-    runner::plot::save(&svg, out)?;
-    if !quiet {
-        runner::note!("wrote {}", out.display());
+    runner::plot::save(&svg, &a.out)?;
+    if !g.quiet {
+        runner::note!("wrote {}", a.out.display());
     }
     Ok(())
 }
 
-fn cmd_report(
-    paths: &[PathBuf],
-    out: &Path,
-    by: Vec<String>,
-    baseline: Option<String>,
-    quiet: bool,
-) -> Result<(), Error> {
-    let o = runner::report::Options { by, baseline };
-    let w = runner::report::write(paths, out, &o)?;
+fn cmd_report(a: ReportArgs, g: &Global) -> Result<(), Error> {
+    let o = runner::report::Options {
+        by: a.by,
+        baseline: a.baseline,
+    };
+    let (out, quiet) = (&a.out, g.quiet);
+    let w = runner::report::write(&a.paths, out, &o)?;
     for warning in &w.warnings {
         runner::note!("warning: {warning}");
     }
@@ -653,8 +626,18 @@ fn cmd_status(spec: &Path, sets: &[String]) -> Result<(), Error> {
     Ok(())
 }
 
-fn cmd_slurm(spec: &Path, o: &runner::sweep::SlurmOptions) -> Result<(), Error> {
-    let sub = runner::sweep::slurm(spec, o)?;
+fn cmd_slurm(a: SlurmArgs, g: &Global) -> Result<(), Error> {
+    let o = runner::sweep::SlurmOptions {
+        extract_shards: a.extract_shards,
+        partition: a.partition,
+        gpus_per_task: a.gpus_per_task,
+        time: a.time,
+        max_parallel: a.max_parallel,
+        sbatch_args: a.sbatch_args,
+        sets: g.sets.clone(),
+        dry_run: a.dry_run,
+    };
+    let sub = runner::sweep::slurm(&a.spec, &o)?;
     match (&sub.sweep_job, &sub.extract_job) {
         (Some(id), extract) => {
             if let Some(e) = extract {
@@ -676,37 +659,21 @@ fn cmd_slurm(spec: &Path, o: &runner::sweep::SlurmOptions) -> Result<(), Error> 
     Ok(())
 }
 
-fn cmd_extract_shard(path: &Path, shard: &str, sets: &[String], quiet: bool) -> Result<(), Error> {
-    let bad = || {
-        Error::Spec(format!(
-            "--shard {shard:?}: expected I/N with I below N, e.g. --shard 0/4"
-        ))
-    };
-    let (i, n) = shard.split_once('/').ok_or_else(bad)?;
-    let (i, n): (usize, usize) = (
-        i.trim().parse().map_err(|_| bad())?,
-        n.trim().parse().map_err(|_| bad())?,
-    );
-    if n == 0 || i >= n {
-        return Err(bad());
-    }
-    let mode = runner::progress::Mode::detect(quiet);
-    let done = runner::sweep::extract_shard(path, sets, i, n, mode)?;
-    if !quiet {
+fn cmd_extract_shard(a: ExtractShardArgs, g: &Global) -> Result<(), Error> {
+    let (i, n) = runner::sweep::parse_shard(&a.shard)
+        .map_err(|m| Error::Spec(format!("--shard {:?}: {m}", a.shard)))?;
+    let mode = runner::progress::Mode::detect(g.quiet);
+    let done = runner::sweep::extract_shard(&a.spec, &g.sets, i, n, mode)?;
+    if !g.quiet {
         runner::note!("shard {i}/{n}: {done} feature set(s) computed");
     }
     Ok(())
 }
 
-fn cmd_synth(
-    out: &Path,
-    per_class: usize,
-    seed: u64,
-    preview: Option<&Path>,
-    quiet: bool,
-) -> Result<(), Error> {
+fn cmd_synth(a: SynthArgs, g: &Global) -> Result<(), Error> {
+    let (out, seed, per_class, quiet) = (&a.out, a.seed, a.per_class, g.quiet);
     let n = runner::data::synthetic::write_pickle(out, seed, per_class)?;
-    if let Some(p) = preview {
+    if let Some(p) = &a.preview {
         let d = runner::data::synthetic::generate(seed, per_class);
         let idx: Vec<usize> = (0..d.n).filter(|i| i % per_class < 8).collect();
         runner::data::save_grid(&d, &idx, 16, p)?;
@@ -752,10 +719,10 @@ fn cmd_check(specs: &[PathBuf], sets: &[String]) -> Result<(), Error> {
     Ok(())
 }
 
-fn cmd_extract(path: &Path, out: &Path, sets: &[String], quiet: bool) -> Result<(), Error> {
-    let s = spec::load(path, sets)?;
+fn cmd_extract(a: ExtractArgs, g: &Global) -> Result<(), Error> {
+    let (out, s) = (&a.out, spec::load(&a.spec, &g.sets)?);
     let r = features::extract_to_npz(&s, out)?;
-    if !quiet {
+    if !g.quiet {
         runner::note!(
             "wrote {} ({} x {} {} features) in {:.1} s ({:.1} images/s)",
             out.display(),
@@ -781,10 +748,16 @@ fn cmd_inspect(file: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-fn cmd_convert(input: &Path, output: &Path, arch: &str, until: Option<&str>) -> Result<(), Error> {
-    let a = runner::arch::Arch::parse(arch)
-        .ok_or_else(|| Error::Other(format!("unknown architecture {arch:?}")))?;
-    let last = match until {
+fn cmd_convert(args: ConvertArgs) -> Result<(), Error> {
+    let (arch, output) = (&args.arch, &args.output);
+    let a = runner::arch::Arch::parse(arch).ok_or_else(|| {
+        let names: Vec<&str> = runner::arch::REGISTRY.iter().map(|a| a.name()).collect();
+        Error::Other(format!(
+            "unknown architecture {arch:?}; expected one of {}",
+            names.join(", ")
+        ))
+    })?;
+    let last = match args.until.as_deref() {
         None => a.layers().len() - 1,
         Some(l) => a.layer_index(l).ok_or_else(|| {
             Error::Other(format!(
@@ -794,7 +767,7 @@ fn cmd_convert(input: &Path, output: &Path, arch: &str, until: Option<&str>) -> 
             ))
         })?,
     };
-    let set = weights::load_until(input, a, last)?;
+    let set = weights::load_until(&args.input, a, last)?;
     set.save_safetensors(output)?;
     out!(
         "wrote {} ({} tensors, candle layout)",

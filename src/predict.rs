@@ -121,7 +121,13 @@ fn load(run_dir: &Path, device: &Device) -> Result<Loaded> {
             );
         }
     }
-    let net = Network::new_until(spec.arch, &set, device, spec.output)?;
+    let net = Network::new_until(
+        spec.arch,
+        &set,
+        device,
+        spec.output,
+        (&spec.preprocess, spec.backends),
+    )?;
     let mut layers = Vec::new();
     let mut k = 0;
     while let (Some(w), Some(b)) = (
@@ -238,7 +244,7 @@ fn gather(inputs: &[PathBuf], spec: &Spec) -> Result<Gathered> {
 
 /// Classify every input; `top` classes per input.
 pub fn predict(run_dir: &Path, inputs: &[PathBuf], top: usize) -> Result<Vec<Prediction>> {
-    crate::device::in_worker_pool(|| {
+    crate::threads::in_worker_pool(|| {
         let device = Device::Cpu;
         let m = load(run_dir, &device)?;
         let Gathered {
@@ -257,12 +263,11 @@ pub fn predict(run_dir: &Path, inputs: &[PathBuf], top: usize) -> Result<Vec<Pre
             let b = batch.min(n - start);
             let x = preprocess::to_input(
                 &px[start * per..(start + b) * per],
-                b,
-                size,
-                size,
+                (b, size, size),
                 m.spec.input_size,
                 m.spec.resize,
                 &device,
+                &m.spec.backends,
             )?;
             let f = m.net.forward_until(&x, feature_end)?;
             let f = crate::backbone::layers::global_pool(&f, m.spec.pool)?;

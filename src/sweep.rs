@@ -20,17 +20,23 @@ pub enum Selection {
     Shard(usize, usize),
 }
 
+/// A shard `I/N` (`--shard 0/4`): index I below count N; the one place such a shard is read.
+pub fn parse_shard(s: &str) -> std::result::Result<(usize, usize), String> {
+    let bad = || format!("expected I/N with I below N, e.g. --shard 0/4 (got {s:?})");
+    let (i, n) = s.split_once('/').ok_or_else(bad)?;
+    let (i, n): (usize, usize) = (
+        i.trim().parse().map_err(|_| bad())?,
+        n.trim().parse().map_err(|_| bad())?,
+    );
+    if n == 0 || i >= n {
+        return Err(format!("shard {i}/{n}: need 0 <= I < N"));
+    }
+    Ok((i, n))
+}
+
 impl Selection {
     pub fn parse_shard(s: &str) -> std::result::Result<Selection, String> {
-        let (i, n) = s.split_once('/').ok_or("expected I/N, e.g. --shard 0/4")?;
-        let (i, n): (usize, usize) = (
-            i.parse().map_err(|_| "bad shard index")?,
-            n.parse().map_err(|_| "bad shard count")?,
-        );
-        if n == 0 || i >= n {
-            return Err(format!("shard {i}/{n}: need 0 <= I < N"));
-        }
-        Ok(Selection::Shard(i, n))
+        parse_shard(s).map(|(i, n)| Selection::Shard(i, n))
     }
 
     fn keeps(&self, index: usize) -> bool {

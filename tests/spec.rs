@@ -28,7 +28,7 @@ fn defaults_fill_everything_and_name_is_the_file_stem() {
     assert_eq!(s.device, DeviceSpec::Auto);
     assert_eq!(s.resize.name(), "tf1");
     // the resolved spec writes every default out
-    let t = toml::to_string(&s.raw).unwrap();
+    let t = s.resolved_toml().unwrap();
     for key in [
         "freeze = \"fc7\"",
         "resize = \"tf1\"",

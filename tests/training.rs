@@ -162,9 +162,8 @@ fn check_boundary(freeze: &str, trainable: &[&str]) {
         layers
             .iter()
             .map(|l| {
-                net.param(l)
-                    .unwrap()
-                    .0
+                net.tensors(l)[0]
+                    .1
                     .flatten_all()
                     .unwrap()
                     .to_vec1()
@@ -183,12 +182,11 @@ fn check_boundary(freeze: &str, trainable: &[&str]) {
     let data = runner::data::synthetic::generate(1, 2);
     let x = runner::data::preprocess::to_input(
         &data.images,
-        data.n,
-        32,
-        32,
+        (data.n, 32, 32),
         227,
         runner::data::preprocess::ResizeMethod::Tf1,
         &dev,
+        &Default::default(),
     )
     .unwrap();
     let f = net.forward_until(&x, from).unwrap().detach();
@@ -215,6 +213,7 @@ fn check_boundary(freeze: &str, trainable: &[&str]) {
         head,
         backbone_dropout: 0.5,
         tail_pool: runner::spec::Pool::None,
+        backends: Default::default(),
     };
     let out = runner::train::fit(&spec, &model, &split, &split, &dev, |_, _| Ok(true)).unwrap();
     assert_eq!(out.epochs_run, 2);

@@ -1,7 +1,7 @@
 //! AlexNet as the seed's `alexnet.py` describes it: 227x227 input, layer names, output and
 //! parameter shapes (Caffe's bvlc_alexnet: grouped conv2, conv4, conv5), LRN settings.
 
-use super::{ParamKind, ParamSpec};
+use super::{ArchDesc, FlattenOrder, ParamKind, ParamSpec, Preprocess};
 
 pub const INPUT_SIZE: usize = 227;
 
@@ -16,16 +16,48 @@ pub const LRN_ALPHA: f64 = 2e-5;
 pub const LRN_BETA: f64 = 0.75;
 pub const LRN_BIAS: f64 = 1.0;
 
+/// AlexNet as runner's registry describes it.
+pub static DESC: ArchDesc = ArchDesc {
+    name: "alexnet",
+    layers: LAYERS,
+    aliases: &[("relu6", "fc6"), ("relu7", "fc7")],
+    input_size: INPUT_SIZE,
+    min_input: 1,
+    first_fixed: 9,
+    first_vector: 9,
+    feature_end: 10,
+    output_shape_at,
+    params,
+    preprocess: Preprocess::RAW,
+    flatten: FlattenOrder::Nhwc,
+    name_maps: &[],
+    weights_hint: "bvlc-alexnet.npy (Caffe's bvlc_alexnet converted by caffe-tensorflow; the seed downloads it from Udacity's CarND-Alexnet-Feature-Extraction lab); put it in weights/",
+};
+
+/// Index of a layer name in `LAYERS` (the names below are all there).
+fn at(layer: &str) -> usize {
+    LAYERS.iter().position(|l| *l == layer).unwrap_or(0)
+}
+
 pub fn params() -> Vec<ParamSpec> {
-    let conv = |layer, k, cin, cout, groups| ParamSpec {
-        layer,
-        kind: ParamKind::Conv {
+    let conv = |layer, k, cin, cout, groups| {
+        let kind = ParamKind::Conv {
             kh: k,
             kw: k,
             cin,
             cout,
             groups,
-        },
+            bias: true,
+        };
+        ParamSpec::new(layer, at(layer), kind)
+    };
+    let fc = |layer, cin, cout, flatten_chw| {
+        let kind = ParamKind::Fc {
+            cin,
+            cout,
+            flatten_chw,
+        };
+        ParamSpec::new(layer, at(layer), kind)
     };
     vec![
         conv("conv1", 11, 3, 96, 1),
@@ -33,30 +65,9 @@ pub fn params() -> Vec<ParamSpec> {
         conv("conv3", 3, 256, 384, 1),
         conv("conv4", 3, 384, 384, 2),
         conv("conv5", 3, 384, 256, 2),
-        ParamSpec {
-            layer: "fc6",
-            kind: ParamKind::Fc {
-                cin: 9216,
-                cout: 4096,
-                flatten_chw: Some((256, 6, 6)),
-            },
-        },
-        ParamSpec {
-            layer: "fc7",
-            kind: ParamKind::Fc {
-                cin: 4096,
-                cout: 4096,
-                flatten_chw: None,
-            },
-        },
-        ParamSpec {
-            layer: "fc8",
-            kind: ParamKind::Fc {
-                cin: 4096,
-                cout: 1000,
-                flatten_chw: None,
-            },
-        },
+        fc("fc6", 9216, 4096, Some((256, 6, 6))),
+        fc("fc7", 4096, 4096, None),
+        fc("fc8", 4096, 1000, None),
     ]
 }
 

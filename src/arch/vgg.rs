@@ -2,10 +2,61 @@
 //! BGR mean, layer names, output and parameter shapes, and torchvision's names for the same
 //! tensors.
 
-use super::{ParamKind, ParamSpec};
+use super::{ArchDesc, FlattenOrder, NameMap, ParamKind, ParamSpec, Preprocess};
 
 pub const INPUT_SIZE: usize = 224;
 pub const BGR_MEAN: [f32; 3] = [103.939, 116.779, 123.68];
+
+/// tensorflow-vgg's input transform: BGR, minus the BGR mean (runner feeds raw 0..255 pixels).
+const PREPROCESS: Preprocess = Preprocess {
+    bgr: true,
+    scale: 1.0,
+    mean: BGR_MEAN,
+    std: [1.0; 3],
+};
+
+/// VGG16 as runner's registry describes it.
+pub static VGG16: ArchDesc = ArchDesc {
+    name: "vgg16",
+    layers: LAYERS16,
+    aliases: &[("relu6", "fc6"), ("relu7", "fc7")],
+    input_size: INPUT_SIZE,
+    min_input: 1,
+    first_fixed: 19,
+    first_vector: 19,
+    feature_end: 20,
+    output_shape_at: |layer, input| output_shape_at(16, layer, input),
+    params: || params(16),
+    preprocess: PREPROCESS,
+    flatten: FlattenOrder::Nhwc,
+    name_maps: &[NameMap {
+        source: "torchvision",
+        map: |n| torchvision_name(16, n),
+    }],
+    weights_hint:
+        "vgg16.npy from machrisaa/tensorflow-vgg (the seed's flowers notebook); put it in weights/",
+};
+
+/// VGG19 as runner's registry describes it.
+pub static VGG19: ArchDesc = ArchDesc {
+    name: "vgg19",
+    layers: LAYERS19,
+    aliases: &[("relu6", "fc6"), ("relu7", "fc7")],
+    input_size: INPUT_SIZE,
+    min_input: 1,
+    first_fixed: 22,
+    first_vector: 22,
+    feature_end: 23,
+    output_shape_at: |layer, input| output_shape_at(19, layer, input),
+    params: || params(19),
+    preprocess: PREPROCESS,
+    flatten: FlattenOrder::Nhwc,
+    name_maps: &[NameMap {
+        source: "torchvision",
+        map: |n| torchvision_name(19, n),
+    }],
+    weights_hint: "vgg19.npy from machrisaa/tensorflow-vgg; put it in weights/",
+};
 
 /// Convolutions per block.
 fn blocks(depth: usize) -> [usize; 5] {
@@ -39,56 +90,40 @@ pub fn layers(depth: usize) -> &'static [&'static str] {
 }
 
 pub fn params(depth: usize) -> Vec<ParamSpec> {
-    let mut out = Vec::new();
     let names = layers(depth);
+    let at = |layer: &str| names.iter().position(|l| *l == layer).unwrap_or(0);
+    let convs = names.iter().filter(|l| l.starts_with("conv"));
+    let per_block = blocks(depth);
+    let widths = per_block
+        .iter()
+        .zip(WIDTHS)
+        .flat_map(|(&n, w)| std::iter::repeat_n(w, n));
+    let mut out = Vec::new();
     let mut cin = 3;
-    let mut k = 0;
-    for (b, &n) in blocks(depth).iter().enumerate() {
-        for _ in 0..n {
-            k += 1;
-            let layer = names
-                .iter()
-                .filter(|l| l.starts_with("conv"))
-                .nth(k - 1)
-                .copied()
-                .unwrap_or("conv");
-            out.push(ParamSpec {
-                layer,
-                kind: ParamKind::Conv {
-                    kh: 3,
-                    kw: 3,
-                    cin,
-                    cout: WIDTHS[b],
-                    groups: 1,
-                },
-            });
-            cin = WIDTHS[b];
-        }
+    for (&layer, cout) in convs.zip(widths) {
+        let kind = ParamKind::Conv {
+            kh: 3,
+            kw: 3,
+            cin,
+            cout,
+            groups: 1,
+            bias: true,
+        };
+        out.push(ParamSpec::new(layer, at(layer), kind));
+        cin = cout;
     }
-    out.push(ParamSpec {
-        layer: "fc6",
-        kind: ParamKind::Fc {
-            cin: 25088,
-            cout: 4096,
-            flatten_chw: Some((512, 7, 7)),
-        },
-    });
-    out.push(ParamSpec {
-        layer: "fc7",
-        kind: ParamKind::Fc {
-            cin: 4096,
-            cout: 4096,
-            flatten_chw: None,
-        },
-    });
-    out.push(ParamSpec {
-        layer: "fc8",
-        kind: ParamKind::Fc {
-            cin: 4096,
-            cout: 1000,
-            flatten_chw: None,
-        },
-    });
+    for (layer, cin, cout, flatten_chw) in [
+        ("fc6", 25088, 4096, Some((512, 7, 7))),
+        ("fc7", 4096, 4096, None),
+        ("fc8", 4096, 1000, None),
+    ] {
+        let kind = ParamKind::Fc {
+            cin,
+            cout,
+            flatten_chw,
+        };
+        out.push(ParamSpec::new(layer, at(layer), kind));
+    }
     out
 }
 

@@ -8,8 +8,11 @@
 use candle_core::{Device, Tensor, Var};
 use rand_chacha::ChaCha8Rng;
 
-use super::layers::{conv2d_relu, flatten, linear, lrn, max_pool_valid, Param};
+use super::layers::{conv2d_relu, flatten, linear, lrn, max_pool_valid, Normalize, Param};
+use super::{Backbone, Dropout};
 pub use crate::arch::alexnet::*;
+use crate::arch::Preprocess;
+use crate::backend::{Backends, GpuPath};
 use crate::error::Result;
 use crate::weights::WeightSet;
 
@@ -17,27 +20,25 @@ use crate::weights::WeightSet;
 /// last one loaded).
 pub struct AlexNet {
     params: Vec<Option<Param>>,
+    /// The input transform (none for Caffe's weights: raw 0..255 RGB).
+    normalize: Normalize,
+    backends: Backends,
 }
 
 impl AlexNet {
-    /// Every layer's weights.
-    pub fn new(weights: &WeightSet, device: &Device) -> Result<Self> {
-        Self::new_until(weights, device, LAYERS.len() - 1)
-    }
-
-    /// The weights of layers `1..=last` (those above are neither loaded nor run).
-    pub fn new_until(weights: &WeightSet, device: &Device, last: usize) -> Result<Self> {
+    /// The weights of layers `1..=last` (those above are neither loaded nor run); `backends`
+    /// says which implementations run.
+    pub fn new_until(
+        weights: &WeightSet,
+        device: &Device,
+        last: usize,
+        (pre, backends): (&Preprocess, Backends),
+    ) -> Result<Self> {
         Ok(AlexNet {
-            params: Param::load_until(weights, LAYERS, device, last)?,
+            params: Param::load_until(weights, &params(), LAYERS.len(), device, last)?,
+            normalize: Normalize::new(pre, device)?,
+            backends,
         })
-    }
-
-    /// Store the frozen layers `1..=until` in `dtype`.
-    pub fn cast_frozen(&mut self, until: usize, dtype: candle_core::DType) -> Result<()> {
-        for p in self.params.iter_mut().take(until + 1).flatten() {
-            p.cast(dtype)?;
-        }
-        Ok(())
     }
 
     /// The loaded parameters of layer `i`.
@@ -50,32 +51,6 @@ impl AlexNet {
         })
     }
 
-    /// The current (weight, bias) of a parameterised layer.
-    pub fn param(&self, layer: &str) -> Option<(Tensor, Tensor)> {
-        let i = LAYERS.iter().position(|l| *l == layer)?;
-        self.params
-            .get(i)?
-            .as_ref()
-            .map(|p| (p.w.clone(), p.b.clone()))
-    }
-
-    /// Make the parameters of layers `after+1 ..= until` trainable; returns them by name.
-    pub fn make_trainable(&mut self, after: usize, until: usize) -> Result<Vec<(String, Var)>> {
-        let mut out = Vec::new();
-        let range = self
-            .params
-            .iter_mut()
-            .zip(LAYERS)
-            .skip(after + 1)
-            .take(until.saturating_sub(after));
-        for (slot, name) in range {
-            if let Some(p) = slot {
-                out.extend(p.make_trainable(name)?);
-            }
-        }
-        Ok(out)
-    }
-
     /// Apply layer `i` (index into `LAYERS`, >= 1) to the output of layer `i - 1`. With
     /// `dropout`, a trainable fc6/fc7 drops units of its output (as AlexNet was trained).
     fn layer(
@@ -84,13 +59,11 @@ impl AlexNet {
         x: &Tensor,
         dropout: Option<(&mut ChaCha8Rng, f64)>,
     ) -> Result<Tensor> {
+        let b = &self.backends;
         let lrn_pool = |x: &Tensor| -> Result<Tensor> {
-            if !x.device().is_cpu()
-                && !x.track_op()
-                && crate::device::gpu_path(crate::device::GpuPath::LrnPool)
-            {
+            if !x.device().is_cpu() && !x.track_op() && b.fused(GpuPath::LrnPool) {
                 // opt-in: one kernel on a GPU (frozen layers only: it has no backward pass)
-                let op = super::gpu_fused::LrnMaxPool {
+                let op = crate::gpu::fused::LrnMaxPool {
                     radius: LRN_RADIUS,
                     alpha: LRN_ALPHA as f32,
                     beta: LRN_BETA as f32,
@@ -105,7 +78,7 @@ impl AlexNet {
         };
         let conv = |stride, groups| -> Result<Tensor> {
             let p = self.p(i)?;
-            conv2d_relu(x, &p.w, &p.b, stride, true, groups)
+            conv2d_relu(x, &p.w, &p.b, stride, true, groups, b)
         };
         let y = match i {
             1 => conv(4, 1)?,
@@ -124,16 +97,22 @@ impl AlexNet {
             _ => Ok(y),
         }
     }
+}
 
+impl Backbone for AlexNet {
     /// Layers `from+1 ..= until`; `dropout` (generator, p) only while training.
-    pub fn forward_range(
+    fn forward_range(
         &self,
         x: &Tensor,
         from: usize,
         until: usize,
-        mut dropout: Option<(&mut ChaCha8Rng, f64)>,
+        mut dropout: Dropout,
     ) -> Result<Tensor> {
-        let mut x = x.clone();
+        let mut x = if from == 0 {
+            self.normalize.apply(x)?
+        } else {
+            x.clone()
+        };
         for i in from + 1..=until {
             let d = dropout.as_mut().map(|(r, p)| (&mut **r, *p));
             x = {
@@ -142,5 +121,24 @@ impl AlexNet {
             };
         }
         Ok(x)
+    }
+
+    fn tensors(&self, layer: &str) -> Vec<(String, Tensor)> {
+        let slot = LAYERS.iter().position(|l| *l == layer);
+        match slot.and_then(|i| self.params.get(i)?.as_ref()) {
+            Some(p) => p.named(layer),
+            None => Vec::new(),
+        }
+    }
+
+    fn make_trainable(&mut self, after: usize, until: usize) -> Result<Vec<(String, Var)>> {
+        Param::make_range_trainable(&mut self.params, LAYERS, after, until)
+    }
+
+    fn cast_frozen(&mut self, until: usize, dtype: candle_core::DType) -> Result<()> {
+        for p in self.params.iter_mut().take(until + 1).flatten() {
+            p.cast(dtype)?;
+        }
+        Ok(())
     }
 }

@@ -4,6 +4,8 @@ use candle_core::{DType, Tensor, D};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
+use crate::arch::{ParamSpec, Preprocess};
+use crate::backend::{Backends, ConvPath, GpuPath};
 use crate::error::Result;
 
 /// The weight and bias of one conv or fc layer: frozen tensors, or (after `make_trainable`)
@@ -21,32 +23,58 @@ impl Param {
         name: &str,
         device: &candle_core::Device,
     ) -> Result<Param> {
+        let w = weights.pp(name);
         Ok(Param {
-            w: weights.tensor(&format!("{name}.weight"), device)?,
-            b: weights.tensor(&format!("{name}.bias"), device)?,
+            w: w.get("weight", device)?,
+            b: w.get("bias", device)?,
             trainable: false,
         })
     }
 
-    /// The parameters of every conv/fc layer among `names` (layer names by index) up to index
-    /// `last`; `None` for the others (input, pooling, layers above `last`).
+    /// The weight + bias layers among `specs` whose cut point is at most `last`, by cut point
+    /// index (`n_layers` slots; `None` for the others: input, pooling, layers above `last`).
     pub fn load_until(
         weights: &crate::weights::WeightSet,
-        names: &[&str],
+        specs: &[ParamSpec],
+        n_layers: usize,
         device: &candle_core::Device,
         last: usize,
     ) -> Result<Vec<Option<Param>>> {
-        names
-            .iter()
-            .enumerate()
-            .map(|(i, &n)| {
-                if i <= last && (n.starts_with("conv") || n.starts_with("fc")) {
-                    Ok(Some(Param::load(weights, n, device)?))
-                } else {
-                    Ok(None)
-                }
-            })
-            .collect()
+        let mut out: Vec<Option<Param>> = (0..n_layers).map(|_| None).collect();
+        for s in specs.iter().filter(|s| s.at <= last && s.at < n_layers) {
+            out[s.at] = Some(Param::load(weights, &s.layer, device)?);
+        }
+        Ok(out)
+    }
+
+    /// The tensors by full name, as `Backbone::tensors` gives them.
+    pub fn named(&self, layer: &str) -> Vec<(String, Tensor)> {
+        vec![
+            (format!("{layer}.weight"), self.w.clone()),
+            (format!("{layer}.bias"), self.b.clone()),
+        ]
+    }
+
+    /// Make the layers of cut points `after+1 ..= until` of `params` (by cut point index, named
+    /// by `names`) trainable; returns their variables by name.
+    pub fn make_range_trainable(
+        params: &mut [Option<Param>],
+        names: &[&str],
+        after: usize,
+        until: usize,
+    ) -> Result<Vec<(String, candle_core::Var)>> {
+        let mut out = Vec::new();
+        let range = params
+            .iter_mut()
+            .zip(names)
+            .skip(after + 1)
+            .take(until.saturating_sub(after));
+        for (slot, name) in range {
+            if let Some(p) = slot {
+                out.extend(p.make_trainable(name)?);
+            }
+        }
+        Ok(out)
     }
 
     /// Store a frozen layer's weights in another number format (trainable layers stay f32).
@@ -72,6 +100,48 @@ impl Param {
     }
 }
 
+/// An architecture's input transform (`arch::Preprocess`) as tensors on a device: raw 0..255
+/// pixels to f32, channels reordered, `(x * scale - mean) / std`; steps that are the identity
+/// are not run.
+pub struct Normalize {
+    pre: Preprocess,
+    bgr: Tensor,
+    mean: Tensor,
+    std: Tensor,
+}
+
+impl Normalize {
+    pub fn new(pre: &Preprocess, device: &candle_core::Device) -> Result<Normalize> {
+        Ok(Normalize {
+            pre: *pre,
+            bgr: Tensor::from_slice(&[2u32, 1, 0], 3, device)?,
+            mean: Tensor::from_slice(&pre.mean, (1, 3, 1, 1), device)?,
+            std: Tensor::from_slice(&pre.std, (1, 3, 1, 1), device)?,
+        })
+    }
+
+    /// The transform of an NCHW batch of raw pixels (the batch itself for an identity).
+    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        if self.pre.is_identity() {
+            return Ok(x.clone());
+        }
+        let mut x = x.to_dtype(DType::F32)?;
+        if self.pre.bgr {
+            x = x.index_select(&self.bgr, 1)?;
+        }
+        if self.pre.scale != 1.0 {
+            x = x.affine(self.pre.scale as f64, 0.0)?;
+        }
+        if self.pre.mean != [0.0; 3] {
+            x = x.broadcast_sub(&self.mean)?;
+        }
+        if self.pre.std != [1.0; 3] {
+            x = x.broadcast_div(&self.std)?;
+        }
+        Ok(x)
+    }
+}
+
 /// TensorFlow "SAME" padding for one spatial axis: (before, after).
 pub fn same_padding(input: usize, kernel: usize, stride: usize) -> (usize, usize) {
     let out = input.div_ceil(stride);
@@ -88,8 +158,9 @@ pub fn conv2d(
     stride: usize,
     same: bool,
     groups: usize,
+    backends: &Backends,
 ) -> Result<Tensor> {
-    conv2d_act(x, w, b, stride, same, groups, false)
+    conv2d_act(x, w, b, (stride, Pad::tf(same), groups), false, backends)
 }
 
 /// `relu(conv2d(..))`, the seed's conv layers: on the CPU, frozen layers do both in one op.
@@ -100,46 +171,84 @@ pub fn conv2d_relu(
     stride: usize,
     same: bool,
     groups: usize,
+    backends: &Backends,
 ) -> Result<Tensor> {
-    conv2d_act(x, w, b, stride, same, groups, true)
+    conv2d_act(x, w, b, (stride, Pad::tf(same), groups), true, backends)
 }
 
+/// How a convolution pads its input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pad {
+    /// TensorFlow's "SAME": `ceil(side / stride)` outputs, any odd row or column at the
+    /// bottom/right.
+    Same,
+    /// TensorFlow's "VALID": no padding.
+    Valid,
+    /// PyTorch's `padding = p`: `p` zeros on every side.
+    Sym(usize),
+}
+
+impl Pad {
+    /// `Same` or `Valid`, as the seed's graphs say.
+    pub fn tf(same: bool) -> Pad {
+        if same {
+            Pad::Same
+        } else {
+            Pad::Valid
+        }
+    }
+}
+
+/// A single convolution with stride, `pad` and bias (no groups), `relu` applied to its output:
+/// PyTorch's layers (`Pad::Sym`), on the path `backends` chooses.
+pub fn conv2d_padded(
+    x: &Tensor,
+    (w, b): (&Tensor, &Tensor),
+    stride: usize,
+    pad: Pad,
+    relu: bool,
+    backends: &Backends,
+) -> Result<Tensor> {
+    conv2d_act(x, w, b, (stride, pad, 1), relu, backends)
+}
+
+/// The convolution on the path `backends` chooses: (stride, padding, groups).
 fn conv2d_act(
     x: &Tensor,
     w: &Tensor,
     b: &Tensor,
-    stride: usize,
-    same: bool,
-    groups: usize,
+    (stride, pad, groups): (usize, Pad, usize),
     relu: bool,
+    backends: &Backends,
 ) -> Result<Tensor> {
     let x = &x.to_dtype(w.dtype())?;
     let (_, _, h, wd) = x.dims4()?;
     let (_, _, kh, kw) = w.dims4()?;
-    let (pt, pb, pl, pr) = if same {
-        let (pt, pb) = same_padding(h, kh, stride);
-        let (pl, pr) = same_padding(wd, kw, stride);
-        (pt, pb, pl, pr)
-    } else {
-        (0, 0, 0, 0)
+    let (pt, pb, pl, pr) = match pad {
+        Pad::Same => {
+            let (pt, pb) = same_padding(h, kh, stride);
+            let (pl, pr) = same_padding(wd, kw, stride);
+            (pt, pb, pl, pr)
+        }
+        Pad::Valid => (0, 0, 0, 0),
+        Pad::Sym(p) => (p, p, p, p),
     };
     // Frozen layers on the CPU: bias, convolution and ReLU as one tiled op (`cpu_conv`).
     // Trainable layers keep candle's op (it has a backward pass).
-    // (RUNNER_CONV=candle forces candle's op, for A/B benchmarks.)
+    // (`ConvPath::Candle`, RUNNER_CONV=candle, forces candle's op, for A/B benchmarks.)
     if x.device().is_cpu()
         && x.dtype() == DType::F32
         && !x.track_op()
         && !w.track_op()
         && !b.track_op()
-        && std::env::var("RUNNER_CONV").as_deref() != Ok("candle")
+        && backends.conv != ConvPath::Candle
     {
         let (x, w, b) = (x.contiguous()?, w.contiguous()?, b.contiguous()?);
         let pads = [pt, pb, pl, pr];
         // 3x3 stride 1 by Winograd F(2x2, 3x3), unless the input has too few channels for
-        // its transforms to pay (VGG's conv1_1 has 3). RUNNER_CONV=direct for A/B benchmarks.
-        let winograd = (kh, kw, stride) == (3, 3, 1)
-            && w.dim(1)? >= 16
-            && std::env::var("RUNNER_CONV").as_deref() != Ok("direct");
+        // its transforms to pay (VGG's conv1_1 has 3). `ConvPath::Direct` for A/B benchmarks.
+        let winograd =
+            (kh, kw, stride) == (3, 3, 1) && w.dim(1)? >= 16 && backends.conv != ConvPath::Direct;
         return Ok(if winograd {
             let op = super::cpu_conv::WinogradConv { pads, groups, relu };
             x.apply_op3_no_bwd(&w, &b, &op)?
@@ -153,12 +262,12 @@ fn conv2d_act(
             x.apply_op3_no_bwd(&w, &b, &op)?
         });
     }
-    // Frozen layers on a GPU, opt-in (`RUNNER_GPU_FUSED=1`, `cudnn` build): one cuDNN call per
+    // Frozen layers on a GPU, opt-in (`GpuPath::Conv`, `cudnn` build): one cuDNN call per
     // layer with a measured algorithm, groups in one call, bias and ReLU in one pass
-    // (`gpu_conv`). TensorFlow's SAME puts any odd padding row/column at the bottom/right.
+    // (`gpu::conv`). TensorFlow's SAME puts any odd padding row/column at the bottom/right.
     if cfg!(feature = "cudnn")
         && !x.device().is_cpu()
-        && crate::device::gpu_path(crate::device::GpuPath::Conv)
+        && backends.fused(GpuPath::Conv)
         && matches!(x.dtype(), DType::F32 | DType::BF16 | DType::F16)
         && !x.track_op()
         && !w.track_op()
@@ -170,7 +279,7 @@ fn conv2d_act(
         } else {
             x.clone()
         };
-        let op = super::gpu_conv::CudnnConv {
+        let op = crate::gpu::conv::CudnnConv {
             stride,
             pad: (pt, pl),
             groups,
@@ -457,7 +566,7 @@ mod tests {
             candle_core::Var::from_vec(vec![0.1f32; 6 * 2 * 3 * 3], (6, 2, 3, 3), &dev).unwrap();
         let b = Tensor::zeros(6, DType::F32, &dev).unwrap();
         let xs = Tensor::ones((1, 4, 5, 5), DType::F32, &dev).unwrap();
-        let y = conv2d(&xs, w.as_tensor(), &b, 1, true, 2).unwrap();
+        let y = conv2d(&xs, w.as_tensor(), &b, 1, true, 2, &Backends::default()).unwrap();
         let g = y.sum_all().unwrap().backward().unwrap();
         assert!(g.get(w.as_tensor()).is_some(), "no gradient through conv2d");
     }
@@ -512,9 +621,9 @@ mod tests {
                 .unwrap();
             for relu in [false, true] {
                 let got = if relu {
-                    conv2d_relu(&x, &w, &b, stride, same, groups).unwrap()
+                    conv2d_relu(&x, &w, &b, stride, same, groups, &Backends::default()).unwrap()
                 } else {
-                    conv2d(&x, &w, &b, stride, same, groups).unwrap()
+                    conv2d(&x, &w, &b, stride, same, groups, &Backends::default()).unwrap()
                 };
                 let want = if relu {
                     want.relu().unwrap()

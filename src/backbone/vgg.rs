@@ -10,8 +10,11 @@
 use candle_core::{Device, Tensor, Var};
 use rand_chacha::ChaCha8Rng;
 
-use super::layers::{conv2d_relu, flatten, linear, max_pool_valid, Param};
+use super::layers::{conv2d_relu, flatten, linear, max_pool_valid, Normalize, Param};
+use super::{Backbone, Dropout};
 pub use crate::arch::vgg::*;
+use crate::arch::Preprocess;
+use crate::backend::Backends;
 use crate::error::Result;
 use crate::weights::WeightSet;
 
@@ -19,69 +22,29 @@ pub struct Vgg {
     depth: usize,
     /// Parameters by layer index (None for input and pools).
     params: Vec<Option<Param>>,
-    mean: Tensor,
-    bgr: Tensor,
+    /// The input transform (tensorflow-vgg's BGR mean subtraction).
+    normalize: Normalize,
+    backends: Backends,
 }
 
 impl Vgg {
-    pub fn new(depth: usize, weights: &WeightSet, device: &Device) -> Result<Self> {
-        Self::new_until(depth, weights, device, layers(depth).len() - 1)
-    }
-
-    /// The weights of layers `1..=last` (those above are neither loaded nor run).
+    /// The weights of layers `1..=last` (those above are neither loaded nor run); `backends`
+    /// says which implementations run.
     pub fn new_until(
         depth: usize,
         weights: &WeightSet,
         device: &Device,
         last: usize,
+        (pre, backends): (&Preprocess, Backends),
     ) -> Result<Self> {
-        let params = Param::load_until(weights, layers(depth), device, last)?;
+        let names = layers(depth);
+        let params = Param::load_until(weights, &params(depth), names.len(), device, last)?;
         Ok(Vgg {
             depth,
             params,
-            mean: Tensor::from_slice(&BGR_MEAN, (1, 3, 1, 1), device)?,
-            bgr: Tensor::from_slice(&[2u32, 1, 0], 3, device)?,
+            normalize: Normalize::new(pre, device)?,
+            backends,
         })
-    }
-
-    pub fn param(&self, layer: &str) -> Option<(Tensor, Tensor)> {
-        let i = layers(self.depth).iter().position(|l| *l == layer)?;
-        self.params
-            .get(i)?
-            .as_ref()
-            .map(|p| (p.w.clone(), p.b.clone()))
-    }
-
-    /// Store the frozen layers `1..=until` in `dtype`.
-    pub fn cast_frozen(&mut self, until: usize, dtype: candle_core::DType) -> Result<()> {
-        for p in self.params.iter_mut().take(until + 1).flatten() {
-            p.cast(dtype)?;
-        }
-        Ok(())
-    }
-
-    pub fn make_trainable(&mut self, after: usize, until: usize) -> Result<Vec<(String, Var)>> {
-        let names = layers(self.depth);
-        let mut out = Vec::new();
-        let range = self
-            .params
-            .iter_mut()
-            .zip(names)
-            .enumerate()
-            .skip(after + 1)
-            .take(until.saturating_sub(after));
-        for (_, (slot, name)) in range {
-            if let Some(p) = slot {
-                out.extend(p.make_trainable(name)?);
-            }
-        }
-        Ok(out)
-    }
-
-    /// The seed's input transform for raw 0..255 RGB: to BGR, minus the BGR mean.
-    fn normalize(&self, x: &Tensor) -> Result<Tensor> {
-        let x = x.to_dtype(candle_core::DType::F32)?;
-        Ok(x.index_select(&self.bgr, 1)?.broadcast_sub(&self.mean)?)
     }
 
     fn layer(
@@ -101,7 +64,7 @@ impl Vgg {
             (Some(p), "fc6") => linear(&flatten(x)?, &p.w, &p.b)?.relu()?,
             (Some(p), "fc7") => linear(x, &p.w, &p.b)?.relu()?,
             (Some(p), "fc8") => linear(x, &p.w, &p.b)?,
-            (Some(p), _) => conv2d_relu(x, &p.w, &p.b, 1, true, 1)?,
+            (Some(p), _) => conv2d_relu(x, &p.w, &p.b, 1, true, 1, &self.backends)?,
         };
         let trains =
             matches!(name, "fc6" | "fc7") && self.params[i].as_ref().is_some_and(|p| p.trainable);
@@ -110,16 +73,18 @@ impl Vgg {
             _ => Ok(y),
         }
     }
+}
 
-    pub fn forward_range(
+impl Backbone for Vgg {
+    fn forward_range(
         &self,
         x: &Tensor,
         from: usize,
         until: usize,
-        mut dropout: Option<(&mut ChaCha8Rng, f64)>,
+        mut dropout: Dropout,
     ) -> Result<Tensor> {
         let mut x = if from == 0 {
-            self.normalize(x)?
+            self.normalize.apply(x)?
         } else {
             x.clone()
         };
@@ -131,5 +96,24 @@ impl Vgg {
             };
         }
         Ok(x)
+    }
+
+    fn tensors(&self, layer: &str) -> Vec<(String, Tensor)> {
+        let slot = layers(self.depth).iter().position(|l| *l == layer);
+        match slot.and_then(|i| self.params.get(i)?.as_ref()) {
+            Some(p) => p.named(layer),
+            None => Vec::new(),
+        }
+    }
+
+    fn make_trainable(&mut self, after: usize, until: usize) -> Result<Vec<(String, Var)>> {
+        Param::make_range_trainable(&mut self.params, layers(self.depth), after, until)
+    }
+
+    fn cast_frozen(&mut self, until: usize, dtype: candle_core::DType) -> Result<()> {
+        for p in self.params.iter_mut().take(until + 1).flatten() {
+            p.cast(dtype)?;
+        }
+        Ok(())
     }
 }

@@ -85,7 +85,7 @@ impl candle_core::CustomOp1 for FusedResize {
         st: &candle_core::CudaStorage,
         l: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        use candle_core::cuda::cudarc::driver::{LaunchConfig, PushKernelArg};
+        use candle_core::cuda::cudarc::driver::PushKernelArg;
         let Some((o0, o1)) = l.contiguous_offsets() else {
             candle_core::bail!("fused-resize: contiguous pixels expected")
         };
@@ -102,11 +102,7 @@ impl candle_core::CustomOp1 for FusedResize {
         let x = st.as_cuda_slice::<u8>()?.slice(o0..o1);
         // SAFETY: every one of the `total` values is written by the kernel below
         let y = unsafe { dev.alloc::<f32>(total)? };
-        let f = dev.get_or_load_custom_func(
-            "fused_resize",
-            "runner_fused_resize",
-            crate::device::compile_kernel(KERNEL)?,
-        )?;
+        let f = crate::gpu::function(dev, &crate::gpu::kernels::RESIZE, "fused_resize")?;
         let mut b = f.builder();
         let (n32, h32, w32, s32, m32) =
             (n as u32, h as u32, w as u32, s as u32, self.method_code());
@@ -118,8 +114,7 @@ impl candle_core::CustomOp1 for FusedResize {
             .arg(&s32)
             .arg(&m32);
         // SAFETY: the argument list matches the kernel's signature in KERNEL
-        unsafe { b.launch(LaunchConfig::for_num_elems(total as u32)) }
-            .map_err(candle_core::Error::wrap)?;
+        unsafe { crate::gpu::launch(b, total as u32) }?;
         Ok((
             candle_core::CudaStorage::wrap_cuda_slice(y, dev.clone()),
             Shape::from((n, 3, s, s)),
@@ -127,41 +122,10 @@ impl candle_core::CustomOp1 for FusedResize {
     }
 }
 
-/// The kernel: `cpu_fwd`'s loop body, one thread per output value.
-pub const KERNEL: &str = r#"
-__device__ __forceinline__ void taps(unsigned int o, unsigned int inp, unsigned int out,
-                                     unsigned int method, unsigned int* lo, unsigned int* hi,
-                                     float* frac) {
-  double scale = (double)inp / (double)out;
-  double src = method == 0 ? (double)o * scale : ((double)o + 0.5) * scale - 0.5;
-  double f = floor(src);
-  double l = f > 0.0 ? f : 0.0, h = f + 1.0 > 0.0 ? f + 1.0 : 0.0;
-  *lo = (unsigned int)l < inp - 1 ? (unsigned int)l : inp - 1;
-  *hi = (unsigned int)h < inp - 1 ? (unsigned int)h : inp - 1;
-  *frac = (float)(src - f);
-}
-
-extern "C" __global__ void fused_resize(const unsigned char* px, float* out, unsigned int n,
-                                        unsigned int h, unsigned int w, unsigned int s,
-                                        unsigned int method) {
-  unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
-  if (i >= n * 3u * s * s) return;
-  unsigned int ox = i % s, oy = (i / s) % s, ch = (i / (s * s)) % 3u, b = i / (3u * s * s);
-  const unsigned char* img = px + (size_t)b * h * w * 3u;
-  unsigned int ylo, yhi, xlo, xhi;
-  float fy, fx;
-  taps(oy, h, s, method, &ylo, &yhi, &fy);
-  taps(ox, w, s, method, &xlo, &xhi, &fx);
-  #define P(y, x) ((float)img[((size_t)(y) * w + (x)) * 3u + ch])
-  float a0 = (1.f - fy) * P(ylo, xlo) + fy * P(yhi, xlo);
-  float a1 = (1.f - fy) * P(ylo, xhi) + fy * P(yhi, xhi);
-  #undef P
-  out[i] = (1.f - fx) * a0 + fx * a1;
-}
-"#;
-
 #[cfg(test)]
 mod tests {
+    /// The kernel's source, as the device compiles it after the prelude.
+    const KERNEL: &str = crate::gpu::kernels::RESIZE.code;
     use super::*;
 
     #[test]

@@ -92,7 +92,7 @@ fn open(path: &Path) -> Result<Box<dyn Read>> {
 /// Exactly `len` values after the header, checked to fit in memory first; more or fewer
 /// bytes in the file are errors.
 fn body(r: &mut impl Read, path: &Path, len: usize, what: &str) -> Result<Vec<u8>> {
-    crate::device::ensure_fits(|| format!("{what} of {}", path.display()), len as u64)
+    crate::memory::ensure_fits(|| format!("{what} of {}", path.display()), len as u64)
         .map_err(|m| Error::data(path, m))?;
     let mut v = Vec::with_capacity(len);
     r.take(len as u64)
@@ -161,7 +161,7 @@ pub fn load(images: &Path, labels: Option<&Path>, num_classes: Option<usize>) ->
         .and_then(|x| x.checked_mul(w))
         .ok_or_else(|| Error::format(images, format!("{n} x {h} x {w} overflows")))?;
     // the grey values, then the RGB copy
-    crate::device::ensure_fits(
+    crate::memory::ensure_fits(
         || format!("{n} images of {h}x{w} as RGB"),
         (px_len as u64).saturating_mul(4),
     )

@@ -30,17 +30,8 @@ pub struct Rgb {
     pub px: Vec<u8>,
 }
 
-/// The most pixels an image may have (width x height). A decoded RGB image takes 3 bytes per
-/// pixel, and the decoder may need as much again: 100 Mpixel bounds one decode near 600 MB.
-/// Raise it with `RUNNER_MAX_IMAGE_PIXELS` for larger scans.
-pub const MAX_IMAGE_PIXELS: u64 = 100_000_000;
-
-fn max_pixels() -> u64 {
-    std::env::var("RUNNER_MAX_IMAGE_PIXELS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(MAX_IMAGE_PIXELS)
-}
+use crate::memory::max_image_pixels as max_pixels;
+pub use crate::memory::MAX_IMAGE_PIXELS;
 
 pub fn decode(path: &Path) -> std::result::Result<Rgb, String> {
     let reader = image::ImageReader::open(path).map_err(|e| e.to_string())?;

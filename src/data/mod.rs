@@ -76,7 +76,7 @@ impl Dataset {
         let size = files.size;
         // the decoded images, then the assembled buffer
         let bytes = (self.n as u64).saturating_mul((size * size * 3 * 2) as u64);
-        crate::device::ensure_fits(
+        crate::memory::ensure_fits(
             || {
                 format!(
                     "{} images at dataset.image_size = {size} ({size}x{size}x3 bytes each, held twice while assembled)",

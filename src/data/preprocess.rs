@@ -6,6 +6,7 @@
 
 use candle_core::{DType, Device, Tensor};
 
+use crate::backend::{Backends, GpuPath};
 use crate::error::Result;
 
 pub use crate::spec::ResizeMethod;
@@ -23,19 +24,20 @@ pub fn interp_matrix(inp: usize, out: usize, method: ResizeMethod) -> Vec<f32> {
     m
 }
 
-/// Turn `count` u8 NHWC images of `h x w` into f32 NCHW at `size x size`, on `device`.
+/// Turn `count` u8 NHWC images of `h x w` into f32 NCHW at `size x size`, on `device`, on the
+/// path `backends` chooses.
 pub fn to_input(
     pixels: &[u8],
-    count: usize,
-    h: usize,
-    w: usize,
+    (count, h, w): (usize, usize, usize),
     size: usize,
     method: ResizeMethod,
     device: &Device,
+    backends: &Backends,
 ) -> Result<Tensor> {
-    if !device.is_cpu() && crate::device::gpu_path(crate::device::GpuPath::Resize) {
+    if !device.is_cpu() && backends.fused(GpuPath::Resize) {
         // one kernel instead of the conversion, transposes and products below (opt-in)
-        let x = crate::device::upload_u8(pixels, (count, h, w, 3), device)?;
+        let pinned = backends.fused(GpuPath::Upload);
+        let x = crate::gpu::upload_u8(pixels, (count, h, w, 3), device, pinned)?;
         return super::fused_input::FusedResize { size, method }.apply(&x);
     }
     // (N,H,W,C) u8 -> (N,C,W,H) f32: one small copy of the source-size images.
@@ -146,7 +148,15 @@ mod tests {
     #[test]
     fn resize_of_a_constant_image_is_constant() {
         let px = vec![77u8; 5 * 7 * 3];
-        let t = to_input(&px, 1, 5, 7, 11, ResizeMethod::Tf1, &Device::Cpu).unwrap();
+        let t = to_input(
+            &px,
+            (1, 5, 7),
+            11,
+            ResizeMethod::Tf1,
+            &Device::Cpu,
+            &Backends::default(),
+        )
+        .unwrap();
         assert_eq!(t.dims(), &[1, 3, 11, 11]);
         let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
         assert!(v.iter().all(|&x| (x - 77.0).abs() < 1e-4));
@@ -165,7 +175,7 @@ mod tests {
             let px: Vec<u8> = (0..n * h * w * 3)
                 .map(|i| ((i * 37 + i / 7) % 256) as u8)
                 .collect();
-            let want = to_input(&px, n, h, w, s, method, &dev).unwrap();
+            let want = to_input(&px, (n, h, w), s, method, &dev, &Backends::default()).unwrap();
             let x = Tensor::from_slice(&px, (n, h, w, 3), &dev).unwrap();
             let got = super::super::fused_input::FusedResize { size: s, method }
                 .apply(&x)

@@ -27,14 +27,14 @@ pub fn now_rfc3339() -> String {
 }
 
 /// What `summary.json` records of the build and the machine.
-pub fn build_and_machine() -> serde_json::Value {
+pub fn build_and_machine(backends: &crate::backend::Backends) -> serde_json::Value {
     serde_json::json!({
         "runner_version": env!("CARGO_PKG_VERSION"),
         "git_commit": env!("RUNNER_GIT_COMMIT"),
         "candle_version": CANDLE_VERSION,
         "cudnn": cfg!(feature = "cudnn"),
         // the opt-in GPU paths (`RUNNER_GPU_FUSED`), so timings with and without compare
-        "gpu_fused": crate::device::gpu_paths().iter().map(|g| g.name()).collect::<Vec<_>>(),
+        "gpu_fused": backends.fused_paths().iter().map(|g| g.name()).collect::<Vec<_>>(),
         "threads": candle_core::utils::get_num_threads(),
         "hostname": hostname(),
     })

@@ -164,8 +164,7 @@ impl RunDir {
     /// Create the run folder of a spec's run and write its resolved `config.toml`.
     pub fn start(spec: &crate::spec::Spec, run_id: &str) -> Result<RunDir> {
         let rd = RunDir::create(&spec.results_dir, &spec.name, run_id)?;
-        let config =
-            toml::to_string(&spec.raw).map_err(|e| Error::Other(format!("config.toml: {e}")))?;
+        let config = spec.resolved_toml()?;
         rd.write_file("config.toml", config.as_bytes())?;
         Ok(rd)
     }

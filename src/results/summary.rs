@@ -109,9 +109,10 @@ pub fn write_finished(
         "dtype": f.dtype,
         "peak_rss_bytes": env::peak_rss_bytes(),
     });
-    if let (Some(s), serde_json::Value::Object(m)) =
-        (summary.as_object_mut(), env::build_and_machine())
-    {
+    if let (Some(s), serde_json::Value::Object(m)) = (
+        summary.as_object_mut(),
+        env::build_and_machine(&f.spec.backends),
+    ) {
         s.extend(m);
     }
     let row = SummaryRow {

@@ -129,7 +129,7 @@ pub fn check_memory(spec: &Spec) -> Result<()> {
     let Some(big) = needs.iter().max_by_key(|n| n.bytes) else {
         return Ok(());
     };
-    crate::device::ensure_fits(
+    crate::memory::ensure_fits(
         || {
             let rest = if needs.len() > 1 {
                 ", with the rest of the spec,"

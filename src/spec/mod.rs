@@ -95,13 +95,42 @@ pub struct Spec {
     pub tf32: bool,
     pub cache_dir: Option<PathBuf>,
     pub results_dir: PathBuf,
-    /// The fully resolved file, every default written out.
-    pub raw: RawSpec,
+    /// `dataset.on_bad_image`: what to do with an image that does not decode.
+    pub on_bad_image: OnBad,
+    /// `dataset.crop`: GTSRB's region of interest or the whole image.
+    pub crop: Crop,
+    /// `backbone.dropout` of the trainable fc layers.
+    pub backbone_dropout: f64,
+    /// The input transform of raw 0..255 RGB pixels: the architecture's, or `backbone.mean` /
+    /// `backbone.std`'s.
+    pub preprocess: crate::arch::Preprocess,
+    /// Which implementations run (CPU convolution path, opt-in GPU paths): chosen once, from
+    /// `RUNNER_CONV` / `RUNNER_GPU_FUSED` (`Backends::from_env`), and carried to every stage.
+    pub backends: crate::backend::Backends,
+    /// The fully resolved file, every default written out (`resolved_toml`).
+    raw: RawSpec,
     /// For a sweep point: a readable summary of its overrides (part of its run id).
     pub point_label: String,
 }
 
 impl Spec {
+    /// The fully resolved file as TOML, every default written out (`config.toml`).
+    pub fn resolved_toml(&self) -> Result<String> {
+        toml::to_string(&self.raw).map_err(|e| Error::Other(format!("config.toml: {e}")))
+    }
+
+    /// What identifies a run's numbers: the resolved file without the `[run]` keys that only
+    /// say where files go and how features are cached (the number format stays).
+    pub fn identity_toml(&self) -> String {
+        let mut raw = self.raw.clone();
+        raw.run = RunSection {
+            dtype: raw.run.dtype,
+            tf32: raw.run.tf32,
+            ..Default::default()
+        };
+        toml::to_string(&raw).unwrap_or_default()
+    }
+
     pub fn freeze_name(&self) -> &'static str {
         self.arch.layers()[self.freeze]
     }
@@ -243,12 +272,20 @@ fn parse_value(v: &str) -> toml::Value {
 /// An error for `section.key` of the file, with its line and column.
 type KeyError<'a> = dyn Fn(&str, &str, String) -> Error + 'a;
 
-fn validate(path: &Path, text: &str, raw: RawSpec) -> Result<Spec> {
+fn validate(path: &Path, text: &str, mut raw: RawSpec) -> Result<Spec> {
     let err = |section: &str, key: &str, msg: String| {
         Error::Spec(diagnose::key_error(path, text, section, key, &msg))
     };
+    // `freeze` unset: the architecture's last feature layer (fc7, pre_logits), written out
+    if let (true, Some(a)) = (
+        raw.backbone.freeze.is_empty(),
+        Arch::parse(&raw.backbone.arch),
+    ) {
+        raw.backbone.freeze = a.layers()[a.feature_end()].to_string();
+    }
     let (arch, freeze, weights) = check_backbone(&raw.backbone, &err)?;
     let (output, input_size) = check_output(&raw.backbone, arch, freeze, &err)?;
+    let preprocess = check_normalisation(&raw.backbone, arch, &err)?;
     let (dataset_kind, track_split, image_size) = check_dataset(&raw.dataset, arch, &err)?;
     let device = parse_device(&raw.run.device).map_err(|m| err("run", "device", m))?;
     match raw.run.extract_batch {
@@ -305,6 +342,11 @@ fn validate(path: &Path, text: &str, raw: RawSpec) -> Result<Spec> {
             None
         },
         results_dir: PathBuf::from(&raw.run.results_dir),
+        on_bad_image: raw.dataset.on_bad_image,
+        crop: raw.dataset.crop,
+        backbone_dropout: raw.backbone.dropout,
+        backends: crate::backend::Backends::from_env(),
+        preprocess,
         raw,
         point_label: String::new(),
     })
@@ -419,6 +461,38 @@ fn check_backbone(b: &BackboneSection, err: &KeyError) -> Result<(Arch, usize, W
     Ok((arch, freeze, weights))
 }
 
+/// `backbone.mean` / `backbone.std`: three values each (std above 0), replacing the
+/// architecture's normalisation by `(RGB / 255 - mean) / std`; both unset: the architecture's.
+fn check_normalisation(
+    b: &BackboneSection,
+    arch: Arch,
+    err: &KeyError,
+) -> Result<crate::arch::Preprocess> {
+    if b.mean.is_empty() && b.std.is_empty() {
+        return Ok(arch.preprocess());
+    }
+    let three = |key: &str, v: &[f64], positive: bool| -> Result<[f32; 3]> {
+        let ok = v.len() == 3 && v.iter().all(|x| x.is_finite() && (!positive || *x > 0.0));
+        if !ok {
+            return Err(err(
+                "backbone",
+                key,
+                format!(
+                    "is {v:?}; expected three {}numbers, one per RGB channel, for (RGB / 255 - mean) / std (both mean and std, e.g. mean = [0.5, 0.5, 0.5], std = [0.5, 0.5, 0.5])",
+                    if positive { "positive " } else { "" }
+                ),
+            ));
+        }
+        Ok([v[0] as f32, v[1] as f32, v[2] as f32])
+    };
+    Ok(crate::arch::Preprocess {
+        bgr: false,
+        scale: 1.0 / 255.0,
+        mean: three("mean", &b.mean, false)?,
+        std: three("std", &b.std, true)?,
+    })
+}
+
 /// The largest `backbone.input_size`.
 pub const MAX_INPUT_SIZE: usize = 1024;
 
@@ -459,7 +533,7 @@ fn check_output(
         ));
     }
     let conv_output = output < arch.first_fc();
-    if !b.pool.is_none() && !conv_output {
+    if !b.pool.is_none() && !arch.is_map(output) {
         return Err(err(
             "backbone",
             "pool",

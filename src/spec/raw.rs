@@ -1,5 +1,7 @@
 //! The experiment file as written. Every key has a default; unknown keys are errors.
 
+pub use crate::data::gtsrb::Crop;
+pub use crate::data::images::OnBad;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -206,6 +208,13 @@ pub struct BackboneSection {
     /// pooling `output`.
     #[serde(skip_serializing_if = "is_zero")]
     pub input_size: usize,
+    /// The input transform's per-channel mean and std (three values each, for
+    /// `(RGB / 255 - mean) / std`), for weights trained with another normalisation; empty:
+    /// the architecture's own. Left out of the resolved file when empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mean: Vec<f64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub std: Vec<f64>,
 }
 
 fn is_zero(v: &usize) -> bool {
@@ -241,11 +250,13 @@ impl Default for BackboneSection {
         BackboneSection {
             arch: "alexnet".into(),
             weights: "weights/bvlc-alexnet.npy".into(),
-            freeze: "fc7".into(),
+            freeze: String::new(),
             dropout: 0.5,
             output: String::new(),
             pool: Pool::None,
             input_size: 0,
+            mean: Vec::new(),
+            std: Vec::new(),
         }
     }
 }

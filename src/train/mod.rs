@@ -160,6 +160,8 @@ pub struct Model {
     /// Global pooling of the tail's output before the head (`backbone.pool` when the head reads
     /// a layer above the freeze point; otherwise the cached features are pooled already).
     pub tail_pool: Pool,
+    /// Which implementations the training step runs (the run's choice, `Spec::backends`).
+    pub backends: crate::backend::Backends,
 }
 
 impl Model {
@@ -197,12 +199,13 @@ impl Model {
             tail,
             tail_vars,
             head,
-            backbone_dropout: spec.raw.backbone.dropout,
+            backbone_dropout: spec.backbone_dropout,
             tail_pool: if has_tail(spec) {
                 spec.pool
             } else {
                 Pool::None
             },
+            backends: spec.backends,
         })
     }
 
@@ -312,6 +315,7 @@ fn optimizer(model: &Model, t: &TrainSection) -> optim::Optimizer {
             eps: t.eps,
             weight_decay: t.weight_decay,
             momentum: t.momentum,
+            gpu_fused: model.backends.fused(crate::backend::GpuPath::Optim),
         },
         groups,
     )
@@ -340,7 +344,14 @@ fn train_epoch(
     for chunk in order.chunks(t.batch_size) {
         let (xb, yb) = train.take(chunk)?;
         let batch = if manual {
-            let out = step::head_step(&model.head, &xb, &yb, t.label_smoothing, &mut rngs.dropout)?;
+            let out = step::head_step(
+                &model.head,
+                &xb,
+                &yb,
+                t.label_smoothing,
+                &mut rngs.dropout,
+                &model.backends,
+            )?;
             opt.step_with(&out.grads, lr)?;
             out.sums
         } else {

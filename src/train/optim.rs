@@ -24,6 +24,8 @@ pub struct Settings {
     pub eps: f64,
     pub weight_decay: f64,
     pub momentum: f64,
+    /// The update as one kernel per parameter on CUDA (the `optim` opt-in GPU path).
+    pub gpu_fused: bool,
 }
 
 struct Slot {
@@ -32,7 +34,7 @@ struct Slot {
     m: Option<Tensor>,
     v: Option<Tensor>,
     /// Fast path: moments kept by the fused step, updated with the weights in one pass (on the
-    /// CPU always; on CUDA with `RUNNER_GPU_FUSED=1`).
+    /// CPU always; on CUDA with `Settings::gpu_fused`).
     fused: Option<Mutex<Moments>>,
 }
 
@@ -72,36 +74,6 @@ struct FusedStep<'a> {
     first: bool,
     state: &'a Mutex<Moments>,
 }
-
-/// The fused step on CUDA: one thread per value, the same arithmetic as `cpu_fwd`'s loops
-/// (`kind` 0 Adam, 1 AdamW, 2 SGD). Opt-in (`RUNNER_GPU_FUSED=1`) until a GPU has run it.
-pub const KERNEL: &str = r#"
-extern "C" __global__ void optimizer_step(float* w, const float* g, float* m, float* v,
-    unsigned int n, unsigned int kind, float lr, float lr_t, float ibc1, float ibc2, float decay,
-    float b1, float b2, float eps, float wd, float mom) {
-  unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
-  if (i >= n) return;
-  float wi = w[i], gi = g[i];
-  if (kind == 1u) {
-    float mi = b1 * m[i] + (1.f - b1) * gi;
-    float vi = b2 * v[i] + (1.f - b2) * gi * gi;
-    m[i] = mi; v[i] = vi;
-    w[i] = wi * decay - lr * (mi * ibc1) / (sqrtf(vi * ibc2) + eps);
-    return;
-  }
-  if (wd > 0.f) gi = gi + wd * wi;
-  if (kind == 0u) {
-    float mi = b1 * m[i] + (1.f - b1) * gi;
-    float vi = b2 * v[i] + (1.f - b2) * gi * gi;
-    m[i] = mi; v[i] = vi;
-    w[i] = wi - lr_t * mi / (sqrtf(vi) + eps);
-  } else {
-    float mi = mom * m[i] + gi;
-    m[i] = mi;
-    w[i] = wi - lr * mi;
-  }
-}
-"#;
 
 impl FusedStep<'_> {
     /// `optimizer_step`'s `kind` and its float arguments after `n`, in order: lr, lr_t, 1/bc1,
@@ -206,7 +178,7 @@ impl candle_core::InplaceOp2 for FusedStep<'_> {
         g: &candle_core::CudaStorage,
         g_l: &Layout,
     ) -> candle_core::Result<()> {
-        use candle_core::cuda::cudarc::driver::{LaunchConfig, PushKernelArg};
+        use candle_core::cuda::cudarc::driver::PushKernelArg;
         let (Some((w0, w1)), Some((g0, g1))) =
             (dst_l.contiguous_offsets(), g_l.contiguous_offsets())
         else {
@@ -229,11 +201,7 @@ impl candle_core::InplaceOp2 for FusedStep<'_> {
         };
         let gv = g.as_cuda_slice::<f32>()?.slice(g0..g1);
         let mut wv = dst.as_cuda_slice_mut::<f32>()?.slice_mut(w0..w1);
-        let f = dev.get_or_load_custom_func(
-            "optimizer_step",
-            "runner_optimizer_step",
-            crate::device::compile_kernel(KERNEL)?,
-        )?;
+        let f = crate::gpu::function(&dev, &crate::gpu::kernels::OPTIM, "optimizer_step")?;
         let (kind, scalars) = self.kernel_args();
         let n32 = n as u32;
         let mut b = f.builder();
@@ -242,7 +210,7 @@ impl candle_core::InplaceOp2 for FusedStep<'_> {
             b.arg(x);
         }
         // SAFETY: the arguments match `optimizer_step`'s signature; w, g, m and v hold n values
-        unsafe { b.launch(LaunchConfig::for_num_elems(n32)) }.map_err(candle_core::Error::wrap)?;
+        unsafe { crate::gpu::launch(b, n32) }?;
         Ok(())
     }
 }
@@ -250,6 +218,7 @@ impl candle_core::InplaceOp2 for FusedStep<'_> {
 impl Optimizer {
     /// `groups`: (variables, learning-rate multiplier).
     pub fn new(s: Settings, groups: Vec<(Vec<Var>, f64)>) -> Self {
+        let gpu_fused = s.gpu_fused;
         let slots = groups
             .into_iter()
             .flat_map(|(vars, lr_mult)| {
@@ -257,7 +226,7 @@ impl Optimizer {
                     let gpu = cfg!(feature = "cuda")
                         && var.device().is_cuda()
                         && var.dtype() == candle_core::DType::F32
-                        && crate::device::gpu_path(crate::device::GpuPath::Optim);
+                        && gpu_fused;
                     let fused = (var.device().is_cpu() || gpu).then(Mutex::default);
                     Slot {
                         var,
@@ -394,6 +363,8 @@ impl Optimizer {
 
 #[cfg(test)]
 mod tests {
+    /// The kernel's source, as the device compiles it after the prelude.
+    const KERNEL: &str = crate::gpu::kernels::OPTIM.code;
     use super::*;
     use candle_core::Device;
 
@@ -406,6 +377,7 @@ mod tests {
             eps: 1e-8,
             weight_decay: wd,
             momentum: 0.9,
+            gpu_fused: false,
         };
         let o = Optimizer::new(s, vec![(vec![v.clone()], 1.0)]);
         (v, o)
@@ -435,6 +407,7 @@ mod tests {
                     eps: 1e-8,
                     weight_decay: wd,
                     momentum: 0.9,
+                    gpu_fused: false,
                 };
                 let mut oa = Optimizer::new(s(), vec![(vec![a.clone()], 0.5)]);
                 let mut ob = Optimizer::new(s(), vec![(vec![b.clone()], 0.5)]).unfused();

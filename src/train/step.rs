@@ -89,7 +89,7 @@ impl candle_core::CustomOp2 for SoftmaxXent {
         Ok((CpuStorage::F32(out), Shape::from((b, w))))
     }
 
-    /// `cpu_fwd` as one kernel, a thread per row (opt-in: `RUNNER_GPU_FUSED=1`; see
+    /// `cpu_fwd` as one kernel, a thread per row (opt-in: `GpuPath::Xent`; see
     /// `xent_grad`). A label out of range gives a row of NaN (labels are checked before
     /// training; a kernel cannot stop with an error).
     #[cfg(feature = "cuda")]
@@ -100,7 +100,7 @@ impl candle_core::CustomOp2 for SoftmaxXent {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        use candle_core::cuda::cudarc::driver::{LaunchConfig, PushKernelArg};
+        use candle_core::cuda::cudarc::driver::PushKernelArg;
         let (Some((z0, z1)), Some((y0, y1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
         else {
             candle_core::bail!("softmax-xent-grad: contiguous inputs expected")
@@ -114,11 +114,7 @@ impl candle_core::CustomOp2 for SoftmaxXent {
         let y = s2.as_cuda_slice::<u32>()?.slice(y0..y1);
         // SAFETY: the kernel writes all k + 3 values of every row
         let out = unsafe { dev.alloc::<f32>(b * (k + 3))? };
-        let f = dev.get_or_load_custom_func(
-            "softmax_xent_grad",
-            "runner_softmax_xent_grad",
-            crate::device::compile_kernel(KERNEL)?,
-        )?;
+        let f = crate::gpu::function(dev, &crate::gpu::kernels::XENT, "softmax_xent_grad")?;
         let (b32, k32) = (b as u32, k as u32);
         let mut l = f.builder();
         l.arg(&z)
@@ -128,7 +124,7 @@ impl candle_core::CustomOp2 for SoftmaxXent {
             .arg(&k32)
             .arg(&self.eps);
         // SAFETY: the argument list matches the kernel's signature in KERNEL
-        unsafe { l.launch(LaunchConfig::for_num_elems(b32)) }.map_err(candle_core::Error::wrap)?;
+        unsafe { crate::gpu::launch(l, b32) }?;
         Ok((
             candle_core::CudaStorage::wrap_cuda_slice(out, dev.clone()),
             Shape::from((b, k + 3)),
@@ -136,59 +132,8 @@ impl candle_core::CustomOp2 for SoftmaxXent {
     }
 }
 
-/// `SoftmaxXent::cpu_fwd`'s loop body as a kernel, one thread per row; and `ColumnSums`, one
-/// thread per column summing the rows in order.
-pub const KERNEL: &str = r#"
-extern "C" __global__ void column_sums(const float* x, float* out, unsigned int rows,
-                                       unsigned int width, unsigned int from, unsigned int count) {
-  unsigned int j = blockIdx.x * blockDim.x + threadIdx.x;
-  if (j >= count) return;
-  float s = 0.f;
-  for (unsigned int r = 0; r < rows; r++) s += x[(size_t)r * width + from + j];
-  out[j] = s;
-}
-
-extern "C" __global__ void softmax_xent_grad(const float* z, const unsigned int* y, float* out,
-                                             unsigned int b, unsigned int k, float eps) {
-  unsigned int r = blockIdx.x * blockDim.x + threadIdx.x;
-  if (r >= b) return;
-  const float* zr = z + (size_t)r * k;
-  float* o = out + (size_t)r * (k + 3u);
-  unsigned int label = y[r];
-  if (label >= k) {
-    for (unsigned int j = 0; j < k + 3u; j++) o[j] = __int_as_float(0x7fc00000);
-    return;
-  }
-  float mx = __int_as_float(0xff800000);
-  for (unsigned int j = 0; j < k; j++) mx = fmaxf(mx, zr[j]);
-  float sum = 0.f;
-  for (unsigned int j = 0; j < k; j++) {
-    float e = expf(zr[j] - mx);
-    o[j] = e;
-    sum += e;
-  }
-  float lse = mx + logf(sum);
-  float loss = (1.f - eps) * (lse - zr[label]);
-  if (eps > 0.f) {
-    float m = 0.f;
-    for (unsigned int j = 0; j < k; j++) m += zr[j] - lse;
-    loss -= eps * (m / (float)k);
-  }
-  float inv_b = 1.f / (float)b;
-  unsigned int above = 0;
-  for (unsigned int j = 0; j < k; j++) {
-    float q = eps / (float)k + (j == label ? 1.f - eps : 0.f);
-    o[j] = (o[j] / sum - q) * inv_b;
-    if (zr[j] > zr[label]) above++;
-  }
-  o[k] = loss;
-  o[k + 1u] = above == 0 ? 1.f : 0.f;
-  o[k + 2u] = above < 5u ? 1.f : 0.f;
-}
-"#;
-
 /// (dZ, per-sample loss, top-1, top-5) of the mean smoothed cross-entropy; fused on the CPU
-/// (and on a GPU with `RUNNER_GPU_FUSED=1`), tensor ops elsewhere.
+/// (and on a GPU with the `xent` path), tensor ops elsewhere.
 /// Sums of columns `from..from + count` of a (rows, width) f32 matrix, each over its rows in
 /// order: a (count,) vector. On a GPU one kernel (a thread per column) instead of a reduction
 /// per column; the head step sums its loss, top-1 and top-5 columns with it.
@@ -237,17 +182,13 @@ impl candle_core::CustomOp1 for ColumnSums {
         s: &candle_core::CudaStorage,
         l: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        use candle_core::cuda::cudarc::driver::{LaunchConfig, PushKernelArg};
+        use candle_core::cuda::cudarc::driver::PushKernelArg;
         let (o0, o1, rows, width) = self.check(l)?;
         let dev = &s.device;
         let x = s.as_cuda_slice::<f32>()?.slice(o0..o1);
         // SAFETY: the kernel writes all `count` sums
         let out = unsafe { dev.alloc::<f32>(self.count)? };
-        let f = dev.get_or_load_custom_func(
-            "column_sums",
-            "runner_softmax_xent_grad",
-            crate::device::compile_kernel(KERNEL)?,
-        )?;
+        let f = crate::gpu::function(dev, &crate::gpu::kernels::XENT, "column_sums")?;
         let dims = [
             rows as u32,
             width as u32,
@@ -260,8 +201,7 @@ impl candle_core::CustomOp1 for ColumnSums {
             b.arg(d);
         }
         // SAFETY: the argument list matches `column_sums` in KERNEL
-        unsafe { b.launch(LaunchConfig::for_num_elems(self.count as u32)) }
-            .map_err(candle_core::Error::wrap)?;
+        unsafe { crate::gpu::launch(b, self.count as u32) }?;
         Ok((
             candle_core::CudaStorage::wrap_cuda_slice(out, dev.clone()),
             Shape::from(self.count),
@@ -270,10 +210,10 @@ impl candle_core::CustomOp1 for ColumnSums {
 }
 
 /// dLoss/dlogits of the mean loss, and the batch's (summed loss, top-1 count, top-5 count).
-fn xent_grad(z: &Tensor, y: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
+fn xent_grad(z: &Tensor, y: &Tensor, eps: f64, gpu_fused: bool) -> Result<(Tensor, Tensor)> {
     let (b, k) = z.dims2()?;
     // on a GPU one kernel instead of a dozen small ones, when asked (not yet run on a GPU)
-    let fused = cfg!(feature = "cuda") && crate::device::gpu_path(crate::device::GpuPath::Xent);
+    let fused = cfg!(feature = "cuda") && gpu_fused;
     if z.device().is_cpu() || fused {
         let o = z
             .contiguous()?
@@ -356,6 +296,7 @@ pub fn head_step(
     y: &Tensor,
     eps: f64,
     rng: &mut ChaCha8Rng,
+    backends: &crate::backend::Backends,
 ) -> Result<StepOut> {
     let x = x.flatten_from(1)?;
     let dev = x.device().clone();
@@ -386,7 +327,7 @@ pub fn head_step(
             a = z;
         }
     }
-    let (mut dz, sums) = xent_grad(&a, y, eps)?;
+    let (mut dz, sums) = xent_grad(&a, y, eps, backends.fused(crate::backend::GpuPath::Xent))?;
     let mut grads = vec![None; 2 * head.layers.len()];
     for k in (0..=last).rev() {
         let (w, _) = &head.layers[k];
@@ -411,6 +352,8 @@ pub fn head_step(
 
 #[cfg(test)]
 mod tests {
+    /// The kernel's source, as the device compiles it after the prelude.
+    const KERNEL: &str = crate::gpu::kernels::XENT.code;
     use super::*;
     use candle_core::Device;
     use rand::SeedableRng;
@@ -504,7 +447,7 @@ mod tests {
                 let x = Tensor::randn(0f32, 1.0, (7, 12), &dev).unwrap();
                 let y = Tensor::new(&[0u32, 4, 2, 2, 1, 3, 0], &dev).unwrap();
                 let mut r1 = ChaCha8Rng::seed_from_u64(9);
-                let out = head_step(&head, &x, &y, eps, &mut r1).unwrap();
+                let out = head_step(&head, &x, &y, eps, &mut r1, &Default::default()).unwrap();
                 let mut r2 = ChaCha8Rng::seed_from_u64(9);
                 let logits = head.forward(&x, Some(&mut r2)).unwrap();
                 let loss = super::super::metrics::cross_entropy(&logits, &y, eps).unwrap();

@@ -56,3 +56,37 @@ pub fn images(count: usize, h: usize, w: usize) -> Vec<u8> {
     }
     out
 }
+
+/// The named tensors of `arch` in runner's (= PyTorch's) layout, as `formula.torch_tensors`
+/// computes them for the fidelity fixtures of PyTorch-defined networks: tensor k (in
+/// `arch.params()` order, each layer's tensors in `ParamSpec::tensors` order), flat index i,
+/// `u = unit(i, 2k + 1)`:
+/// - a conv/fc weight (rank >= 2): `u * sqrt(24 / fan_in)`, fan_in = the product of its shape
+///   without the first axis;
+/// - a batch norm's weight and running variance: `1 + u / 2` (in [0.75, 1.25));
+/// - any bias, running mean, or other rank-1 weight: `u * 0.2`;
+/// - other tensors (embeddings, tokens): `u * 0.2`.
+pub fn torch_layout(arch: Arch) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let tensors = arch.params().into_iter().flat_map(|p| p.tensors());
+    tensors
+        .enumerate()
+        .map(|(k, (name, shape))| {
+            let n: usize = shape.iter().product();
+            let salt = 2 * k as u64 + 1;
+            let role = name.rsplit('.').next().unwrap_or("").to_string();
+            let value = |i: usize| -> f32 {
+                let u = unit(i, salt);
+                (match (role.as_str(), shape.len()) {
+                    ("weight", r) if r >= 2 => {
+                        let fan_in: usize = shape[1..].iter().product();
+                        u * (24.0 / fan_in as f64).sqrt()
+                    }
+                    ("weight", _) | ("running_var", _) => 1.0 + u / 2.0,
+                    _ => u * 0.2,
+                }) as f32
+            };
+            let data = (0..n).map(value).collect();
+            (name, shape, data)
+        })
+        .collect()
+}

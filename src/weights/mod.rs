@@ -50,6 +50,15 @@ impl WeightSet {
         Ok(Tensor::from_slice(&t.data, t.shape.as_slice(), device)?)
     }
 
+    /// The tensors whose names start with `prefix.`, as candle-nn's `VarBuilder::pp`:
+    /// `set.pp("layer1.0").get("conv1.weight", device)` reads `layer1.0.conv1.weight`.
+    pub fn pp(&self, prefix: &str) -> Prefixed<'_> {
+        Prefixed {
+            set: self,
+            prefix: prefix.to_string(),
+        }
+    }
+
     /// Write as `.safetensors` (candle layout, f32), atomically.
     pub fn save_safetensors(&self, path: &Path) -> Result<()> {
         let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = self
@@ -75,6 +84,36 @@ impl WeightSet {
         let bytes = safetensors::serialize(views, Some(meta))
             .map_err(|e| Error::Other(format!("cannot serialize weights: {e}")))?;
         crate::fsio::write_atomic(path, &bytes)
+    }
+}
+
+/// A view of a `WeightSet` under a name prefix (`WeightSet::pp`).
+pub struct Prefixed<'a> {
+    set: &'a WeightSet,
+    prefix: String,
+}
+
+impl Prefixed<'_> {
+    /// A view one level further down: `pp("layer1").pp("0")` is `layer1.0.`.
+    pub fn pp(&self, name: &str) -> Prefixed<'_> {
+        Prefixed {
+            set: self.set,
+            prefix: self.name(name),
+        }
+    }
+
+    /// The full name of `name` under this prefix.
+    pub fn name(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
+    }
+
+    /// The tensor `prefix.name` on `device`.
+    pub fn get(&self, name: &str, device: &Device) -> Result<Tensor> {
+        self.set.tensor(&self.name(name), device)
     }
 }
 
@@ -331,21 +370,14 @@ pub fn load(path: &Path, arch: Arch) -> Result<WeightSet> {
 
 /// The parameterised layers of `arch` up to layer index `last`.
 pub fn needed_params(arch: Arch, last: usize) -> Vec<ParamSpec> {
-    arch.params()
-        .into_iter()
-        .filter(|p| arch.layer_index(p.layer).is_some_and(|i| i <= last))
-        .collect()
+    arch.params().into_iter().filter(|p| p.at <= last).collect()
 }
 
 /// The highest layer a file serves as `backbone.output`: the last layer before the first
 /// parameterised layer that `has` says is missing.
 pub fn serves_up_to(arch: Arch, has: impl Fn(&str) -> bool) -> &'static str {
     let layers = arch.layers();
-    let first_missing = arch
-        .params()
-        .iter()
-        .find(|p| !has(p.layer))
-        .and_then(|p| arch.layer_index(p.layer));
+    let first_missing = arch.params().iter().find(|p| !has(&p.layer)).map(|p| p.at);
     match first_missing {
         Some(i) if i > 0 => layers[i - 1],
         Some(_) => layers[0],
@@ -414,8 +446,19 @@ fn from_tf_layout(
     let found: Vec<&str> = raw.iter().map(|(l, _)| l.as_str()).collect();
     log_unused(path, need, &found);
     for spec in need.iter().cloned() {
-        let Some((_, arrays)) = raw.iter().find(|(l, _)| l == spec.layer) else {
-            return Err(missing_layer(path, arch, spec.layer, &found));
+        if !spec.is_weight_bias() {
+            return Err(Error::weights(
+                path,
+                format!(
+                    "TensorFlow-layout files (.npy/.npz/pickle) hold weight + bias pairs per layer; {} needs {} ({:?}): give a .safetensors or .pth state dict",
+                    arch.name(),
+                    spec.layer,
+                    spec.kind
+                ),
+            ));
+        }
+        let Some((_, arrays)) = raw.iter().find(|(l, _)| *l == spec.layer) else {
+            return Err(missing_layer(path, arch, &spec.layer, &found));
         };
         let pick = |want_w: bool| {
             arrays
@@ -501,6 +544,7 @@ pub fn tf_to_candle(spec: &ParamSpec, w: &[f32]) -> Vec<f32> {
             cin,
             cout,
             groups,
+            ..
         } => {
             let ci = cin / groups;
             // col = (i*kh + h)*kw + x  <-  row = (h*kw + x)*ci + i
@@ -522,6 +566,10 @@ pub fn tf_to_candle(spec: &ParamSpec, w: &[f32]) -> Vec<f32> {
             }
             None => (cout, cin, Box::new(|col: usize| col)),
         },
+        // one layout only: nothing to convert
+        ParamKind::BatchNorm { .. } | ParamKind::LayerNorm { .. } | ParamKind::Tensor { .. } => {
+            return w.to_vec()
+        }
     };
     transpose_rows(w, cout, len, &*row_of)
 }
@@ -571,50 +619,42 @@ fn load_named(
     get: impl Fn(&str) -> std::result::Result<Option<Named>, String>,
 ) -> Result<WeightSet> {
     let has = |n: &str| names.iter().any(|x| x == n);
-    let has_layer = |layer: &str| {
-        let n = format!("{layer}.weight");
-        has(&n) || arch.alt_name(&n).is_some_and(|a| has(&a))
+    // the name a runner tensor has in the file: runner's own, else another family's
+    let stored = |n: &str| -> Option<String> {
+        if has(n) {
+            return Some(n.to_string());
+        }
+        arch.alt_names(n)
+            .into_iter()
+            .map(|(_, a)| a)
+            .find(|a| has(a))
     };
-    let present: Vec<&str> = arch
-        .params()
+    let all = arch.params();
+    let has_layer = |layer: &str| {
+        all.iter()
+            .find(|p| p.layer == layer)
+            .and_then(|p| p.tensors().into_iter().next())
+            .is_some_and(|(n, _)| stored(&n).is_some())
+    };
+    let present: Vec<&str> = all
         .iter()
-        .map(|p| p.layer)
+        .map(|p| p.layer.as_str())
         .filter(|l| has_layer(l))
         .collect();
     log_unused(path, need, &present);
     let mut set = WeightSet::default();
     for spec in need {
-        for (suffix, want) in [
-            ("weight", spec.weight_shape()),
-            ("bias", vec![spec.bias_len()]),
-        ] {
-            let name = format!("{}.{suffix}", spec.layer);
-            let stored = match arch.alt_name(&name).filter(|a| !has(&name) && has(a)) {
-                Some(alt) => alt,
-                None => name.clone(),
+        for (name, want) in spec.tensors() {
+            let Some(stored) = stored(&name) else {
+                return Err(missing_named(path, arch, &name, names, &has_layer));
             };
             let found = get(&stored).map_err(|m| Error::weights(path, format!("{stored}: {m}")))?;
             let Some((shape, data)) = found else {
-                let mut listed: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
-                listed.sort();
-                listed.truncate(12);
-                return Err(Error::weights(
-                    path,
-                    format!(
-                        "tensor {name} is missing (found {}{}); files of named tensors use runner's names <layer>.weight / <layer>.bias (or torchvision's for VGG); the file would serve backbone.output up to {}",
-                        listed.join(", "),
-                        if names.len() > 12 { ", ..." } else { "" },
-                        serves_up_to(arch, has_layer)
-                    ),
-                ));
+                return Err(missing_named(path, arch, &name, names, &has_layer));
             };
             if shape != want {
-                let tf = if suffix == "weight" {
-                    spec.seed_weight_shape()
-                } else {
-                    vec![]
-                };
-                let hint = if shape == tf {
+                let tf = spec.seed_weight_shape();
+                let hint = if name.ends_with(".weight") && shape == tf && tf != want {
                     " — that is TensorFlow's layout; .safetensors and .pth are read in candle/PyTorch layout (OIHW, [out, in])"
                 } else {
                     ""
@@ -628,6 +668,34 @@ fn load_named(
         }
     }
     Ok(set)
+}
+
+/// A tensor the file lacks: some of what it has, and up to which layer it would serve.
+fn missing_named(
+    path: &Path,
+    arch: Arch,
+    name: &str,
+    names: &[String],
+    has_layer: &dyn Fn(&str) -> bool,
+) -> Error {
+    let mut listed: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+    listed.sort();
+    listed.truncate(12);
+    let families: Vec<&str> = arch.desc().name_maps.iter().map(|m| m.source).collect();
+    let also = if families.is_empty() {
+        String::new()
+    } else {
+        format!(" (or {}'s)", families.join("'s, "))
+    };
+    Error::weights(
+        path,
+        format!(
+            "tensor {name} is missing (found {}{}); files of named tensors use runner's names <layer>.weight / <layer>.bias{also}; the file would serve backbone.output up to {}",
+            listed.join(", "),
+            if names.len() > 12 { ", ..." } else { "" },
+            serves_up_to(arch, has_layer)
+        ),
+    )
 }
 
 fn load_safetensors(
@@ -711,25 +779,37 @@ fn safetensor_f32(
 /// pixels, as they do with the real pretrained weights.
 pub fn random(arch: Arch, seed: u64) -> WeightSet {
     let mut raw = formula::tf_layout(arch, seed);
-    if let Some((w, _)) = raw.first_mut() {
+    // (only for networks fed raw 0..255 pixels: the others see inputs of order 1 already)
+    if let (Some((w, _)), 1.0) = (raw.first_mut(), arch.preprocess().scale) {
         w.iter_mut().for_each(|v| *v /= 128.0);
     }
     let mut set = WeightSet::default();
     for (spec, (w, b)) in arch.params().iter().zip(raw) {
-        set.tensors.insert(
-            format!("{}.weight", spec.layer),
-            HostTensor {
-                shape: spec.weight_shape(),
-                data: tf_to_candle(spec, &w),
-            },
-        );
-        set.tensors.insert(
-            format!("{}.bias", spec.layer),
-            HostTensor {
-                shape: vec![spec.bias_len()],
-                data: b,
-            },
-        );
+        let mut tensors = spec.tensors().into_iter();
+        let values = |role: &str, n: usize| -> Vec<f32> {
+            // batch and layer norms start as the identity: scale 1, shift 0, statistics 0 and 1
+            let one = matches!(role, "weight" | "running_var");
+            vec![if one { 1.0 } else { 0.0 }; n]
+        };
+        if spec.is_weight_bias() || matches!(spec.kind, ParamKind::Conv { .. }) {
+            if let Some((name, shape)) = tensors.next() {
+                let data = tf_to_candle(spec, &w);
+                set.tensors.insert(name, HostTensor { shape, data });
+            }
+            if let Some((name, shape)) = tensors.next() {
+                set.tensors.insert(name, HostTensor { shape, data: b });
+            }
+            continue;
+        }
+        for (name, shape) in tensors {
+            let n = shape.iter().product();
+            let data = match spec.kind {
+                // embeddings and tokens: the formula's values, as a learned tensor's start
+                ParamKind::Tensor { .. } => w.clone(),
+                _ => values(name.rsplit('.').next().unwrap_or(""), n),
+            };
+            set.tensors.insert(name, HostTensor { shape, data });
+        }
     }
     set
 }
@@ -741,7 +821,8 @@ mod tests {
     #[test]
     fn fc6_rows_move_from_nhwc_to_nchw_flatten() {
         let spec = ParamSpec {
-            layer: "fc",
+            layer: "fc".into(),
+            at: 9,
             kind: ParamKind::Fc {
                 cin: 12,
                 cout: 37, // two whole blocks of 16 outputs and a partial one
@@ -766,13 +847,15 @@ mod tests {
     #[test]
     fn conv_hwio_to_oihw() {
         let spec = ParamSpec {
-            layer: "c",
+            layer: "c".into(),
+            at: 1,
             kind: ParamKind::Conv {
                 kh: 2,
                 kw: 3,
                 cin: 4,
                 cout: 37,
                 groups: 2,
+                bias: true,
             },
         };
         let n = 2 * 3 * 2 * 37;

@@ -258,6 +258,17 @@ pub fn load(path: &Path, bytes: &[u8], arch: Arch, need: &[ParamSpec]) -> Result
         fcs.len()
     );
     for spec in need {
+        if !spec.is_weight_bias() {
+            return Err(Error::weights(
+                path,
+                format!(
+                    "ONNX models are mapped to runner's layers by the order of their Conv and Gemm/MatMul nodes, which serves weight + bias layers only; {} also needs {} ({:?}). Export the weights as a state dict (.safetensors or .pth) instead",
+                    arch.name(),
+                    spec.layer,
+                    spec.kind
+                ),
+            ));
+        }
         let is_conv = matches!(spec.kind, ParamKind::Conv { .. });
         let next = if is_conv { ci.next() } else { fi.next() };
         let Some(wn) = next else {
@@ -319,12 +330,12 @@ fn weights_of(path: &Path, spec: &ParamSpec, wn: &Weighted<'_>, nhwc: bool) -> R
     // needs the transpose
     let layout = match (&spec.kind, nhwc) {
         (ParamKind::Fc { cin, cout, .. }, false) => ParamSpec {
-            layer: spec.layer,
             kind: ParamKind::Fc {
                 cin: *cin,
                 cout: *cout,
                 flatten_chw: None,
             },
+            ..spec.clone()
         },
         _ => spec.clone(),
     };

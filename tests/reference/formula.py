@@ -84,3 +84,25 @@ def _vgg(blocks):
 
 VGG16 = _vgg([2, 2, 3, 3, 3])
 VGG19 = _vgg([2, 2, 4, 4, 4])
+
+
+def torch_tensors(named_shapes):
+    """The tensors of a PyTorch-defined network in PyTorch's layout, as runner's
+    `weights::formula::torch_layout` computes them. named_shapes: (name, shape) in the model's
+    state_dict order, without `num_batches_tracked`. Tensor k, u = unit(n, 2k + 1):
+    conv/fc weights (rank >= 2) u * sqrt(24 / fan_in) with fan_in the product of the shape
+    without its first axis; rank-1 weights and running variances 1 + u / 2; everything else
+    u * 0.2."""
+    out = {}
+    for k, (name, shape) in enumerate(named_shapes):
+        n = int(np.prod(shape)) if len(shape) else 1
+        u = unit(n, 2 * k + 1)
+        role = name.rsplit(".", 1)[-1]
+        if role == "weight" and len(shape) >= 2:
+            v = u * np.sqrt(24.0 / int(np.prod(shape[1:])))
+        elif role in ("weight", "running_var"):
+            v = 1.0 + u / 2.0
+        else:
+            v = u * 0.2
+        out[name] = v.astype(np.float32).reshape(shape)
+    return out

@@ -5,7 +5,7 @@
 //! normalised map is never written.
 //!
 //! On CUDA this is an nvrtc kernel, used only for frozen f32 maps and only with
-//! `RUNNER_GPU_FUSED=1` (`device::gpu_fused`) until `scripts/gpu-check.sh` has passed with it
+//! the `lrn` path (`backend::GpuPath::LrnPool`) until `scripts/gpu-check.sh` has passed with it
 //! on a GPU (issue 20). `cpu_fwd` does the same arithmetic in a loop, as the reference the
 //! kernel follows line for line. A test holds it to `lrn` followed by `max_pool_valid`.
 
@@ -140,7 +140,7 @@ impl LrnMaxPool {
     where
         T: candle_core::cuda::CudaDType + candle_core::cuda::cudarc::driver::DeviceRepr,
     {
-        use candle_core::cuda::cudarc::driver::{LaunchConfig, PushKernelArg};
+        use candle_core::cuda::cudarc::driver::PushKernelArg;
         let (n, c, h, w) = l.shape().dims4()?;
         let (ho, wo) = self.out_dims(h, w)?;
         let total = n * c * ho * wo;
@@ -148,11 +148,7 @@ impl LrnMaxPool {
         let x = st.as_cuda_slice::<T>()?.slice(o0..o1);
         // SAFETY: every one of the `total` values is written by the kernel below
         let y = unsafe { dev.alloc::<T>(total)? };
-        let f = dev.get_or_load_custom_func(
-            name,
-            "runner_lrn_max_pool",
-            crate::device::compile_kernel(KERNEL)?,
-        )?;
+        let f = crate::gpu::function(dev, &crate::gpu::kernels::LRN_POOL, name)?;
         let dims: [u32; 9] = [
             n as u32,
             c as u32,
@@ -171,8 +167,7 @@ impl LrnMaxPool {
         }
         b.arg(&self.alpha).arg(&self.beta).arg(&self.bias);
         // SAFETY: the argument list matches the kernel's signature in KERNEL
-        unsafe { b.launch(LaunchConfig::for_num_elems(total as u32)) }
-            .map_err(candle_core::Error::wrap)?;
+        unsafe { crate::gpu::launch(b, total as u32) }?;
         Ok((
             candle_core::CudaStorage::wrap_cuda_slice(y, dev.clone()),
             Shape::from((n, c, ho, wo)),
@@ -180,47 +175,10 @@ impl LrnMaxPool {
     }
 }
 
-/// The kernel: `cpu_fwd`'s loop body, one thread per pooled output, computing in f32; one entry
-/// point per storage format (the loads and stores of `device::KERNEL_PRELUDE`), so that bf16 and
-/// f16 maps are neither widened nor narrowed by separate passes.
-pub const KERNEL: &str = r#"
-#define LRN_MAX_POOL(NAME, T, LD, ST)                                                      \
-extern "C" __global__ void NAME(const T* x, T* out, unsigned int n, unsigned int c,         \
-                                unsigned int h, unsigned int w, unsigned int ho,           \
-                                unsigned int wo, unsigned int k, unsigned int stride,      \
-                                unsigned int radius, float alpha, float beta, float bias) { \
-  unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;                                  \
-  if (i >= n * c * ho * wo) return;                                                        \
-  unsigned int ox = i % wo, oy = (i / wo) % ho, ch = (i / (wo * ho)) % c;                  \
-  unsigned int b = i / (wo * ho * c);                                                      \
-  size_t plane = (size_t)h * w;                                                            \
-  const T* img = x + (size_t)b * c * plane;                                                \
-  unsigned int lo = ch >= radius ? ch - radius : 0u;                                       \
-  unsigned int hi = ch + radius < c - 1u ? ch + radius : c - 1u;                           \
-  float best = __int_as_float(0xff800000);  /* -infinity */                                \
-  for (unsigned int ky = 0; ky < k; ky++) {                                                \
-    for (unsigned int kx = 0; kx < k; kx++) {                                              \
-      size_t p = (size_t)(oy * stride + ky) * w + ox * stride + kx;                        \
-      float sum = 0.f;                                                                     \
-      for (unsigned int q = lo; q <= hi; q++) {                                            \
-        float v = LD(img, q * plane + p);                                                  \
-        sum += v * v;                                                                      \
-      }                                                                                    \
-      float d = bias + alpha * sum;                                                        \
-      float v = LD(img, ch * plane + p);                                                   \
-      float y = beta == 0.75f ? v / (sqrtf(d) * sqrtf(sqrtf(d))) : v / powf(d, beta);      \
-      best = fmaxf(best, y);                                                               \
-    }                                                                                      \
-  }                                                                                        \
-  ST(out, i, best);                                                                        \
-}
-LRN_MAX_POOL(lrn_max_pool_f32, float, ld_f32, st_f32)
-LRN_MAX_POOL(lrn_max_pool_bf16, unsigned short, ld_bf16, st_bf16)
-LRN_MAX_POOL(lrn_max_pool_f16, unsigned short, ld_f16, st_f16)
-"#;
-
 #[cfg(test)]
 mod tests {
+    /// The kernel's source, as the device compiles it after the prelude.
+    const KERNEL: &str = crate::gpu::kernels::LRN_POOL.code;
     use super::*;
     use crate::arch::alexnet::{LRN_ALPHA, LRN_BETA, LRN_BIAS, LRN_RADIUS};
     use crate::backbone::layers::{lrn, max_pool_valid};

@@ -99,25 +99,6 @@ impl candle_core::CustomOp3 for CudnnConv {
     }
 }
 
-/// Bias and optional ReLU in place over an NCHW output, computed in f32, one thread per value;
-/// one entry point per storage format (the loads and stores of `device::KERNEL_PRELUDE`).
-pub const KERNEL: &str = r#"
-#define BIAS_ACT(NAME, T, LD, ST)                                                          \
-extern "C" __global__ void NAME(T* y, const T* b, unsigned int c, unsigned int hw,         \
-                                unsigned long long n, unsigned int relu) {                 \
-  unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;        \
-  unsigned long long step = (unsigned long long)gridDim.x * blockDim.x;                    \
-  for (; i < n; i += step) {                                                               \
-    float v = LD(y, i) + LD(b, (i / hw) % c);                                              \
-    if (relu && !(v > 0.f)) v = 0.f;                                                       \
-    ST(y, i, v);                                                                           \
-  }                                                                                        \
-}
-BIAS_ACT(bias_act_f32, float, ld_f32, st_f32)
-BIAS_ACT(bias_act_bf16, unsigned short, ld_bf16, st_bf16)
-BIAS_ACT(bias_act_f16, unsigned short, ld_f16, st_f16)
-"#;
-
 #[cfg(feature = "cudnn")]
 mod imp {
     use std::cell::RefCell;
@@ -273,27 +254,7 @@ mod imp {
 
         STATES.with(|states| -> candle_core::Result<()> {
             let mut states = states.borrow_mut();
-            let state = match states.entry(dev.id()) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    stream
-                        .context()
-                        .bind_to_thread()
-                        .map_err(candle_core::Error::wrap)?;
-                    let handle = r::create_handle()?;
-                    // SAFETY: a fresh handle and candle's live stream for this device
-                    if let Err(err) = unsafe { r::set_stream(handle, stream.cu_stream() as _) } {
-                        // SAFETY: created above, not stored anywhere
-                        let _ = unsafe { r::destroy_handle(handle) };
-                        return Err(err.into());
-                    }
-                    e.insert(State {
-                        handle,
-                        plans: HashMap::new(),
-                        workspace: None,
-                    })
-                }
-            };
+            let state = state_of(&mut states, dev)?;
             let handle = state.handle;
             let plan = match state.plans.entry(key) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
@@ -345,21 +306,58 @@ mod imp {
             Ok(())
         })?;
 
-        // bias + ReLU in place
-        let f = dev.get_or_load_custom_func(
-            bias_fn,
-            "runner_gpu_conv",
-            crate::device::compile_kernel(super::KERNEL)?,
-        )?;
-        let (c, hw, n64, relu) = (o as u32, (oh * ow) as u32, total as u64, op.relu as u32);
+        bias_act(dev, bias_fn, &mut y, &bv, (o, oh * ow, total), op.relu)?;
+        Ok((
+            CudaStorage::wrap_cuda_slice(y, dev.clone()),
+            Shape::from((n, o, oh, ow)),
+        ))
+    }
+
+    /// This thread's cuDNN state for `dev`, its handle made and bound to candle's stream on
+    /// first use.
+    fn state_of<'a>(
+        states: &'a mut HashMap<DeviceId, State>,
+        dev: &candle_core::cuda::CudaDevice,
+    ) -> candle_core::Result<&'a mut State> {
+        Ok(match states.entry(dev.id()) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let stream = dev.cuda_stream();
+                stream
+                    .context()
+                    .bind_to_thread()
+                    .map_err(candle_core::Error::wrap)?;
+                let handle = r::create_handle()?;
+                // SAFETY: a fresh handle and candle's live stream for this device
+                if let Err(err) = unsafe { r::set_stream(handle, stream.cu_stream() as _) } {
+                    // SAFETY: created above, not stored anywhere
+                    let _ = unsafe { r::destroy_handle(handle) };
+                    return Err(err.into());
+                }
+                e.insert(State {
+                    handle,
+                    plans: HashMap::new(),
+                    workspace: None,
+                })
+            }
+        })
+    }
+
+    /// Bias (+ ReLU) in place over the convolution's output `y` of `(channels, plane, total)`
+    /// values, with the kernel entry `bias_fn` of the output's format.
+    fn bias_act<T: CudaDType + candle_core::cuda::cudarc::driver::DeviceRepr>(
+        dev: &candle_core::cuda::CudaDevice,
+        bias_fn: &'static str,
+        y: &mut CudaSlice<T>,
+        bv: &candle_core::cuda::cudarc::driver::CudaView<'_, T>,
+        (channels, plane, total): (usize, usize, usize),
+        relu: bool,
+    ) -> candle_core::Result<()> {
+        let f = crate::gpu::function(dev, &crate::gpu::kernels::BIAS_RELU, bias_fn)?;
+        let (c, hw, n64, relu) = (channels as u32, plane as u32, total as u64, relu as u32);
         let blocks = total.div_ceil(256).clamp(1, 65_535 * 16) as u32;
         let mut lb = f.builder();
-        lb.arg(&mut y)
-            .arg(&bv)
-            .arg(&c)
-            .arg(&hw)
-            .arg(&n64)
-            .arg(&relu);
+        lb.arg(y).arg(bv).arg(&c).arg(&hw).arg(&n64).arg(&relu);
         let cfg = LaunchConfig {
             grid_dim: (blocks, 1, 1),
             block_dim: (256, 1, 1),
@@ -367,11 +365,7 @@ mod imp {
         };
         // SAFETY: the arguments match `BIAS_ACT`'s signature; the grid-stride loop bounds reads
         // and writes by `total`, the output's length
-        unsafe { lb.launch(cfg) }.map_err(candle_core::Error::wrap)?;
-        Ok((
-            CudaStorage::wrap_cuda_slice(y, dev.clone()),
-            Shape::from((n, o, oh, ow)),
-        ))
+        unsafe { crate::gpu::launch_with(lb, cfg) }
     }
 
     /// Descriptors for `key`, and the fastest algorithm measured on these very buffers
@@ -496,6 +490,8 @@ mod imp {
 
 #[cfg(test)]
 mod tests {
+    /// The kernel's source, as the device compiles it after the prelude.
+    const KERNEL: &str = crate::gpu::kernels::BIAS_RELU.code;
     use super::*;
     use candle_core::{Device, Tensor};
 
