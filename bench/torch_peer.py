@@ -3,6 +3,7 @@
 usage: python bench/torch_peer.py WORKLOAD [options]
   alexnet  --batch B --images N [--device cpu|cuda] [--dtype f32|tf32|bf16]   images/s to fc7
   vgg16    --batch B --images N [...]                                          images/s to relu6
+  resnet50 --batch B --images N [...]                    images/s to pre_logits (torchvision's)
   head     --epochs E [--n 34799] [--device ...]           s per epoch, linear 4096 -> 43, Adam
   sweep    --epochs E --n N                                12 head configs, s in all
 Prints one line per measurement: `torch WORKLOAD CONFIG: VALUE UNIT`.
@@ -48,10 +49,19 @@ def vgg16_relu6():
     return nn.Sequential(*layers, nn.Flatten(), nn.Linear(25088, 4096), nn.ReLU(inplace=True))
 
 
+def resnet50_pre_logits():
+    import torchvision
+
+    m = torchvision.models.resnet50(weights=None)
+    m.fc = nn.Identity()  # the pooled 2048-vector, runner's pre_logits
+    return m
+
+
 def he_init(m):
     if isinstance(m, (nn.Conv2d, nn.Linear)):
         nn.init.kaiming_uniform_(m.weight, nonlinearity="relu")
-        nn.init.uniform_(m.bias, -0.01, 0.01)
+        if m.bias is not None:
+            nn.init.uniform_(m.bias, -0.01, 0.01)
 
 
 def sync(dev):
@@ -150,7 +160,7 @@ def sweep(a):
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
-    p.add_argument("workload", choices=["alexnet", "vgg16", "head", "sweep"])
+    p.add_argument("workload", choices=["alexnet", "vgg16", "resnet50", "head", "sweep"])
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--images", type=int, default=256)
     p.add_argument("--runs", type=int, default=3)
@@ -168,7 +178,12 @@ if __name__ == "__main__":
         s = head(a)
         print(f"torch head {a.device}: {s:.4f} s/epoch")
     else:
-        model, size = (alexnet_fc7(), 227) if a.workload == "alexnet" else (vgg16_relu6(), 224)
+        model, size = {
+            "alexnet": (alexnet_fc7, 227),
+            "vgg16": (vgg16_relu6, 224),
+            "resnet50": (resnet50_pre_logits, 224),
+        }[a.workload]
+        model = model()
         ips, secs = extract(model, size, a)
         print(f"torch {a.workload} {a.device} {a.dtype} batch {a.batch}: {ips:.1f} images/s "
               f"({a.images} images in {secs:.3f} s)")
