@@ -177,17 +177,27 @@ impl CustomOp3 for FrozenConv {
         let mut out = vec![0f32; n * g.o * p];
         let dst = OutPtr(out.as_mut_ptr());
         let jobs = n * self.groups * bands;
+        // a 1x1, stride-1, unpadded convolution is a plain matrix product over the input's own
+        // rows: `gemm` reads them where they are, with no column matrix
+        let direct = (g.kh, g.kw, self.stride, self.pads) == (1, 1, 1, [0; 4]);
+        let buf_len = if direct { 0 } else { k * rows * g.ow };
         (0..jobs).into_par_iter().for_each_init(
-            || vec![0f32; k * rows * g.ow],
+            || vec![0f32; buf_len],
             |buf, job| {
                 let (img, rest) = (job / (self.groups * bands), job % (self.groups * bands));
                 let (grp, band) = (rest / bands, rest % bands);
                 let oy0 = band * rows;
                 let r = rows.min(g.oh - oy0);
                 let cols = r * g.ow;
-                let buf = &mut buf[..k * cols];
                 let image = &x[img * g.c * g.h * g.w..(img + 1) * g.c * g.h * g.w];
-                self.columns(&g, image, grp * g.cg, oy0, r, buf);
+                // the right-hand matrix (k x cols) and its row stride
+                let (rhs, rhs_rs) = if direct {
+                    (&image[grp * g.cg * p + oy0 * g.ow..], p)
+                } else {
+                    let buf = &mut buf[..k * cols];
+                    self.columns(&g, image, grp * g.cg, oy0, r, buf);
+                    (&buf[..], cols)
+                };
                 let o0 = grp * og;
                 // SAFETY: rows o0..o0+og, columns oy0*ow..+cols of image `img` belong to
                 // this job alone (see OutPtr); all offsets stay inside the n*o*p buffer.
@@ -207,9 +217,9 @@ impl CustomOp3 for FrozenConv {
                         w.as_ptr().add(o0 * k),
                         1,
                         k as isize,
-                        buf.as_ptr(),
+                        rhs.as_ptr(),
                         1,
-                        cols as isize,
+                        rhs_rs as isize,
                         1.0f32,
                         1.0f32,
                         false,
@@ -582,6 +592,8 @@ impl WinoJob<'_> {
 pub(super) struct MaxPool {
     pub k: usize,
     pub stride: usize,
+    /// Padding on every side, which no window takes its maximum from (PyTorch's -inf padding).
+    pub pad: usize,
 }
 
 impl candle_core::CustomOp1 for MaxPool {
@@ -592,21 +604,27 @@ impl candle_core::CustomOp1 for MaxPool {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, "input")?;
         let (n, c, h, w) = l.shape().dims4()?;
-        let (k, st) = (self.k, self.stride);
-        if k == 0 || st == 0 || h < k || w < k {
-            candle_core::bail!("max pool: {k}x{k} windows, stride {st}, over {h}x{w}")
+        let (k, st, p) = (self.k, self.stride, self.pad);
+        if k == 0 || st == 0 || h + 2 * p < k || w + 2 * p < k || p >= k {
+            candle_core::bail!("max pool: {k}x{k} windows, stride {st}, pad {p}, over {h}x{w}")
         }
-        let (oh, ow) = ((h - k) / st + 1, (w - k) / st + 1);
+        let (oh, ow) = ((h + 2 * p - k) / st + 1, (w + 2 * p - k) / st + 1);
+        // the in-bounds part [lo, hi) of the window starting at padded index i * st
+        let span = |i: usize, side: usize| {
+            let lo = (i * st).saturating_sub(p);
+            (lo, (i * st + k - p).min(side))
+        };
         let mut out = vec![0f32; n * c * oh * ow];
         out.par_chunks_mut((oh * ow).max(1))
             .zip(x.par_chunks(h * w))
             .for_each(|(dst, plane)| {
                 for (oy, drow) in dst.chunks_exact_mut(ow).enumerate() {
+                    let (y0, y1) = span(oy, h);
                     for (ox, d) in drow.iter_mut().enumerate() {
-                        let (y0, x0) = (oy * st, ox * st);
+                        let (x0, x1) = span(ox, w);
                         let mut m = plane[y0 * w + x0];
-                        for row in plane[y0 * w..].chunks(w).take(k) {
-                            for &v in &row[x0..x0 + k] {
+                        for row in plane[y0 * w..].chunks(w).take(y1 - y0) {
+                            for &v in &row[x0..x1] {
                                 if m < v {
                                     m = v;
                                 }
@@ -617,5 +635,41 @@ impl candle_core::CustomOp1 for MaxPool {
                 }
             });
         Ok((CpuStorage::F32(out), Shape::from((n, c, oh, ow))))
+    }
+}
+
+/// `relu(a + b)` of two contiguous f32 tensors of one shape in one parallel pass (a residual
+/// block's end: one read of each and one write, where `add` then `relu` make two passes and
+/// an intermediate tensor).
+pub(super) struct AddRelu;
+
+/// Values per rayon task of `AddRelu`.
+const ADD_CHUNK: usize = 1 << 16;
+
+impl candle_core::CustomOp2 for AddRelu {
+    fn name(&self) -> &'static str {
+        "add-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (a, b) = (f32_slice(s1, l1, "a")?, f32_slice(s2, l2, "b")?);
+        if l1.shape() != l2.shape() {
+            candle_core::bail!("add-relu: shapes {:?} and {:?}", l1.shape(), l2.shape())
+        }
+        let mut out = vec![0f32; a.len()];
+        out.par_chunks_mut(ADD_CHUNK)
+            .zip(a.par_chunks(ADD_CHUNK).zip(b.par_chunks(ADD_CHUNK)))
+            .for_each(|(d, (a, b))| {
+                for ((d, a), b) in d.iter_mut().zip(a).zip(b) {
+                    *d = (a + b).max(0.0);
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }

@@ -416,6 +416,18 @@ fn lrn_image(o: &mut [f32], xi: &[f32], c: usize, plane: usize, p: &FusedLrn) {
     }
 }
 
+/// PyTorch's `MaxPool2d(k, stride, padding = pad)` of a map whose values are all >= 0 (after
+/// a ReLU, as ResNet's stem): on the CPU where no gradient flows, windows skip the padding;
+/// elsewhere zero padding, which gives the same maxima for such a map.
+pub fn max_pool_after_relu(x: &Tensor, k: usize, stride: usize, pad: usize) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 && !x.track_op() && pad < k {
+        let op = super::cpu_conv::MaxPool { k, stride, pad };
+        return Ok(x.contiguous()?.apply_op1_no_bwd(&op)?);
+    }
+    let x = x.pad_with_zeros(2, pad, pad)?.pad_with_zeros(3, pad, pad)?;
+    max_pool_valid(&x, k, stride)
+}
+
 /// Max pooling with a square window, TF "VALID" padding.
 pub fn max_pool_valid(x: &Tensor, k: usize, stride: usize) -> Result<Tensor> {
     // frozen f32 on the CPU: the same comparisons as candle's op, one plane per rayon task
@@ -423,7 +435,7 @@ pub fn max_pool_valid(x: &Tensor, k: usize, stride: usize) -> Result<Tensor> {
     if x.device().is_cpu() && x.dtype() == DType::F32 && !x.track_op() {
         let (_, _, h, w) = x.dims4()?;
         if k >= 1 && stride >= 1 && h >= k && w >= k {
-            let op = super::cpu_conv::MaxPool { k, stride };
+            let op = super::cpu_conv::MaxPool { k, stride, pad: 0 };
             return Ok(x.contiguous()?.apply_op1_no_bwd(&op)?);
         }
     }
@@ -473,6 +485,17 @@ fn max_pool_3s2_differentiable(x: &Tensor) -> Result<Tensor> {
 pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     let x = &x.to_dtype(w.dtype())?;
     Ok(x.matmul(&w.t()?)?.broadcast_add(b)?)
+}
+
+/// `relu(a + b)`, a residual block's end: one parallel pass on the CPU where no gradient flows
+/// (frozen layers), `add` then `relu` elsewhere.
+pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let b = &b.to_dtype(a.dtype())?;
+    if a.device().is_cpu() && a.dtype() == DType::F32 && !a.track_op() && !b.track_op() {
+        let (a, b) = (a.contiguous()?, b.contiguous()?);
+        return Ok(a.apply_op2_no_bwd(&b, &super::cpu_conv::AddRelu)?);
+    }
+    Ok(a.add(b)?.relu()?)
 }
 
 /// Flatten all but the batch dimension.

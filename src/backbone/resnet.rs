@@ -8,7 +8,9 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 
-use super::layers::{conv2d_padded, global_pool, linear, max_pool_valid, Normalize, Pad, Param};
+use super::layers::{
+    add_relu, conv2d_padded, global_pool, linear, max_pool_after_relu, Normalize, Pad, Param,
+};
 use super::{Backbone, Dropout};
 pub use crate::arch::resnet::*;
 use crate::arch::Preprocess;
@@ -155,8 +157,7 @@ impl Unit {
             Some(d) => d.forward(x, false, b)?,
             None => x.clone(),
         };
-        let identity = identity.to_dtype(y.dtype())?;
-        Ok(y.add(&identity)?.relu()?)
+        add_relu(&y, &identity)
     }
 
     fn all(&self) -> impl Iterator<Item = &ConvBn> {
@@ -249,10 +250,8 @@ impl ResNet {
             1 => {
                 let stem = self.stem.as_ref().ok_or_else(|| Self::missing("stem"))?;
                 let y = stem.forward(x, true, b)?;
-                // 3x3/2 max pooling with 1 pixel of padding: after the ReLU every value is
-                // >= 0, so zero padding gives PyTorch's -inf padding's maxima
-                let y = y.pad_with_zeros(2, 1, 1)?.pad_with_zeros(3, 1, 1)?;
-                max_pool_valid(&y, 3, 2)
+                // 3x3/2 max pooling with 1 pixel of padding, after the ReLU
+                max_pool_after_relu(&y, 3, 2, 1)
             }
             2..=5 => {
                 let units = &self.stages[i - 2];
