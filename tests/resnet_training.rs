@@ -171,4 +171,30 @@ fn resnet_specs_default_to_pre_logits_and_check_their_keys() {
         let out = run_in(d.path(), &["check", "bad.toml"]);
         assert_clean_failure(&out, &must);
     }
+    // backbone.mean/std replace the normalisation: ImageNet's own values change nothing,
+    // timm-style 0.5/0.5 changes every feature
+    let features = |norm: &str| -> Vec<f32> {
+        std::fs::write(
+            d.path().join("n.toml"),
+            format!(
+                "[backbone]\narch = \"resnet18\"\nweights = \"random\"\nfreeze = \"layer1\"\ninput_size = 32\n{norm}\n{base}"
+            ),
+        )
+        .unwrap();
+        let out = run_in(d.path(), &["-q", "extract", "n.toml", "--out", "n.npz"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let limits = runner::weights::pickle::Limits::default();
+        let got = runner::weights::npy::read_npz(&d.path().join("n.npz"), &limits).unwrap();
+        let f = &got.iter().find(|(k, _)| k == "features").unwrap().1;
+        f.to_f32_c().unwrap()
+    };
+    let default = features("");
+    let imagenet = features("mean = [0.485, 0.456, 0.406]\nstd = [0.229, 0.224, 0.225]");
+    let half = features("mean = [0.5, 0.5, 0.5]\nstd = [0.5, 0.5, 0.5]");
+    assert_eq!(default, imagenet);
+    assert!(rel_l2(&half, &default) > 1e-2);
 }
