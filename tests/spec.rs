@@ -200,3 +200,39 @@ fn extract_batch_is_a_number_or_auto() {
     let s = load(BASE, &[], &[("RUNNER_RUN__EXTRACT_BATCH", "auto")]).unwrap();
     assert_eq!(s.extract_batch, BatchSize::Auto);
 }
+
+#[test]
+fn output_alone_is_a_probe_at_that_layer_and_a_sweep_over_outputs_pools_only_maps() {
+    // `output` without `freeze`: freeze follows it (written out in the resolved file)
+    let s = load("[backbone]\noutput = \"pool5\"\npool = \"avg\"\n", &[], &[]).unwrap();
+    assert_eq!((s.freeze_name(), s.output), ("pool5", s.freeze));
+    assert!(s.resolved_toml().unwrap().contains("freeze = \"pool5\""));
+    // neither: fc7 for AlexNet, as before
+    let s = load("[backbone]\n", &[], &[]).unwrap();
+    assert_eq!(s.freeze_name(), "fc7");
+    // pool on a vector output outside a sweep over outputs is still an error
+    assert!(
+        load("[backbone]\noutput = \"fc7\"\npool = \"avg\"\n", &[], &[])
+            .unwrap_err()
+            .contains("backbone.pool")
+    );
+    // in a sweep over outputs, pool applies to the maps and is dropped for the vectors: the
+    // fc7 point is the run of a file without pool
+    let text = "name = \"x\"\n[backbone]\npool = \"avg\"\n[sweep]\n\"backbone.output\" = [\"pool2\", \"pool5\", \"fc6\", \"fc7\"]\n";
+    let points = runner::spec::sweep::expand_str(Path::new("x.toml"), text, &[], vec![]).unwrap();
+    let pools: Vec<&str> = points.iter().map(|p| p.spec.pool.name()).collect();
+    assert_eq!(pools, ["avg", "avg", "none", "none"]);
+    let freezes: Vec<&str> = points.iter().map(|p| p.spec.freeze_name()).collect();
+    assert_eq!(freezes, ["pool2", "pool5", "fc6", "fc7"]);
+    let plain = runner::spec::sweep::expand_str(
+        Path::new("x.toml"),
+        "name = \"x\"\n[backbone]\n[sweep]\n\"backbone.output\" = [\"fc7\"]\n",
+        &[],
+        vec![],
+    )
+    .unwrap();
+    assert_eq!(
+        runner::experiment::run_id(&points[3].spec),
+        runner::experiment::run_id(&plain[0].spec)
+    );
+}

@@ -15,48 +15,47 @@ const PREPROCESS: Preprocess = Preprocess {
     std: [1.0; 3],
 };
 
-/// VGG16 as runner's registry describes it.
-pub static VGG16: ArchDesc = ArchDesc {
-    name: "vgg16",
-    layers: LAYERS16,
-    aliases: &[("relu6", "fc6"), ("relu7", "fc7")],
-    input_size: INPUT_SIZE,
-    min_input: 1,
-    first_fixed: 19,
-    first_vector: 19,
-    feature_end: 20,
-    output_shape_at: |layer, input| output_shape_at(16, layer, input),
-    params: || params(16),
-    preprocess: PREPROCESS,
-    flatten: FlattenOrder::Nhwc,
-    name_maps: &[NameMap {
-        source: "torchvision",
-        map: |n| torchvision_name(16, n),
-    }],
-    weights_hint:
-        "vgg16.npy from machrisaa/tensorflow-vgg (the seed's flowers notebook); put it in weights/",
-};
+macro_rules! vgg_desc {
+    ($name:ident, $depth:expr, $label:expr, $layers:expr, $first_fc:expr, $hint:expr) => {
+        /// VGG as runner's registry describes it.
+        pub static $name: ArchDesc = ArchDesc {
+            name: $label,
+            layers: $layers,
+            aliases: &[("relu6", "fc6"), ("relu7", "fc7")],
+            input_size: INPUT_SIZE,
+            min_input: 1,
+            first_fixed: $first_fc,
+            first_vector: $first_fc,
+            feature_end: $first_fc + 1,
+            output_shape_at: |layer, input| output_shape_at($depth, layer, input),
+            params: || params($depth),
+            preprocess: PREPROCESS,
+            flatten: FlattenOrder::Nhwc,
+            name_maps: &[NameMap {
+                source: "torchvision",
+                map: |n| torchvision_name($depth, n),
+            }],
+            weights_hint: $hint,
+        };
+    };
+}
 
-/// VGG19 as runner's registry describes it.
-pub static VGG19: ArchDesc = ArchDesc {
-    name: "vgg19",
-    layers: LAYERS19,
-    aliases: &[("relu6", "fc6"), ("relu7", "fc7")],
-    input_size: INPUT_SIZE,
-    min_input: 1,
-    first_fixed: 22,
-    first_vector: 22,
-    feature_end: 23,
-    output_shape_at: |layer, input| output_shape_at(19, layer, input),
-    params: || params(19),
-    preprocess: PREPROCESS,
-    flatten: FlattenOrder::Nhwc,
-    name_maps: &[NameMap {
-        source: "torchvision",
-        map: |n| torchvision_name(19, n),
-    }],
-    weights_hint: "vgg19.npy from machrisaa/tensorflow-vgg; put it in weights/",
-};
+vgg_desc!(
+    VGG16,
+    16,
+    "vgg16",
+    LAYERS16,
+    19,
+    "vgg16.npy from machrisaa/tensorflow-vgg (the seed's flowers notebook); put it in weights/"
+);
+vgg_desc!(
+    VGG19,
+    19,
+    "vgg19",
+    LAYERS19,
+    22,
+    "vgg19.npy from machrisaa/tensorflow-vgg; put it in weights/"
+);
 
 /// Convolutions per block.
 fn blocks(depth: usize) -> [usize; 5] {

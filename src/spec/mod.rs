@@ -246,8 +246,33 @@ pub fn load_point(
             !env.is_empty() || !sets.is_empty(),
         ))
     })?;
+    // `pool` in a sweep over outputs applies to the map outputs; for a vector output (the
+    // point's, or the base spec's of such a sweep) it is dropped, with no error and no trace in
+    // the run id
+    let swept = |s: &SweepSection| {
+        s.params.contains_key("backbone.output")
+            || s.params
+                .get("backbone")
+                .and_then(|b| b.as_table())
+                .is_some_and(|b| b.contains_key("output"))
+    };
+    let output_swept = raw.sweep.as_ref().is_some_and(swept)
+        || point
+            .unwrap_or(&[])
+            .iter()
+            .any(|(k, _)| k == "backbone.output");
     if point.is_some() {
         raw.sweep = None;
+    }
+    if let (true, Some(a)) = (output_swept, Arch::parse(&raw.backbone.arch)) {
+        let output = match raw.backbone.output.is_empty() {
+            true => Some(a.feature_end()),
+            false => a.layer_index(&raw.backbone.output),
+        };
+        let vector = output.is_some_and(|o| !a.is_map(o));
+        if vector {
+            raw.backbone.pool = Pool::None;
+        }
     }
     if raw.name.is_empty() {
         raw.name = path
@@ -276,12 +301,16 @@ fn validate(path: &Path, text: &str, mut raw: RawSpec) -> Result<Spec> {
     let err = |section: &str, key: &str, msg: String| {
         Error::Spec(diagnose::key_error(path, text, section, key, &msg))
     };
-    // `freeze` unset: the architecture's last feature layer (fc7, pre_logits), written out
+    // `freeze` unset: `output` when that is set (a linear probe at that layer), else the
+    // architecture's last feature layer (fc7, pre_logits); written out either way
     if let (true, Some(a)) = (
         raw.backbone.freeze.is_empty(),
         Arch::parse(&raw.backbone.arch),
     ) {
-        raw.backbone.freeze = a.layers()[a.feature_end()].to_string();
+        raw.backbone.freeze = match raw.backbone.output.is_empty() {
+            true => a.layers()[a.feature_end()].to_string(),
+            false => raw.backbone.output.clone(),
+        };
     }
     let (arch, freeze, weights) = check_backbone(&raw.backbone, &err)?;
     let (output, input_size) = check_output(&raw.backbone, arch, freeze, &err)?;
