@@ -37,6 +37,7 @@ pub const KEYS: &[&str] = &[
     "experiment",
     "backbone",
     "freeze",
+    "output",
     "batch_size",
     "dtype",
     "lr",
@@ -174,12 +175,35 @@ fn settings_from_config(dir: &Path, rec: &mut RunRecord) {
             );
             put("backbone", get("backbone", "arch"));
             put("freeze", get("backbone", "freeze"));
+            put(
+                "output",
+                effective_output(
+                    get("backbone", "arch"),
+                    get("backbone", "freeze"),
+                    get("backbone", "output"),
+                ),
+            );
             put("batch_size", get("train", "batch_size"));
             put("lr", get("train", "lr"));
             put("hidden", get("head", "hidden"));
             put("optimizer", get("train", "optimizer"));
         }
     }
+}
+
+/// The layer the head read: `backbone.output` when the file sets it, else the architecture's
+/// default (its last feature layer, or `freeze` when that is above it).
+fn effective_output(
+    arch: Option<String>,
+    freeze: Option<String>,
+    output: Option<String>,
+) -> Option<String> {
+    if let Some(o) = output.filter(|o| !o.is_empty()) {
+        return Some(o);
+    }
+    let a = crate::arch::Arch::parse(arch.as_deref()?)?;
+    let f = a.layer_index(freeze.as_deref()?)?;
+    Some(a.layers()[a.feature_end().max(f)].to_string())
 }
 
 /// Best validation and test accuracy, number format and extracted images from `summary.json`.
@@ -454,4 +478,28 @@ pub fn render(rows: &[Row], by: &[String], format: &str) -> Result<String> {
             )))
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_output_key_is_the_layer_the_head_read() {
+        let s = |v: &str| Some(v.to_string());
+        // set in the file
+        assert_eq!(
+            effective_output(s("alexnet"), s("pool5"), s("pool5")),
+            s("pool5")
+        );
+        // unset: the last feature layer, or freeze when that is above it
+        assert_eq!(effective_output(s("alexnet"), s("pool5"), None), s("fc7"));
+        assert_eq!(effective_output(s("alexnet"), s("fc8"), s("")), s("fc8"));
+        assert_eq!(
+            effective_output(s("resnet50"), s("layer3"), None),
+            s("pre_logits")
+        );
+        assert_eq!(effective_output(s("lenet"), s("x"), None), None);
+        assert!(KEYS.contains(&"output"));
+    }
 }

@@ -160,7 +160,7 @@ enum TableFormat {
 struct CompareArgs {
     #[arg(required = true)]
     paths: Vec<PathBuf>,
-    /// Grouping keys (device_name, experiment, backbone, freeze, batch_size, dtype, lr, hidden, optimizer)
+    /// Grouping keys (device_name, experiment, backbone, freeze, output, batch_size, dtype, lr, hidden, optimizer)
     #[arg(long, value_delimiter = ',')]
     by: Vec<String>,
     #[arg(long, value_enum, default_value_t = TableFormat::Table)]
