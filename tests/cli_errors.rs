@@ -231,3 +231,22 @@ fn devices_lists_the_cpu_and_says_why_there_is_no_gpu() {
         assert!(text.contains("cuda     not compiled in"), "{text}");
     }
 }
+
+#[test]
+fn logs_to_a_file_or_pipe_carry_no_colour_codes() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(
+        d.path().join("s.toml"),
+        "[backbone]\nweights = \"random\"\n[dataset]\nkind = \"synthetic\"\nper_class = 1\n[run]\ndevice = \"cpu\"\n",
+    )
+    .unwrap();
+    // -v: info lines ("extracted ... images"), which a terminal would get coloured
+    let out = run_in(d.path(), &["-v", "extract", "s.toml", "--out", "f.npz"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("INFO") || err.contains("DEBUG"),
+        "log lines expected: {err}"
+    );
+    assert!(!err.contains('\u{1b}'), "colour codes in a pipe: {err:?}");
+}
