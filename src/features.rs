@@ -379,6 +379,7 @@ impl<'a> FeatureSource<'a> {
         }
         let mut _lock = None;
         if let (Some(c), Some((_, d))) = (&self.cache, &digest) {
+            let mut warned = false;
             for attempt in 0..2 {
                 match c.open(d) {
                     Ok(e) => {
@@ -392,9 +393,12 @@ impl<'a> FeatureSource<'a> {
                         });
                     }
                     Err(Miss::Absent) => tracing::info!("{what}: feature cache miss"),
-                    Err(Miss::Corrupt(m)) => {
+                    // said once: the look after waiting for the lock finds the same file
+                    Err(Miss::Corrupt(m)) if !warned => {
+                        warned = true;
                         tracing::warn!("{what}: ignoring a damaged cache file ({m}); recomputing")
                     }
+                    Err(Miss::Corrupt(_)) => {}
                 }
                 if attempt == 0 {
                     // another process may be computing this entry: wait for it, then look again

@@ -133,8 +133,11 @@ fn cache_is_reused_across_runs_and_head_settings() {
     let n = b.len();
     b[n - 7] ^= 0xff;
     std::fs::write(&cf, &b).unwrap();
-    let out = run_in(d.path(), &["-q", &s]);
+    let out = run_in(d.path(), &[&s]);
     assert!(out.status.success());
+    // said once for the one file
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("damaged cache file").count(), 1, "{err}");
     let (h, rows3) = read_csv(&run.join("epochs.csv"));
     assert_eq!(
         rows3[0][col(&h, "cache_hit")],
