@@ -250,3 +250,53 @@ fn logs_to_a_file_or_pipe_carry_no_colour_codes() {
     );
     assert!(!err.contains('\u{1b}'), "colour codes in a pipe: {err:?}");
 }
+
+/// `runner ARGS` in `dir`, killed (and the test failed) if it runs past 20 s.
+fn run_bounded(dir: &Path, args: &[&str]) -> std::process::Output {
+    use std::process::Stdio;
+    let mut child = runner()
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed().as_secs() > 20 {
+            child.kill().unwrap();
+            panic!("runner {args:?} blocked");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_weights_path_that_is_not_a_regular_file_is_named_as_what_it_is_and_never_read() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir(d.path().join("adir")).unwrap();
+    let fifo = d.path().join("pipe");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    let mut cases = vec![("adir", "a directory"), ("/dev/zero", "a character device")];
+    if made.is_ok_and(|s| s.success()) {
+        cases.push(("pipe", "a FIFO"));
+    }
+    for (path, what) in cases {
+        std::fs::write(
+            d.path().join("s.toml"),
+            format!("[backbone]\nweights = \"{path}\"\n[dataset]\nkind = \"synthetic\"\nper_class = 1\n[run]\ndevice = \"cpu\"\n"),
+        )
+        .unwrap();
+        for args in [
+            vec!["check", "s.toml"],
+            vec!["extract", "s.toml", "--out", "f.npz"],
+            vec!["weights", "inspect", path],
+        ] {
+            let out = run_bounded(d.path(), &args);
+            assert_clean_failure(&out, &[path, what, "not a regular file"]);
+            assert_eq!(out.status.code(), Some(2), "{args:?}");
+        }
+    }
+}

@@ -794,7 +794,13 @@ fn check_train(t: &TrainSection, err: &KeyError) -> Result<()> {
 pub fn check_files(spec: &Spec) -> Vec<String> {
     let mut out = Vec::new();
     if let WeightsSource::File(p) = &spec.weights {
-        if !p.is_file() {
+        if let Some(what) = crate::fsio::not_regular(p) {
+            out.push(format!(
+                "backbone.weights: {} is {what}, not a regular file (expected {})",
+                p.display(),
+                spec.arch.weights_hint()
+            ));
+        } else if !p.is_file() {
             out.push(format!(
                 "backbone.weights: {} does not exist (expected {})",
                 p.display(),

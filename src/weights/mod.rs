@@ -415,12 +415,11 @@ fn log_unused(path: &Path, need: &[ParamSpec], found: &[&str]) {
 /// As `load`, for the layers up to index `last` only (`backbone.output`): a file without the
 /// layers above it (a "notop" convolutional base) serves.
 pub fn load_until(path: &Path, arch: Arch, last: usize) -> Result<WeightSet> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            Error::io_hint(path, e, format!("expected {}", arch.weights_hint()))
-        } else {
-            Error::io(path, e)
+    let bytes = npy::read_file(path).map_err(|e| match e {
+        Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            Error::io_hint(path, source, format!("expected {}", arch.weights_hint()))
         }
+        other => other,
     })?;
     let kind = sniff(&bytes).ok_or_else(|| unknown_kind(path))?;
     let need = needed_params(arch, last);

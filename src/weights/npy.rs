@@ -189,8 +189,15 @@ pub fn read_npz_from<R: Read + Seek>(
     Ok(out)
 }
 
-/// Read a whole file into memory, with the path in the error.
+/// Read a whole file into memory, with the path in the error; a directory, device or FIFO is
+/// an error saying what it is, before anything is read (reading one may never end).
 pub fn read_file(path: &Path) -> Result<Vec<u8>> {
+    if let Some(what) = crate::fsio::not_regular(path) {
+        return Err(Error::weights(
+            path,
+            format!("is {what}, not a regular file; expected a weights file (.npy, .npz, pickle, .safetensors, .pth or .onnx)"),
+        ));
+    }
     std::fs::read(path).map_err(|e| Error::io(path, e))
 }
 
