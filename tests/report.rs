@@ -1,6 +1,8 @@
 //! `runner report` over a small sweep: a self-contained page (no script, nothing fetched) whose
 //! text holds every run's id and numbers, opened in a real headless browser (Debian's
 //! Chromium, which `.ci/run` installs): no console errors and a screenshot that is not blank.
+//! The browser test needs Chromium, so `cargo test` reports it as ignored; `.ci/run` runs it
+//! with `--ignored`.
 
 mod common;
 
@@ -40,9 +42,9 @@ fn browser(dir: &Path, page: &Path, extra: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-#[test]
-fn a_sweep_report_is_one_self_contained_page_that_a_browser_shows() {
-    let d = tempfile::tempdir().unwrap();
+/// A 4-point sweep in `d` and its report: the page's path and the sweep's summary.csv, after
+/// checking the page's text.
+fn sweep_report(d: &tempfile::TempDir) -> (std::path::PathBuf, String) {
     std::fs::write(
         d.path().join("sw.toml"),
         "name = \"sw\"\n[backbone]\nweights = \"random\"\n[dataset]\nkind = \"synthetic\"\nper_class = 3\nval_fraction = 0.34\ntest_fraction = 0.33\n\
@@ -118,12 +120,24 @@ fn a_sweep_report_is_one_self_contained_page_that_a_browser_shows() {
     }
     assert!(html.len() < 1 << 20, "{} bytes", html.len());
 
-    let Some(_) = chromium() else {
-        eprintln!(
-            "SKIPPED the browser part: no Chromium here (apt-get install chromium; .ci/run does)"
-        );
-        return;
-    };
+    (page, summary)
+}
+
+#[test]
+fn a_sweep_report_is_one_self_contained_page() {
+    let d = tempfile::tempdir().unwrap();
+    sweep_report(&d);
+}
+
+#[test]
+#[ignore = "needs Debian's Chromium (apt-get install chromium), then `cargo test --release --test report -- --ignored`; .ci/run does both"]
+fn a_browser_shows_the_report() {
+    assert!(
+        chromium().is_some(),
+        "no Chromium here (apt-get install chromium; .ci/run does)"
+    );
+    let d = tempfile::tempdir().unwrap();
+    let (page, summary) = sweep_report(&d);
     let shot = d.path().join("shot.png");
     let out = browser(
         d.path(),
