@@ -141,16 +141,6 @@ impl Backends {
             .filter(|p| self.fused(*p))
             .collect()
     }
-
-    /// The same choice with the opt-in GPU path `p` on or off.
-    pub fn with_fused(mut self, p: GpuPath, on: bool) -> Backends {
-        if on {
-            self.fused |= p.bit();
-        } else {
-            self.fused &= !p.bit();
-        }
-        self
-    }
 }
 
 #[cfg(test)]
@@ -170,6 +160,5 @@ mod tests {
         assert!(Backends::parse(None, Some("conv,warp"))
             .unwrap_err()
             .contains("warp"));
-        assert!(!b.with_fused(GpuPath::Conv, false).fused(GpuPath::Conv));
     }
 }

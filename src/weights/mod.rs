@@ -94,14 +94,6 @@ pub struct Prefixed<'a> {
 }
 
 impl Prefixed<'_> {
-    /// A view one level further down: `pp("layer1").pp("0")` is `layer1.0.`.
-    pub fn pp(&self, name: &str) -> Prefixed<'_> {
-        Prefixed {
-            set: self.set,
-            prefix: self.name(name),
-        }
-    }
-
     /// The full name of `name` under this prefix.
     pub fn name(&self, name: &str) -> String {
         if self.prefix.is_empty() {
