@@ -307,9 +307,10 @@ fn validate(path: &Path, text: &str, mut raw: RawSpec) -> Result<Spec> {
         raw.backbone.freeze.is_empty(),
         Arch::parse(&raw.backbone.arch),
     ) {
-        raw.backbone.freeze = match raw.backbone.output.is_empty() {
-            true => a.layers()[a.feature_end()].to_string(),
-            false => raw.backbone.output.clone(),
+        // (an `output` that names no layer keeps the default, so its error names `output`)
+        raw.backbone.freeze = match a.layer_index(&raw.backbone.output) {
+            Some(_) => raw.backbone.output.clone(),
+            None => a.layers()[a.feature_end()].to_string(),
         };
     }
     let (arch, freeze, weights) = check_backbone(&raw.backbone, &err)?;
