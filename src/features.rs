@@ -39,13 +39,7 @@ pub fn load_network(spec: &Spec, device: &Device) -> Result<Network> {
             spec.precision.name()
         )));
     }
-    let mut net = Network::new_until(
-        spec.arch,
-        &set,
-        device,
-        spec.output,
-        (&spec.preprocess, spec.backends),
-    )?;
+    let mut net = Network::for_spec(spec, &set, device)?;
     net.cast_frozen(spec.freeze, spec.precision.dtype())?;
     Ok(net)
 }

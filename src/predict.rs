@@ -121,13 +121,7 @@ fn load(run_dir: &Path, device: &Device) -> Result<Loaded> {
             );
         }
     }
-    let net = Network::new_until(
-        spec.arch,
-        &set,
-        device,
-        spec.output,
-        (&spec.preprocess, spec.backends),
-    )?;
+    let net = Network::for_spec(&spec, &set, device)?;
     let mut layers = Vec::new();
     let mut k = 0;
     while let (Some(w), Some(b)) = (

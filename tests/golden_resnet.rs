@@ -11,15 +11,8 @@ use common::*;
 use runner::backbone::{Arch, Network};
 use runner::weights::{formula, npy, pickle::Limits, HostTensor, WeightSet};
 
-const CUTS: [&str; 7] = [
-    "stem",
-    "layer1",
-    "layer2",
-    "layer3",
-    "layer4",
-    "pre_logits",
-    "logits",
-];
+/// The cut points after `input`.
+const CUTS: &[&str] = runner::arch::resnet::LAYERS.split_at(1).1;
 
 fn golden(key: &str) -> Vec<f32> {
     let gold = npy::read_npz(&fixture("resnet_golden.npz"), &Limits::default()).unwrap();

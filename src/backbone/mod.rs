@@ -95,6 +95,17 @@ impl Network {
         })
     }
 
+    /// The network a spec runs: its architecture up to `backbone.output`, with its
+    /// preprocessing and backends.
+    pub fn for_spec(
+        spec: &crate::spec::Spec,
+        weights: &WeightSet,
+        device: &Device,
+    ) -> Result<Network> {
+        let how = (&spec.preprocess, spec.backends);
+        Self::new_until(spec.arch, weights, device, spec.output, how)
+    }
+
     pub fn arch(&self) -> Arch {
         self.arch
     }
