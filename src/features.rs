@@ -15,9 +15,7 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 
 use crate::backbone::Network;
-use crate::cache::{
-    self, CacheKey, EntryWriter, FeatureCache, Features, HostFeatures, Miss, ShardInfo,
-};
+use crate::cache::{self, CacheKey, EntryWriter, FeatureCache, Features, HostFeatures, Miss};
 use crate::data::{preprocess, split, Dataset};
 use crate::error::{Error, Result};
 use crate::fsio::AtomicFile;
@@ -320,7 +318,8 @@ impl<'a> FeatureSource<'a> {
         Ok(id)
     }
 
-    fn key(&mut self, data: &Dataset) -> Result<CacheKey> {
+    /// The cache key of `data`'s features as this source's spec extracts them.
+    pub fn key(&mut self, data: &Dataset) -> Result<CacheKey> {
         Ok(CacheKey {
             weights: self.weights_id()?,
             arch: self.spec.arch.name().to_string(),
@@ -449,85 +448,6 @@ impl<'a> FeatureSource<'a> {
             seconds,
         })
     }
-
-    /// Compute and store shard `index` of `count` of the features of `data` (the rows of whole
-    /// extraction batches `index * B / count ..` of its B batches), unless the entry or that
-    /// shard is already stored. Returns whether anything was computed.
-    pub fn extract_shard(
-        &mut self,
-        data: &Dataset,
-        what: &str,
-        index: usize,
-        count: usize,
-    ) -> Result<bool> {
-        let c = self.cache.clone().ok_or_else(|| {
-            Error::Spec(
-                "sharded extraction stores its shards in the feature cache: set run.cache = true"
-                    .into(),
-            )
-        })?;
-        let key = self.key(data)?;
-        let d = key.digest();
-        if c.path_for(&d).exists() || c.shard_path(&d, index, count).exists() {
-            tracing::info!("{what}: shard {index}/{count} already stored");
-            return Ok(false);
-        }
-        let (spec, device, mode) = (self.spec, self.device, self.mode);
-        let batch = spec.extract_batch_for(device);
-        let range = shard_range(data.n, batch, index, count);
-        let net: &Network = self.network()?;
-        let ex = Extractor::new(spec, net, batch, device);
-        let info = ShardInfo {
-            index,
-            count,
-            first: range.start,
-            samples: range.len(),
-        };
-        let mut sink = Sink::Entry(Box::new(c.shard_writer(
-            &d,
-            &key,
-            &spec.feature_shape(),
-            info,
-        )?));
-        let mut task = Task::new(
-            mode,
-            &format!("extract {what} shard {index}/{count}"),
-            range.len() as u64,
-            "img",
-        );
-        ex.for_range(data, range, &mut task, |kept, f| sink.push(data, kept, &f))?;
-        task.finish();
-        if let Sink::Entry(w) = sink {
-            let p = w.finish()?;
-            tracing::info!("{what}: stored shard {index}/{count} in {}", p.display());
-        }
-        Ok(true)
-    }
-}
-
-/// `runner extract-shard`: compute and store shard `index` of `count` of every feature set a
-/// run of `spec` reads (its dataset, and its separate validation and test sets), each as a
-/// shard file of its cache entry. A later run reads the complete set of shards as one entry.
-/// Returns how many shards were computed (0 when all were stored already).
-pub fn extract_shard(spec: &Spec, index: usize, count: usize, mode: Mode) -> Result<usize> {
-    if count == 0 || index >= count {
-        return Err(Error::Spec(format!(
-            "shard {index} of {count}: the index must be below the count (e.g. 0/4 .. 3/4)"
-        )));
-    }
-    crate::threads::in_worker_pool(|| {
-        crate::spec::budget::check_memory(spec)?;
-        let device = crate::device::select(spec.device, spec.tf32)?;
-        let data = load_run_data(spec)?;
-        let mut src = FeatureSource::new(spec, &device, mode);
-        let mut done = src.extract_shard(&data.pool, "train", index, count)? as usize;
-        for (d, what) in [(&data.val_file, "val"), (&data.test_file, "test")] {
-            if let Some(d) = d {
-                done += src.extract_shard(d, what, index, count)? as usize;
-            }
-        }
-        Ok(done)
-    })
 }
 
 /// The positions of shard `index` of `count` over `n` samples: whole extraction batches of
@@ -591,6 +511,17 @@ impl Sink {
     }
 }
 
+/// Images read (decoded, for files) and images run from the input through the backbone by
+/// extractors in this process: what a test of "one pass for many cut points" counts.
+static READ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static FORWARDED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// `(images read, images run through the backbone)` by this process's extractions so far.
+pub fn pass_counts() -> (u64, u64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    (READ.load(Relaxed), FORWARDED.load(Relaxed))
+}
+
 /// Batches decoded ahead of the backbone when images are read from files.
 const PREFETCH: usize = crate::spec::budget::PREFETCH_BATCHES;
 
@@ -638,6 +569,23 @@ impl<'a> Extractor<'a> {
 
     /// Features of `count` decoded images of `data`'s size.
     fn run(&self, data: &Dataset, px: &[u8], count: usize) -> Result<Tensor> {
+        let mut f = self.run_cuts(data, px, count, &[(self.until, self.pool)])?;
+        f.pop()
+            .ok_or_else(|| Error::Other("no features computed".into()))
+    }
+
+    /// The features of `count` decoded images at every cut point of `cuts` (pooled as each
+    /// says), in the order of `cuts`, from one pass through the network: each segment between
+    /// two consecutive cut points runs once (`forward_range`), so every output is the one a
+    /// pass stopping there computes.
+    fn run_cuts(
+        &self,
+        data: &Dataset,
+        px: &[u8],
+        count: usize,
+        cuts: &[(usize, Pool)],
+    ) -> Result<Vec<Tensor>> {
+        FORWARDED.fetch_add(count as u64, std::sync::atomic::Ordering::Relaxed);
         let x = crate::profile::time("preprocess", self.device, || {
             preprocess::to_input(
                 px,
@@ -648,10 +596,29 @@ impl<'a> Extractor<'a> {
                 &self.backends,
             )
         })?;
-        let f = self.net.forward_until(&x, self.until)?;
-        global_pool(&f, self.pool)?
-            .to_dtype(candle_core::DType::F32)
-            .map_err(Into::into)
+        let mut order: Vec<usize> = cuts.iter().map(|c| c.0).collect();
+        order.sort_unstable();
+        order.dedup();
+        let (mut at, mut maps) = (0, Vec::with_capacity(order.len()));
+        let mut x = x;
+        for &cut in &order {
+            // from the input (at = 0, normalised there) or from the previous cut point
+            x = self.net.forward_range(&x, at, cut)?;
+            at = cut;
+            maps.push((cut, x.clone()));
+        }
+        cuts.iter()
+            .map(|&(cut, pool)| {
+                let f = maps
+                    .iter()
+                    .find(|(c, _)| *c == cut)
+                    .map(|(_, f)| f)
+                    .ok_or_else(|| Error::Other(format!("cut point {cut} not computed")))?;
+                global_pool(f, pool)?
+                    .to_dtype(candle_core::DType::F32)
+                    .map_err(Into::into)
+            })
+            .collect()
     }
 
     /// Calls `sink(positions, features)` for consecutive batches covering the whole dataset, in
@@ -675,6 +642,23 @@ impl<'a> Extractor<'a> {
         task: &mut Task,
         mut sink: impl FnMut(&[usize], Tensor) -> Result<()>,
     ) -> Result<()> {
+        let cuts = [(self.until, self.pool)];
+        self.for_range_cuts(data, range, task, &cuts, |kept, mut f| match f.pop() {
+            Some(f) => sink(kept, f),
+            None => Err(Error::Other("no features computed".into())),
+        })
+    }
+
+    /// As `for_range`, with the features at every cut point of `cuts` (`run_cuts`): each batch
+    /// is read once and run through the network once.
+    pub fn for_range_cuts(
+        &self,
+        data: &Dataset,
+        range: std::ops::Range<usize>,
+        task: &mut Task,
+        cuts: &[(usize, Pool)],
+        mut sink: impl FnMut(&[usize], Vec<Tensor>) -> Result<()>,
+    ) -> Result<()> {
         let batches: Vec<(usize, usize)> = range
             .clone()
             .step_by(self.batch.max(1))
@@ -687,14 +671,23 @@ impl<'a> Extractor<'a> {
         // wait for the host between batches. (On the CPU the copy is not asynchronous and only
         // the order changes, which lets tests without a GPU hold it to the direct path.)
         let defer = self.backends.fused(crate::backend::GpuPath::Download);
-        let mut pending: Option<(Vec<usize>, crate::gpu::Download)> = None;
+        let mut pending: Option<(Vec<usize>, Vec<crate::gpu::Download>)> = None;
+        let wait = |d: Vec<crate::gpu::Download>| -> Result<Vec<Tensor>> {
+            d.into_iter()
+                .map(|d| d.wait().map_err(Into::into))
+                .collect()
+        };
         let mut one = |kept: &[usize], px: &[u8], count: usize, decode_s: f64| -> Result<()> {
+            READ.fetch_add(count as u64, std::sync::atomic::Ordering::Relaxed);
             if !kept.is_empty() {
-                let f = self.run(data, px, kept.len())?;
+                let f = self.run_cuts(data, px, kept.len(), cuts)?;
                 if defer {
-                    let d = crate::gpu::download_f32(&f, true)?;
+                    let d = f
+                        .iter()
+                        .map(|f| crate::gpu::download_f32(f, true).map_err(Into::into))
+                        .collect::<Result<Vec<_>>>()?;
                     if let Some((k, prev)) = pending.replace((kept.to_vec(), d)) {
-                        sink(&k, prev.wait()?)?;
+                        sink(&k, wait(prev)?)?;
                     }
                 } else {
                     sink(kept, f)?;
@@ -759,7 +752,7 @@ impl<'a> Extractor<'a> {
         }
         // the last batch's features, still on their way back
         if let Some((k, prev)) = pending.take() {
-            sink(&k, prev.wait()?)?;
+            sink(&k, wait(prev)?)?;
         }
         Ok(())
     }

@@ -24,6 +24,7 @@ pub mod interrupt;
 #[cfg(test)]
 pub(crate) mod kernel_host;
 pub mod memory;
+pub mod passes;
 pub mod plot;
 pub mod predict;
 pub mod profile;

@@ -351,6 +351,12 @@ fn run_specs(specs: &[PathBuf], sets: &[String], quiet: bool) -> Result<(), Erro
         .iter()
         .map(|p| spec::sweep::expand(p, sets).map(|points| (p, points)))
         .collect::<Result<Vec<_>, _>>()?;
+    if loaded.len() > 1 {
+        // files that read one backbone at several cut points share their extraction passes
+        let o = sweep_options(Selection::All, false, 1, vec![], sets, quiet);
+        let all: Vec<&spec::sweep::Point> = loaded.iter().flat_map(|(_, p)| p.iter()).collect();
+        runner::sweep::shared_passes(&all, &o)?;
+    }
     for (path, points) in &loaded {
         if points.len() > 1 || !points[0].overrides.is_empty() {
             let o = sweep_options(Selection::All, false, 1, vec![], sets, quiet);

@@ -101,6 +101,9 @@ pub fn run(path: &Path, o: &Options) -> Result<Report> {
             todo.push(p);
         }
     }
+    if !(o.jobs > 1 && o.extract_shards) {
+        shared_passes(&todo, o)?;
+    }
     if o.jobs <= 1 || todo.len() <= 1 {
         // The points share their frozen features: read (and checked) once, then kept.
         cache::keep_last_in_memory(todo.len() > 1);
@@ -141,6 +144,38 @@ pub fn run(path: &Path, o: &Options) -> Result<Report> {
     }
     run_parallel(path, o, &todo, &mut report)?;
     Ok(report)
+}
+
+/// Points (of one sweep, or of several files run together) that read the same backbone and
+/// data at different cut points: their features are
+/// computed first, in one pass per dataset (`passes::prepare`); the points then find them
+/// stored. Where that fails for another reason than Ctrl-C, each point extracts its own (and
+/// reports what went wrong for it).
+pub fn shared_passes(todo: &[&Point], o: &Options) -> Result<()> {
+    let mut specs: Vec<crate::spec::Spec> = todo
+        .iter()
+        .filter(|p| o.force || !experiment::is_finished(&p.spec))
+        .map(|p| p.spec.clone())
+        .collect();
+    if let Some(d) = o.devices.first() {
+        let device = crate::spec::parse_device(d).map_err(Error::Device)?;
+        specs.iter_mut().for_each(|s| s.device = device);
+    }
+    let refs: Vec<&crate::spec::Spec> = specs.iter().collect();
+    match crate::passes::prepare(&refs, o.mode) {
+        Ok(0) => Ok(()),
+        Ok(n) => {
+            if o.mode != Mode::Quiet {
+                crate::note!("computed {n} feature sets in shared passes (one per dataset)");
+            }
+            Ok(())
+        }
+        Err(Error::Interrupted) => Err(Error::Interrupted),
+        Err(e) => {
+            tracing::warn!("shared extraction passes not made ({e}); each point extracts its own");
+            Ok(())
+        }
+    }
 }
 
 /// Drops the features an in-process sweep kept, however it ends.
@@ -379,9 +414,9 @@ pub struct Submitted {
     pub sweep_job: Option<String>,
 }
 
-/// `runner extract-shard`: shard `index` of `count` of the features of every point of a sweep
-/// (points that share their frozen part share their shards: the first computes them, the
-/// others find them stored).
+/// `runner extract-shard`: shard `index` of `count` of the features of every point of a sweep,
+/// every cut point of one backbone and dataset in one pass (`passes`); points that share their
+/// frozen part share their shards.
 pub fn extract_shard(
     path: &Path,
     sets: &[String],
@@ -389,11 +424,9 @@ pub fn extract_shard(
     count: usize,
     mode: Mode,
 ) -> Result<usize> {
-    let mut done = 0;
-    for p in expand(path, sets)? {
-        done += crate::features::extract_shard(&p.spec, index, count, mode)?;
-    }
-    Ok(done)
+    let points = expand(path, sets)?;
+    let specs: Vec<&crate::spec::Spec> = points.iter().map(|p| &p.spec).collect();
+    crate::passes::extract_shard(&specs, index, count, mode)
 }
 
 /// The `#SBATCH` lines of an array of `tasks` tasks named `name`, logging under `dir`.
