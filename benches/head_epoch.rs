@@ -41,6 +41,7 @@ fn main() {
             hidden,
             ..Default::default()
         },
+        None,
         &mut rng,
         &dev,
     )

@@ -77,6 +77,7 @@ mod harness {
             spec.head_input_dim(),
             classes,
             &spec.head,
+            Some(1.0),
             &mut rng,
             &dev,
         );

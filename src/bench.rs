@@ -132,7 +132,7 @@ fn time_head(
     let device = split.device();
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
     let dim: usize = spec.feature_shape().iter().product();
-    let head = Head::new(dim, classes, &spec.head, &mut rng, device)?;
+    let head = Head::new(dim, classes, &spec.head, None, &mut rng, device)?;
     let model = Model {
         tail: None,
         tail_vars: vec![],

@@ -96,7 +96,7 @@ fn run_here(spec: &Spec, mode: Mode, skip_finished: bool) -> Result<Option<Outco
         true => Some(source.into_network()?),
         false => None,
     };
-    let model = Model::assemble(spec, net, data.classes, &device)?;
+    let model = Model::assemble(spec, net, data.classes, head_norm(spec, &feats)?, &device)?;
 
     let mut rd = RunDir::start(spec, &run_id)?;
     let facts = RunFacts {
@@ -141,6 +141,20 @@ fn run_here(spec: &Spec, mode: Mode, skip_finished: bool) -> Result<Option<Outco
         cache_hit: feats.cache_hit,
         total_seconds,
     }))
+}
+
+/// How large the head's input rows are, for `head.init_std = "auto"`: known before training
+/// when the head reads the frozen features (not through a trainable tail).
+fn head_norm(spec: &Spec, feats: &RunFeatures) -> Result<Option<f64>> {
+    if train::has_tail(spec) || spec.head.init_std != crate::spec::InitStd::Auto {
+        return Ok(None);
+    }
+    let norm = train::rms_row_norm(&feats.train)?;
+    let (first, _) = spec.head.init_std.resolve(Some(norm));
+    tracing::info!(
+        "head.init_std = \"auto\": {first:.3e} for the first layer (features' RMS row norm {norm:.1})"
+    );
+    Ok(Some(norm))
 }
 
 /// One process per run: a second one (another sweep process, a Slurm task) is told who holds it.

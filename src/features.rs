@@ -706,6 +706,22 @@ impl<'a> Extractor<'a> {
             task.advance(count as u64, &msg);
             Ok(())
         };
+        self.decode_batches(data, batches, &mut one)?;
+        // the last batch's features, still on their way back
+        if let Some((k, prev)) = pending.take() {
+            sink(&k, wait(prev)?)?;
+        }
+        Ok(())
+    }
+
+    /// Read `batches` (start, count) of `data` in order and hand each to `one(kept, pixels,
+    /// count, decode seconds)`.
+    fn decode_batches(
+        &self,
+        data: &Dataset,
+        batches: Vec<(usize, usize)>,
+        one: &mut impl FnMut(&[usize], &[u8], usize, f64) -> Result<()>,
+    ) -> Result<()> {
         // On the CPU, decoding and the backbone compete for the same cores: decoding each batch
         // on the run's worker threads, then computing it, was faster than a decoding thread
         // running ahead (measured: bench/stream.sh ab). Elsewhere the cores are idle while the
@@ -749,10 +765,6 @@ impl<'a> Extractor<'a> {
                 }
                 crate::interrupt::check()
             })?;
-        }
-        // the last batch's features, still on their way back
-        if let Some((k, prev)) = pending.take() {
-            sink(&k, wait(prev)?)?;
         }
         Ok(())
     }

@@ -229,6 +229,204 @@ pub fn scatter_svg(runs: &[RunRecord]) -> Result<String> {
     Ok(svg)
 }
 
+/// The settings other than the cut point that tell the lines of the layer chart apart.
+const LAYER_SERIES_KEYS: &[&str] = &[
+    "experiment",
+    "freeze",
+    "output",
+    "lr",
+    "hidden",
+    "optimizer",
+    "batch_size",
+    "dtype",
+];
+
+/// The key the runs differ in as a cut point: `output` (the layer the head reads), else
+/// `freeze`; `None` when they differ in neither.
+pub fn layer_key(runs: &[RunRecord]) -> Option<&'static str> {
+    ["output", "freeze"].into_iter().find(|k| {
+        runs.iter()
+            .filter_map(|r| r.keys.get(*k))
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+            > 1
+    })
+}
+
+/// Position of `layer` in `arch`'s network order (unknown names after all known ones).
+fn layer_rank(arch: Option<&String>, layer: &str) -> usize {
+    arch.and_then(|a| crate::arch::Arch::parse(a))
+        .and_then(|a| a.layer_index(layer))
+        .unwrap_or(usize::MAX)
+}
+
+/// One line of the layer chart: (layer position, best val acc, its test acc) per cut point.
+type LayerLine = (String, Vec<(usize, f64, Option<f64>)>);
+
+/// The lines of the layer chart of one backbone's runs: per combination of the other settings
+/// that differ (and do not just follow the cut point, as `freeze` follows `output` in a linear
+/// probe at each layer), the best validation accuracy (and that run's test accuracy) at each
+/// cut point.
+fn layer_lines(runs: &[&RunRecord], key: &str, layers: &[String]) -> Vec<LayerLine> {
+    let varying: Vec<&str> = LAYER_SERIES_KEYS
+        .iter()
+        .copied()
+        .filter(|k| *k != key)
+        .filter(|k| {
+            let mut per_layer: std::collections::BTreeMap<_, std::collections::BTreeSet<_>> =
+                Default::default();
+            for r in runs {
+                per_layer
+                    .entry(r.keys.get(key))
+                    .or_default()
+                    .insert(r.keys.get(*k));
+            }
+            per_layer.values().any(|v| v.len() > 1)
+        })
+        .collect();
+    let mut lines: std::collections::BTreeMap<String, Vec<(usize, f64, Option<f64>)>> =
+        Default::default();
+    for r in runs {
+        let (Some(layer), Some(val)) = (r.keys.get(key), r.best_val_acc) else {
+            continue;
+        };
+        let Some(x) = layers.iter().position(|l| l == layer) else {
+            continue;
+        };
+        let name = varying
+            .iter()
+            .map(|k| format!("{k}={}", r.keys.get(*k).map_or("-", |v| v.as_str())))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let pts = lines.entry(name).or_default();
+        match pts.iter_mut().find(|p| p.0 == x) {
+            Some(p) if p.1 >= val => {}
+            Some(p) => *p = (x, val, r.test_acc),
+            None => pts.push((x, val, r.test_acc)),
+        }
+    }
+    lines
+        .into_iter()
+        .map(|(name, mut pts)| {
+            pts.sort_by_key(|p| p.0);
+            (if name.is_empty() { "runs".into() } else { name }, pts)
+        })
+        .collect()
+}
+
+/// Which layer transfers best: best validation accuracy (solid, dots) and test accuracy
+/// (dashed) against the cut point the runs' heads read, in network order, one line per
+/// combination of the other settings that differ; one chart per backbone, stacked.
+pub fn layers_svg(runs: &[RunRecord]) -> Result<String> {
+    let key = layer_key(runs)
+        .ok_or_else(|| Error::Other("plot: the runs do not differ in their cut point".into()))?;
+    let backbones: std::collections::BTreeSet<Option<&String>> =
+        runs.iter().map(|r| r.keys.get("backbone")).collect();
+    let mut svg = String::new();
+    {
+        let panel_h = 420u32;
+        let root = SVGBackend::with_string(&mut svg, (W, panel_h * backbones.len() as u32))
+            .into_drawing_area();
+        root.fill(&WHITE).map_err(perr)?;
+        let areas = root.split_evenly((backbones.len(), 1));
+        for (area, arch) in areas.iter().zip(&backbones) {
+            let rs: Vec<&RunRecord> = runs
+                .iter()
+                .filter(|r| r.keys.get("backbone") == *arch)
+                .collect();
+            let mut layers: Vec<String> = rs
+                .iter()
+                .filter_map(|r| r.keys.get(key).cloned())
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            layers.sort_by_key(|l| layer_rank(*arch, l));
+            let lines = layer_lines(&rs, key, &layers);
+            layer_panel(
+                area,
+                arch.map_or("runs", |a| a.as_str()),
+                key,
+                &layers,
+                &lines,
+            )?;
+        }
+        root.present().map_err(perr)?;
+    }
+    Ok(svg)
+}
+
+/// One backbone's panel of the layer chart.
+fn layer_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    arch: &str,
+    key: &str,
+    layers: &[String],
+    lines: &[LayerLine],
+) -> Result<()> {
+    let accs: Vec<f64> = lines
+        .iter()
+        .flat_map(|(_, p)| p.iter().flat_map(|q| std::iter::once(q.1).chain(q.2)))
+        .collect();
+    let lo = (accs.iter().copied().fold(1.0, f64::min) - 0.05).max(0.0);
+    let hi = (accs.iter().copied().fold(0.0, f64::max) + 0.05)
+        .min(1.0)
+        .max(lo + 0.01);
+    let n = layers.len().max(1);
+    let mut chart = ChartBuilder::on(area)
+        .caption(
+            format!("{arch}: accuracy by {key} (solid: best validation, dashed: test)"),
+            ("sans-serif", 16),
+        )
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(-0.5..(n as f64 - 0.5), lo..hi)
+        .map_err(perr)?;
+    let name = |x: &f64| {
+        let i = x.round();
+        match (x - i).abs() < 1e-6 && i >= 0.0 {
+            true => layers.get(i as usize).cloned().unwrap_or_default(),
+            false => String::new(),
+        }
+    };
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(2 * n + 1)
+        .x_label_formatter(&name)
+        .x_desc(format!("backbone.{key}, in network order"))
+        .y_desc("accuracy")
+        .draw()
+        .map_err(perr)?;
+    for (i, (label, pts)) in lines.iter().enumerate() {
+        let c = color(i);
+        let val: Vec<(f64, f64)> = pts.iter().map(|p| (p.0 as f64, p.1)).collect();
+        chart
+            .draw_series(LineSeries::new(val.clone(), c.stroke_width(2)))
+            .map_err(perr)?
+            .label(label.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
+        chart
+            .draw_series(val.iter().map(|&p| Circle::new(p, 4, c.filled())))
+            .map_err(perr)?;
+        let test: Vec<(f64, f64)> = pts
+            .iter()
+            .filter_map(|p| Some((p.0 as f64, p.2?)))
+            .collect();
+        chart
+            .draw_series(DashedLineSeries::new(test, 6, 4, c.stroke_width(1)))
+            .map_err(perr)?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()
+        .map_err(perr)?;
+    Ok(())
+}
+
 /// Write an SVG as `.svg`, or rasterised as `.png`, atomically.
 pub fn save(svg: &str, out: &Path) -> Result<()> {
     match out

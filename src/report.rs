@@ -1,5 +1,6 @@
 //! `runner report`: one self-contained HTML page over run folders from any number of machines:
-//! the runs, timing by device with speed-ups, learning curves, accuracy against epoch time,
+//! the runs, accuracy by layer (when the runs read different cut points), timing by device
+//! with speed-ups, learning curves, accuracy against epoch time,
 //! each swept setting against validation accuracy, the best run's per-class accuracy and
 //! confusion matrix, and the machines the runs came from. Inline SVG and CSS only: no script,
 //! no network, readable in any browser and small enough to mail.
@@ -88,6 +89,11 @@ pub fn html(runs: &[RunRecord], inputs: &[PathBuf], o: &Options) -> Result<Strin
     );
     let best = best_run(runs);
     runs_table(&mut h, runs, best);
+    // which layer transfers best, when the runs read different cut points: the answer first
+    if let Some(key) = crate::plot::layer_key(runs) {
+        let _ = writeln!(h, "<h2 id=\"by-layer\">Accuracy by layer ({key})</h2>");
+        h += &svg_or_note(crate::plot::layers_svg(runs));
+    }
     timing(&mut h, runs, &by, o.baseline.as_deref())?;
     h += "<h2>Learning curves</h2>\n";
     h += &svg_or_note(crate::plot::curves_svg(runs));

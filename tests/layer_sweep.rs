@@ -178,3 +178,34 @@ fn a_resnet_sweep_from_layer1_to_pre_logits_is_one_pass() {
         [sweep]\n\"backbone.output\" = [\"layer1\", \"layer2\", \"layer3\", \"layer4\", \"pre_logits\"]\n";
     sweep_matches_single_runs(d.path(), body, 5);
 }
+
+#[test]
+fn files_run_together_share_their_pass() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let d = tempfile::tempdir().unwrap();
+    for (name, output) in [("a", "pool5"), ("b", "fc7")] {
+        let body = format!(
+            "name = \"{name}\"\n[backbone]\nweights = \"random\"\noutput = \"{output}\"\n\
+             [dataset]\nkind = \"synthetic\"\nper_class = 1\nval_fraction = 0.3\n[train]\nepochs = 1\n\
+             [run]\ndevice = \"cpu\"\n"
+        );
+        std::fs::write(d.path().join(format!("{name}.toml")), body).unwrap();
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
+        .current_dir(d.path())
+        .args(["-v", "run", "a.toml", "b.toml"])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("extract train at pool5, fc7: one pass for 2 cut points"),
+        "{err}"
+    );
+    assert_eq!(
+        err.matches("feature cache hit").count(),
+        2,
+        "both runs read the pass's entries: {err}"
+    );
+}

@@ -171,3 +171,116 @@ fn a_browser_shows_the_report() {
         "the browser's DOM lacks run {first_id}"
     );
 }
+
+/// A sweep over AlexNet's cut points and two learning rates, and its report: the page's path
+/// and its text, after checking the layer chart's text.
+fn layer_report(d: &tempfile::TempDir) -> (std::path::PathBuf, String) {
+    std::fs::write(
+        d.path().join("layers.toml"),
+        "name = \"layers\"\n[backbone]\nweights = \"random\"\npool = \"avg\"\n[dataset]\nkind = \"synthetic\"\nper_class = 2\nval_fraction = 0.25\ntest_fraction = 0.25\n\
+         [train]\nepochs = 2\n[run]\ndevice = \"cpu\"\n\
+         [sweep]\n\"backbone.output\" = [\"fc7\", \"pool2\", \"fc6\", \"pool5\"]\n\"train.lr\" = [0.01, 0.001]\n",
+    )
+    .unwrap();
+    let out = run_in(d.path(), &["sweep", "layers.toml"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run_in(
+        d.path(),
+        &["report", "results/layers", "--out", "layers.html"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page = d.path().join("layers.html");
+    let html = std::fs::read_to_string(&page).unwrap();
+    let start = html
+        .find("<h2 id=\"by-layer\">Accuracy by layer (output)</h2>")
+        .expect("the layer section");
+    let section = &html[start..];
+    let section = &section[..section[4..].find("<h2").map_or(section.len(), |e| e + 4)];
+    // (plotters puts each text on a line of its own)
+    let section = &section.replace('\n', "");
+    assert!(section.contains("<svg"), "a chart, not a note: {section}");
+    // the cut points along the axis in network order, whatever the sweep's order
+    let at = |l: &str| {
+        section
+            .find(&format!(">{l}<"))
+            .unwrap_or_else(|| panic!("{l} not on the axis"))
+    };
+    assert!(at("pool2") < at("pool5") && at("pool5") < at("fc6") && at("fc6") < at("fc7"));
+    // one line per other swept setting
+    for l in ["lr=0.01", "lr=0.001"] {
+        assert!(section.contains(&format!(">{l}<")), "legend {l} missing");
+    }
+    // and compare tables it by layer
+    let out = run_in(
+        d.path(),
+        &[
+            "compare",
+            "results/layers",
+            "--by",
+            "output",
+            "--format",
+            "csv",
+        ],
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}");
+    for l in ["pool2", "pool5", "fc6", "fc7"] {
+        assert!(
+            table.lines().any(|r| r.starts_with(l)),
+            "{l} row in {table}"
+        );
+    }
+    (page, html)
+}
+
+#[test]
+fn a_layer_sweep_report_draws_accuracy_by_layer() {
+    let d = tempfile::tempdir().unwrap();
+    layer_report(&d);
+}
+
+#[test]
+#[ignore = "needs Debian's Chromium (apt-get install chromium), then `cargo test --release --test report -- --ignored`; .ci/run does both"]
+fn a_browser_shows_the_layer_chart() {
+    assert!(
+        chromium().is_some(),
+        "no Chromium here (apt-get install chromium; .ci/run does)"
+    );
+    let d = tempfile::tempdir().unwrap();
+    let (page, _) = layer_report(&d);
+    let shot = d.path().join("layers.png");
+    // the chart follows the runs table: in the first screen
+    let out = browser(
+        d.path(),
+        &page,
+        &[
+            &format!("--screenshot={}", shot.display()),
+            "--window-size=1200,1000",
+        ],
+    );
+    let log = String::from_utf8_lossy(&out.stderr);
+    let console: Vec<&str> = log.lines().filter(|l| l.contains("CONSOLE")).collect();
+    assert!(console.is_empty(), "console messages: {console:?}");
+    let img = image::open(&shot)
+        .unwrap_or_else(|e| panic!("no screenshot ({e}); chromium said: {log}"))
+        .to_rgb8();
+    // the two lines' colours (the first two of the palette) are drawn
+    let near = |c: [u8; 3]| {
+        img.pixels()
+            .filter(|p| (0..3).all(|k| (p.0[k] as i32 - c[k] as i32).abs() < 30))
+            .count()
+    };
+    let (blue, orange) = (near([31, 119, 180]), near([255, 127, 14]));
+    assert!(
+        blue > 200 && orange > 200,
+        "the layer chart's lines are not in the screenshot ({blue} blue, {orange} orange pixels)"
+    );
+}

@@ -236,3 +236,37 @@ fn output_alone_is_a_probe_at_that_layer_and_a_sweep_over_outputs_pools_only_map
         runner::experiment::run_id(&plain[0].spec)
     );
 }
+
+#[test]
+fn init_std_is_a_number_or_auto_and_a_number_keeps_the_run_id() {
+    use runner::spec::InitStd;
+    let s = load(BASE, &[], &[]).unwrap();
+    assert_eq!(s.head.init_std, InitStd::Auto, "the default");
+    assert!(s.resolved_toml().unwrap().contains("init_std = \"auto\""));
+    for (sets, env) in [
+        (vec!["head.init_std=0.001"], vec![]),
+        (vec![], vec![("RUNNER_HEAD__INIT_STD", "0.001")]),
+    ] {
+        let s = load(BASE, &sets, &env).unwrap();
+        assert_eq!(s.head.init_std, InitStd::Fixed(0.001));
+    }
+    let s = load(&format!("{BASE}[head]\ninit_std = 1\n"), &[], &[]).unwrap();
+    assert_eq!(
+        s.head.init_std,
+        InitStd::Fixed(1.0),
+        "an integer is a number"
+    );
+    for bad in ["-0.5", "0", "\"big\""] {
+        let e = load(&format!("{BASE}[head]\ninit_std = {bad}\n"), &[], &[]).unwrap_err();
+        assert!(e.contains("head.init_std") || e.contains("init_std"), "{e}");
+        assert!(e.contains("auto"), "{bad}: {e}");
+    }
+    // a file that states the seed's 0.01 resolves as files did before "auto" existed, so the
+    // seed's experiments keep their run ids (and numbers)
+    let seed = load(&format!("{BASE}[head]\ninit_std = 0.01\n"), &[], &[]).unwrap();
+    assert!(seed.resolved_toml().unwrap().contains("init_std = 0.01\n"));
+    assert_ne!(
+        runner::experiment::run_id(&seed),
+        runner::experiment::run_id(&load(BASE, &[], &[]).unwrap())
+    );
+}

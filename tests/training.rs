@@ -199,6 +199,7 @@ fn check_boundary(freeze: &str, trainable: &[&str]) {
         4096,
         43,
         &runner::spec::HeadSection::default(),
+        None,
         &mut rng,
         &dev,
     )
@@ -298,9 +299,10 @@ fn sigkill_mid_training_leaves_a_valid_csv_and_no_corrupt_cache() {
         .spawn()
         .unwrap();
     let csv_path = loop {
+        // the run's folder (not its `.<run_id>.lock` beside it)
         if let Some(run) = std::fs::read_dir(d.path().join("res/k"))
             .ok()
-            .and_then(|mut r| r.next())
+            .and_then(|mut r| r.find(|e| e.as_ref().is_ok_and(|e| e.path().is_dir())))
         {
             let p = run.unwrap().path().join("epochs.csv");
             if p.is_file() && std::fs::read_to_string(&p).unwrap().lines().count() > 3 {

@@ -721,7 +721,8 @@ fn check_dataset_paths(d: &DatasetSection, kind: DatasetKind, err: &KeyError) ->
     Ok(())
 }
 
-/// `[head]`: dropout in [0, 1), hidden layers of at least one unit, a positive init_std.
+/// `[head]`: dropout in [0, 1), hidden layers of at least one unit, a positive init_std (or
+/// "auto").
 fn check_head(h: &HeadSection, err: &KeyError) -> Result<()> {
     in_unit(err, "head", "dropout", h.dropout, false)?;
     for &w in &h.hidden {
@@ -734,12 +735,14 @@ fn check_head(h: &HeadSection, err: &KeyError) -> Result<()> {
             format!("entry {i} is 0; hidden layers need at least 1 unit"),
         ));
     }
-    if !(h.init_std > 0.0 && h.init_std.is_finite()) {
-        return Err(err(
-            "head",
-            "init_std",
-            format!("is {}; expected a positive number", h.init_std),
-        ));
+    if let InitStd::Fixed(v) = h.init_std {
+        if !(v > 0.0 && v.is_finite()) {
+            return Err(err(
+                "head",
+                "init_std",
+                format!("is {v}; expected a positive number, or \"auto\""),
+            ));
+        }
     }
     Ok(())
 }

@@ -70,8 +70,9 @@ pub struct HeadSection {
     pub activation: Activation,
     /// Dropout probability before each linear layer of the head, while training.
     pub dropout: f64,
-    /// Weights start from a normal truncated at 2 sd with this sd (the seed: 0.01); biases at 0.
-    pub init_std: f64,
+    /// Weights start from a normal truncated at 2 sd with this sd (the seed: 0.01), or `"auto"`
+    /// (scaled to the features: `InitStd::resolve`); biases at 0.
+    pub init_std: InitStd,
 }
 
 impl Default for HeadSection {
@@ -80,8 +81,77 @@ impl Default for HeadSection {
             hidden: vec![],
             activation: Activation::Relu,
             dropout: 0.0,
-            init_std: 0.01,
+            init_std: InitStd::Auto,
         }
+    }
+}
+
+/// `head.init_std`: a standard deviation for every layer's initial weights, or `"auto"`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum InitStd {
+    Auto,
+    Fixed(f64),
+}
+
+/// The seed's head init, and `auto`'s upper bound.
+pub const SEED_INIT_STD: f64 = 0.01;
+
+impl InitStd {
+    /// The sd of the first layer's and of the other layers' weights, given the RMS L2 norm of
+    /// the head's input rows where it is known (frozen features, read before training).
+    /// `auto` starts the first layer's logits (or units) with an sd of at most about 1 whatever
+    /// the width and scale of the features: `min(0.01, 1 / norm)`, the seed's 0.01 where rows
+    /// are small (norm up to 100) and less for wide raw maps (ImageNet VGG16's pool5: 25,088
+    /// values, norms near 900, where 0.01 saturates the softmax from the first step); 0.01 for
+    /// later layers, and for all when the norm is unknown (a trainable tail).
+    pub fn resolve(self, norm: Option<f64>) -> (f64, f64) {
+        match (self, norm) {
+            (InitStd::Fixed(s), _) => (s, s),
+            (InitStd::Auto, Some(n)) if n > 0.0 && n.is_finite() => {
+                (SEED_INIT_STD.min(1.0 / n), SEED_INIT_STD)
+            }
+            (InitStd::Auto, _) => (SEED_INIT_STD, SEED_INIT_STD),
+        }
+    }
+}
+
+impl Serialize for InitStd {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            InitStd::Auto => s.serialize_str("auto"),
+            InitStd::Fixed(v) => s.serialize_f64(*v),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for InitStd {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = InitStd;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a standard deviation (e.g. 0.01) or \"auto\"")
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<InitStd, E> {
+                Ok(InitStd::Fixed(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<InitStd, E> {
+                Ok(InitStd::Fixed(v as f64))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<InitStd, E> {
+                Ok(InitStd::Fixed(v as f64))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<InitStd, E> {
+                match v.trim() {
+                    "auto" => Ok(InitStd::Auto),
+                    t => t
+                        .parse::<f64>()
+                        .map(InitStd::Fixed)
+                        .map_err(|_| E::invalid_value(serde::de::Unexpected::Str(v), &self)),
+                }
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 

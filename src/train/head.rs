@@ -1,6 +1,7 @@
 //! The trainable classifier head: an MLP over frozen features (`hidden = []` is one linear
 //! layer, the seed's AlexNet head). Weights start from a normal truncated at two standard
-//! deviations (`head.init_std`, the seed's 0.01), biases at zero, drawn from the spec's seed.
+//! deviations (`head.init_std`: the seed's 0.01, or `"auto"`, scaled to the features), biases
+//! at zero, drawn from the spec's seed.
 //! Dropout masks come from a seeded generator too, so runs are reproducible.
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -43,22 +44,26 @@ pub fn activate(x: &Tensor, a: Activation) -> Result<Tensor> {
 }
 
 impl Head {
-    /// A new head from `input` features to `classes` logits, shaped by `cfg`.
+    /// A new head from `input` features to `classes` logits, shaped by `cfg`; `norm` is the RMS
+    /// L2 norm of its input rows where known (for `init_std = "auto"`: `InitStd::resolve`).
     pub fn new(
         input: usize,
         classes: usize,
         cfg: &HeadSection,
+        norm: Option<f64>,
         rng: &mut ChaCha8Rng,
         device: &Device,
     ) -> Result<Head> {
-        let (activation, dropout, init_std) = (cfg.activation, cfg.dropout, cfg.init_std);
+        let (activation, dropout) = (cfg.activation, cfg.dropout);
+        let (first_sd, rest_sd) = cfg.init_std.resolve(norm);
         let mut dims = vec![input];
         dims.extend_from_slice(&cfg.hidden);
         dims.push(classes);
         let mut layers = Vec::new();
-        for w in dims.windows(2) {
+        for (k, w) in dims.windows(2).enumerate() {
             let (i, o) = (w[0], w[1]);
-            let wt = Tensor::from_vec(truncated_normal(rng, i * o, init_std), (o, i), device)?;
+            let sd = if k == 0 { first_sd } else { rest_sd };
+            let wt = Tensor::from_vec(truncated_normal(rng, i * o, sd), (o, i), device)?;
             let b = Tensor::zeros(o, DType::F32, device)?;
             layers.push((Var::from_tensor(&wt)?, Var::from_tensor(&b)?));
         }
@@ -122,6 +127,47 @@ mod tests {
         let sd = (v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
         // the sd of a normal truncated at 2 sd is 0.88 sd
         assert!((sd - 0.0088).abs() < 0.0003, "sd {sd}");
+    }
+
+    #[test]
+    fn auto_init_scales_the_first_layer_to_the_features() {
+        let sd = |h: &Head, k: usize| {
+            let v: Vec<f32> = h.layers[k]
+                .0
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            (v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / v.len() as f64).sqrt()
+        };
+        let cfg = HeadSection {
+            hidden: vec![64],
+            ..Default::default()
+        };
+        let dev = Device::Cpu;
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        // rows of norm 1000: the first layer at 1/1000 (0.88 of it after truncation), the
+        // second at the seed's 0.01
+        let h = Head::new(500, 10, &cfg, Some(1000.0), &mut rng, &dev).unwrap();
+        assert!((sd(&h, 0) - 0.00088).abs() < 0.00005, "{}", sd(&h, 0));
+        assert!((sd(&h, 1) - 0.0088).abs() < 0.0008, "{}", sd(&h, 1));
+        // small rows (norm 20) and an unknown norm keep the seed's 0.01
+        for norm in [Some(20.0), None] {
+            let h = Head::new(500, 10, &cfg, norm, &mut rng, &dev).unwrap();
+            assert!(
+                (sd(&h, 0) - 0.0088).abs() < 0.0003,
+                "{norm:?}: {}",
+                sd(&h, 0)
+            );
+        }
+        // a number is used as it is, whatever the features
+        let fixed = HeadSection {
+            init_std: crate::spec::InitStd::Fixed(0.05),
+            ..cfg
+        };
+        let h = Head::new(500, 10, &fixed, Some(1000.0), &mut rng, &dev).unwrap();
+        assert!((sd(&h, 0) - 0.044).abs() < 0.002, "{}", sd(&h, 0));
     }
 
     #[test]

@@ -146,6 +146,28 @@ fn gather(f: &Features, rows: &[usize], tail: &[usize], device: &Device) -> Resu
     Ok(Tensor::from_vec(data, shape, device)?)
 }
 
+/// The root mean square of the L2 norms of a split's rows, as the head reads them (flattened):
+/// how large the head's input is, for `head.init_std = "auto"`. Read in blocks, summed in f64.
+pub fn rms_row_norm(s: &Split) -> Result<f64> {
+    const BLOCK: usize = 2048;
+    let mut sum = 0f64;
+    let mut start = 0;
+    while start < s.n {
+        let count = BLOCK.min(s.n - start);
+        let x = s
+            .x_range(start, count)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?;
+        sum += x
+            .to_vec1::<f32>()?
+            .iter()
+            .map(|&v| (v as f64) * (v as f64))
+            .sum::<f64>();
+        start += count;
+    }
+    Ok((sum / s.n.max(1) as f64).sqrt())
+}
+
 /// Whether layers above the freeze point train with the head (they need the network).
 pub fn has_tail(spec: &Spec) -> bool {
     spec.freeze < spec.tail_end()
@@ -167,11 +189,13 @@ pub struct Model {
 impl Model {
     /// The model a spec trains: the layers of `net` above the freeze point up to `tail_end`
     /// (when `has_tail`; `net` is then required), initialised from their loaded weights, and a
-    /// fresh head for `classes`, drawn from the spec's seed.
+    /// fresh head for `classes`, drawn from the spec's seed (`norm`: the RMS norm of the head's
+    /// input rows where known, for `head.init_std = "auto"`).
     pub fn assemble(
         spec: &Spec,
         net: Option<Network>,
         classes: usize,
+        norm: Option<f64>,
         device: &Device,
     ) -> Result<Model> {
         let end = spec.tail_end();
@@ -192,6 +216,7 @@ impl Model {
             spec.head_input_dim(),
             classes,
             &spec.head,
+            norm,
             &mut init_rng,
             device,
         )?;

@@ -438,8 +438,9 @@ mod tests {
                         hidden: hidden.clone(),
                         activation: act,
                         dropout,
-                        init_std: 0.5,
+                        init_std: crate::spec::InitStd::Fixed(0.5),
                     },
+                    None,
                     &mut rng,
                     &dev,
                 )
