@@ -110,7 +110,12 @@ fn extract_writes_maps_in_pytorch_order_from_a_safetensors_file() {
 fn torch_save_and_safetensors_files_serve_up_to_what_they_hold() {
     let want = formula_set(Arch::ResNet18);
     let layer1 = Arch::ResNet18.layer_index("layer1").unwrap();
-    for file in ["resnet_part.pth", "resnet_part.safetensors"] {
+    // (the legacy file is the zip one in torch.save's pre-1.6 format: tests/reference/legacy_pth.py)
+    for file in [
+        "resnet_part.pth",
+        "resnet_part_legacy.pth",
+        "resnet_part.safetensors",
+    ] {
         // num_batches_tracked (int64 scalars) are in both files and ignored
         let set = runner::weights::load_until(&fixture(file), Arch::ResNet18, layer1).unwrap();
         for (name, t) in &set.tensors {

@@ -325,3 +325,150 @@ fn the_slurm_script_quotes_every_path_and_value() {
     let out = slurm_dry_run(d.path(), &spec, &["--partition", "a\n#SBATCH --wrap=evil"]);
     assert_clean_failure(&out, &["#SBATCH", "line breaks"]);
 }
+
+/// A `torch.save`-style zip: `archive/data.pkl` holding `pickle`, and `storages` under
+/// `archive/data/`.
+fn pth_zip(path: &Path, pickle: &[u8], storages: &[(&str, &[u8])]) {
+    use std::io::Write;
+    let mut z = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    let o =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    z.start_file("archive/data.pkl", o).unwrap();
+    z.write_all(pickle).unwrap();
+    for (key, bytes) in storages {
+        z.start_file(format!("archive/data/{key}"), o).unwrap();
+        z.write_all(bytes).unwrap();
+    }
+    z.finish().unwrap();
+}
+
+/// Pickle opcodes for `{name: tensor}` with `_rebuild_tensor_v2` over FloatStorage "0" of
+/// `numel` elements (protocol 2, as torch.save writes).
+fn state_dict_pickle(name: &str, numel: u8, size: &[u32], stride: &[u32]) -> Vec<u8> {
+    let text = |p: &mut Vec<u8>, s: &str| {
+        p.push(b'X');
+        p.extend((s.len() as u32).to_le_bytes());
+        p.extend(s.as_bytes());
+    };
+    let ints = |p: &mut Vec<u8>, v: &[u32]| {
+        p.push(b'(');
+        for x in v {
+            p.push(b'J');
+            p.extend(x.to_le_bytes());
+        }
+        p.push(b't');
+    };
+    let mut p = b"\x80\x02}".to_vec();
+    text(&mut p, name);
+    p.extend(b"ctorch._utils\n_rebuild_tensor_v2\n((");
+    text(&mut p, "storage");
+    p.extend(b"ctorch\nFloatStorage\n");
+    text(&mut p, "0");
+    text(&mut p, "cpu");
+    p.extend([b'K', numel, b't', b'Q', b'K', 0]);
+    ints(&mut p, size);
+    ints(&mut p, stride);
+    p.extend(b"\x89ccollections\nOrderedDict\n)RtRs.");
+    p
+}
+
+/// Issue 29, items 1 and 3: `.pth` files are read by runner's own unpickler. A pickle that
+/// calls a function is refused by `weights inspect` as by `run` (exit 2, naming it); a tensor
+/// whose shape reaches beyond its storage is reported with its shape and the storage's size;
+/// nothing but runner's message reaches either stream.
+#[test]
+fn pth_files_that_call_code_or_lie_about_sizes_are_refused_with_the_reason() {
+    let d = tempfile::tempdir().unwrap();
+    let evil = d.path().join("evil.pth");
+    pth_zip(
+        &evil,
+        b"\x80\x02cposix\nsystem\nX\x02\x00\x00\x00ls\x85R.",
+        &[],
+    );
+    let out = run_in(d.path(), &["weights", "inspect", "evil.pth"]);
+    assert_clean_failure(&out, &["evil.pth", "PyTorch checkpoint", "posix.system"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty(), "nothing listed");
+
+    // 10^15 elements (10^5 x 10^5 x 10^5) over a storage of 4 floats (16 bytes)
+    let huge = d.path().join("huge.pth");
+    let pkl = state_dict_pickle(
+        "conv1.weight",
+        4,
+        &[100_000, 100_000, 100_000],
+        &[10_000_000, 100, 1],
+    );
+    pth_zip(&huge, &pkl, &[("0", &[0u8; 16])]);
+    for args in [
+        vec!["weights", "inspect", "huge.pth"],
+        vec!["check", "s.toml"],
+    ] {
+        std::fs::write(
+            d.path().join("s.toml"),
+            "[backbone]\nweights = \"huge.pth\"\noutput = \"conv1\"\n[dataset]\nkind = \"synthetic\"\nper_class = 1\n[run]\ndevice = \"cpu\"\n",
+        )
+        .unwrap();
+        let out = run_in(d.path(), &args);
+        if args[0] == "check" && out.status.success() {
+            // check validates the spec only; the run reads the file
+            let out = run_in(d.path(), &["run", "s.toml"]);
+            assert_clean_failure(
+                &out,
+                &[
+                    "huge.pth",
+                    "[100000, 100000, 100000]",
+                    "4 elements",
+                    "16 bytes",
+                ],
+            );
+            continue;
+        }
+        assert_clean_failure(
+            &out,
+            &[
+                "huge.pth",
+                "[100000, 100000, 100000]",
+                "4 elements",
+                "16 bytes",
+            ],
+        );
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!all.contains("skipping"), "a dependency's output: {all}");
+    }
+
+    // a storage shorter than the pickle claims: named with both sizes when the tensor is read
+    let short = d.path().join("short.pth");
+    let pkl = state_dict_pickle("conv1.bias", 96, &[96], &[1]);
+    pth_zip(&short, &pkl, &[("0", &[0u8; 20])]);
+    let e = runner::weights::pth::open(&short, &std::fs::read(&short).unwrap())
+        .unwrap()
+        .f32("conv1.bias")
+        .unwrap_err();
+    assert!(
+        e.contains("384 bytes") && e.contains("holds 20 bytes"),
+        "{e}"
+    );
+    // and a sound one reads
+    let ok = d.path().join("ok.pth");
+    let vals: Vec<u8> = [1.5f32, -2.0, 0.25, 8.0]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    pth_zip(
+        &ok,
+        &state_dict_pickle("b", 4, &[2, 2], &[1, 2]),
+        &[("0", &vals)],
+    );
+    let bytes = std::fs::read(&ok).unwrap();
+    let c = runner::weights::pth::open(&ok, &bytes).unwrap();
+    // strides (1, 2): the transpose of [[1.5, -2], [0.25, 8]]
+    assert_eq!(
+        c.f32("b").unwrap(),
+        Some((vec![2, 2], vec![1.5, 0.25, -2.0, 8.0]))
+    );
+}

@@ -16,6 +16,7 @@ pub mod npy;
 pub mod onnx;
 pub mod pickle;
 pub mod pickle_write;
+pub mod pth;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -132,6 +133,9 @@ pub fn sniff(bytes: &[u8]) -> Option<FileKind> {
             return Some(FileKind::Pth);
         }
         return Some(FileKind::Npz);
+    }
+    if pth::is_legacy(bytes) {
+        return Some(FileKind::Pth);
     }
     if bytes.len() >= 2 && bytes[0] == 0x80 && (2..=5).contains(&bytes[1]) {
         return Some(FileKind::Pickle);
@@ -322,17 +326,7 @@ pub fn inspect(path: &Path) -> Result<Vec<StoredTensor>> {
         return onnx::inspect(path, &bytes);
     }
     if kind == FileKind::Pth {
-        let pth = candle_core::pickle::PthTensors::new(path, None)
-            .map_err(|e| Error::format(path, format!("not a readable PyTorch checkpoint: {e}")))?;
-        let mut out: Vec<StoredTensor> = pth
-            .tensor_infos()
-            .values()
-            .map(|t| StoredTensor {
-                name: t.name.clone(),
-                shape: t.layout.dims().to_vec(),
-                dtype: format!("{:?}", t.dtype).to_lowercase(),
-            })
-            .collect();
+        let mut out = pth::open(path, &bytes)?.infos();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         return Ok(out);
     }
@@ -418,7 +412,7 @@ pub fn load_until(path: &Path, arch: Arch, last: usize) -> Result<WeightSet> {
     match kind {
         FileKind::Safetensors => return load_safetensors(path, &bytes, arch, &need),
         FileKind::Onnx => return onnx::load(path, &bytes, arch, &need),
-        FileKind::Pth => return load_pth(path, arch, &need),
+        FileKind::Pth => return load_pth(path, &bytes, arch, &need),
         _ => {}
     }
     let raw = read_tf_layout(path, &bytes, kind)?;
@@ -704,28 +698,13 @@ fn load_safetensors(
     })
 }
 
-/// A PyTorch checkpoint (`torch.save` zip format: a state dict, or a dict holding one under
-/// `state_dict`), read by candle's pickle reader, which runs no code. Tensors are read lazily,
-/// so only the layers up to `backbone.output` are decoded.
-fn load_pth(path: &Path, arch: Arch, need: &[ParamSpec]) -> Result<WeightSet> {
-    let bad = |e: candle_core::Error| {
-        Error::format(path, format!("not a readable PyTorch checkpoint: {e}"))
-    };
-    let mut pth = candle_core::pickle::PthTensors::new(path, None).map_err(bad)?;
-    if pth.tensor_infos().is_empty() {
-        pth = candle_core::pickle::PthTensors::new(path, Some("state_dict")).map_err(bad)?;
-    }
-    let names: Vec<String> = pth.tensor_infos().keys().cloned().collect();
-    load_named(path, arch, need, &names, |n| {
-        let Some(t) = pth.get(n).map_err(|e| e.to_string())? else {
-            return Ok(None);
-        };
-        let t = t
-            .to_dtype(candle_core::DType::F32)
-            .and_then(|t| Ok((t.dims().to_vec(), t.flatten_all()?.to_vec1::<f32>()?)))
-            .map_err(|e| e.to_string())?;
-        Ok(Some(t))
-    })
+/// A PyTorch checkpoint (`torch.save`'s zip or legacy format: a state dict, or a dict holding
+/// one under `state_dict`), read by runner's own unpickler, which runs no code (`pth`).
+/// Tensors are read lazily, so only the layers up to `backbone.output` are decoded.
+fn load_pth(path: &Path, bytes: &[u8], arch: Arch, need: &[ParamSpec]) -> Result<WeightSet> {
+    let ckpt = pth::open(path, bytes)?;
+    let names = ckpt.names();
+    load_named(path, arch, need, &names, |n| ckpt.f32(n))
 }
 
 fn safetensor_f32(

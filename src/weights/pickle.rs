@@ -10,6 +10,11 @@
 //!
 //! Sizes claimed by the file are checked against the bytes actually present before anything is
 //! allocated; containers are reference-counted, so memo references cost nothing.
+//!
+//! `unpickle_torch` also reads what `torch.save` pickles: storages as persistent ids
+//! (`('storage', torch.FloatStorage, key, location, numel)`), tensors rebuilt by
+//! `torch._utils._rebuild_tensor_v2` / `_rebuild_parameter`, checked against their storage's
+//! size. The storages' bytes are the caller's (`weights::pth`).
 
 use std::cell::RefCell;
 use std::collections::HashSet;
@@ -55,6 +60,88 @@ pub enum Value {
     Dtype(Rc<RefCell<ArrayDtype>>),
     /// A numpy array (numeric, or object arrays whose elements are pickled values).
     Array(Rc<RefCell<PickledArray>>),
+    /// A PyTorch storage named by a persistent id (`unpickle_torch` only).
+    Storage(Rc<TorchStorage>),
+    /// A PyTorch tensor: a view of a storage (`unpickle_torch` only).
+    Tensor(Rc<TorchTensor>),
+}
+
+/// Element types of PyTorch storages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TorchDtype {
+    F32,
+    F64,
+    F16,
+    BF16,
+    I64,
+    I32,
+    I16,
+    I8,
+    U8,
+    Bool,
+}
+
+impl TorchDtype {
+    fn from_storage(name: &str) -> Option<TorchDtype> {
+        Some(match name {
+            "FloatStorage" => TorchDtype::F32,
+            "DoubleStorage" => TorchDtype::F64,
+            "HalfStorage" => TorchDtype::F16,
+            "BFloat16Storage" => TorchDtype::BF16,
+            "LongStorage" => TorchDtype::I64,
+            "IntStorage" => TorchDtype::I32,
+            "ShortStorage" => TorchDtype::I16,
+            "CharStorage" => TorchDtype::I8,
+            "ByteStorage" => TorchDtype::U8,
+            "BoolStorage" => TorchDtype::Bool,
+            _ => return None,
+        })
+    }
+
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            TorchDtype::F64 | TorchDtype::I64 => 8,
+            TorchDtype::F32 | TorchDtype::I32 => 4,
+            TorchDtype::F16 | TorchDtype::BF16 | TorchDtype::I16 => 2,
+            TorchDtype::I8 | TorchDtype::U8 | TorchDtype::Bool => 1,
+        }
+    }
+
+    /// PyTorch's name (`float32`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            TorchDtype::F32 => "float32",
+            TorchDtype::F64 => "float64",
+            TorchDtype::F16 => "float16",
+            TorchDtype::BF16 => "bfloat16",
+            TorchDtype::I64 => "int64",
+            TorchDtype::I32 => "int32",
+            TorchDtype::I16 => "int16",
+            TorchDtype::I8 => "int8",
+            TorchDtype::U8 => "uint8",
+            TorchDtype::Bool => "bool",
+        }
+    }
+}
+
+/// A storage as the pickle names it: its key (a file in the zip's `data/`, or a record of the
+/// legacy stream), element type and the element count the pickle claims.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TorchStorage {
+    pub key: String,
+    pub dtype: TorchDtype,
+    pub numel: u64,
+}
+
+/// A tensor: `shape` with `stride` (in elements) from element `offset` of `storage`; its
+/// extent is checked to lie within the storage's claimed size when it is rebuilt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TorchTensor {
+    pub storage: Rc<TorchStorage>,
+    pub offset: u64,
+    pub shape: Vec<usize>,
+    pub stride: Vec<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +154,12 @@ pub enum Global {
     CodecsEncode,
     ByteArray,
     OrderedDict,
+    /// `torch._utils._rebuild_tensor_v2` (`unpickle_torch` only)
+    RebuildTensor,
+    /// `torch._utils._rebuild_parameter` (`unpickle_torch` only)
+    RebuildParameter,
+    /// `torch.FloatStorage` and the like, in storage persistent ids (`unpickle_torch` only)
+    StorageType(TorchDtype),
 }
 
 #[derive(Debug, Clone)]
@@ -95,6 +188,8 @@ impl Value {
             Value::Global(_) => "global",
             Value::Dtype(_) => "numpy dtype",
             Value::Array(_) => "numpy array",
+            Value::Storage(_) => "torch storage",
+            Value::Tensor(_) => "torch tensor",
         }
     }
 
@@ -229,11 +324,22 @@ mod op {
     pub const BYTEARRAY8: u8 = 0x96;
     pub const NEXT_BUFFER: u8 = 0x97;
     pub const READONLY_BUFFER: u8 = 0x98;
+    pub const PERSID: u8 = b'P';
+    pub const BINPERSID: u8 = b'Q';
 }
 
 /// Parse one pickle from the start of `data`. Returns the value and the number of bytes used.
 /// Errors are plain messages; callers add the file name.
 pub fn unpickle(data: &[u8], limits: &Limits) -> Result<(Value, usize), String> {
+    machine(data, limits, false).run()
+}
+
+/// As `unpickle`, for what `torch.save` writes: storage persistent ids and tensors too.
+pub fn unpickle_torch(data: &[u8], limits: &Limits) -> Result<(Value, usize), String> {
+    machine(data, limits, true).run()
+}
+
+fn machine<'a>(data: &'a [u8], limits: &'a Limits, torch: bool) -> Machine<'a> {
     Machine {
         data,
         pos: 0,
@@ -244,8 +350,8 @@ pub fn unpickle(data: &[u8], limits: &Limits) -> Result<(Value, usize), String> 
         keep: HashSet::new(),
         registry: Vec::new(),
         registered: HashSet::new(),
+        torch,
     }
-    .run()
 }
 
 enum Item {
@@ -427,6 +533,8 @@ struct Machine<'a> {
     /// ones outside `keep` are emptied, so cycles built with DUP or the memo never leak.
     registry: Vec<Weak>,
     registered: HashSet<usize>,
+    /// Whether PyTorch's storages and tensors are read (`unpickle_torch`).
+    torch: bool,
 }
 
 enum Weak {
@@ -627,244 +735,339 @@ impl<'a> Machine<'a> {
                     let v = self.top()?.clone();
                     self.push(v);
                 }
-                op::NONE => self.push(Value::None),
-                op::NEWTRUE => self.push(Value::Bool(true)),
-                op::NEWFALSE => self.push(Value::Bool(false)),
-                op::BININT => {
-                    let v = i32::from_le_bytes(self.le::<4>()?);
-                    self.push(Value::Int(v as i64))
-                }
-                op::BININT1 => {
-                    let v = self.u8()?;
-                    self.push(Value::Int(v as i64))
-                }
-                op::BININT2 => {
-                    let v = u16::from_le_bytes(self.le::<2>()?);
-                    self.push(Value::Int(v as i64))
-                }
-                op::LONG1 | op::LONG4 => {
-                    let n = if code == op::LONG1 {
-                        self.u8()? as u64
-                    } else {
-                        u32::from_le_bytes(self.le::<4>()?) as u64
-                    };
-                    let n = self.len_u64(n)?;
-                    let bytes = self.take(n)?;
-                    if n > 8 {
-                        return Err(format!("integer of {n} bytes at offset {at} is too large"));
-                    }
-                    let mut v: i64 = 0;
-                    for (i, &b) in bytes.iter().enumerate() {
-                        v |= (b as i64) << (8 * i);
-                    }
-                    if n > 0 && n < 8 && bytes[n - 1] & 0x80 != 0 {
-                        v -= 1i64 << (8 * n);
-                    }
-                    self.push(Value::Int(v))
-                }
-                op::INT => {
-                    let l = self.line()?;
-                    let v = match l {
-                        "00" => Value::Bool(false),
-                        "01" => Value::Bool(true),
-                        _ => Value::Int(
-                            l.parse()
-                                .map_err(|_| format!("bad INT {l:?} at offset {at}"))?,
-                        ),
-                    };
-                    self.push(v)
-                }
-                op::LONG => {
-                    let l = self.line()?.trim_end_matches('L');
-                    let v = l.parse().map_err(|_| format!("bad LONG {l:?} at offset {at}"))?;
-                    self.push(Value::Int(v))
-                }
-                op::BINFLOAT => {
-                    let v = f64::from_be_bytes(self.le::<8>()?);
-                    self.push(Value::Float(v))
-                }
-                op::FLOAT => {
-                    let l = self.line()?;
-                    let v = l.parse().map_err(|_| format!("bad FLOAT {l:?} at offset {at}"))?;
-                    self.push(Value::Float(v))
-                }
-                op::SHORT_BINSTRING | op::SHORT_BINBYTES => {
-                    let n = self.u8()? as usize;
-                    let b = self.take(n)?;
-                    self.push(Value::Bytes(Rc::from(b)))
-                }
-                op::BINSTRING => {
-                    let n = i32::from_le_bytes(self.le::<4>()?);
-                    if n < 0 {
-                        return Err(format!("negative string length at offset {at}"));
-                    }
-                    let n = self.len_u64(n as u64)?;
-                    let b = self.take(n)?;
-                    self.push(Value::Bytes(Rc::from(b)))
-                }
-                op::BINBYTES => {
-                    let n = u32::from_le_bytes(self.le::<4>()?) as u64;
-                    let n = self.len_u64(n)?;
-                    let b = self.take(n)?;
-                    self.push(Value::Bytes(Rc::from(b)))
-                }
-                op::BINBYTES8 | op::BYTEARRAY8 => {
-                    let n = u64::from_le_bytes(self.le::<8>()?);
-                    let n = self.len_u64(n)?;
-                    let b = self.take(n)?;
-                    self.push(Value::Bytes(Rc::from(b)))
-                }
-                op::SHORT_BINUNICODE | op::BINUNICODE | op::BINUNICODE8 => {
-                    let n = match code {
-                        op::SHORT_BINUNICODE => self.u8()? as u64,
-                        op::BINUNICODE => u32::from_le_bytes(self.le::<4>()?) as u64,
-                        _ => u64::from_le_bytes(self.le::<8>()?),
-                    };
-                    let n = self.len_u64(n)?;
-                    let b = self.take(n)?;
-                    let s = std::str::from_utf8(b)
-                        .map_err(|_| format!("invalid UTF-8 string at offset {at}"))?;
-                    self.push(Value::Str(Rc::from(s)))
-                }
-                op::EMPTY_TUPLE => self.push(Value::Tuple(Rc::new(vec![]))),
-                op::TUPLE => {
-                    let items = self.pop_mark()?;
-                    self.push(Value::Tuple(Rc::new(items)))
-                }
-                op::TUPLE1 | op::TUPLE2 | op::TUPLE3 => {
-                    let n = (code - op::TUPLE1 + 1) as usize;
-                    let mut items = Vec::with_capacity(n);
-                    for _ in 0..n {
-                        items.push(self.pop()?);
-                    }
-                    items.reverse();
-                    self.push(Value::Tuple(Rc::new(items)))
-                }
-                op::EMPTY_LIST => self.push(Value::List(Rc::new(RefCell::new(vec![])))),
-                op::LIST => {
-                    let items = self.pop_mark()?;
-                    self.push(Value::List(Rc::new(RefCell::new(items))))
-                }
-                op::APPEND => {
-                    let v = self.pop()?;
-                    match self.top()? {
-                        Value::List(l) => l.borrow_mut().push(v),
-                        other => return Err(format!("APPEND to a {} at offset {at}", other.type_name())),
-                    }
-                }
-                op::APPENDS | op::ADDITEMS => {
-                    let items = self.pop_mark()?;
-                    match self.top()? {
-                        Value::List(l) => l.borrow_mut().extend(items),
-                        other => return Err(format!("APPENDS to a {} at offset {at}", other.type_name())),
-                    }
-                }
-                op::EMPTY_SET => self.push(Value::List(Rc::new(RefCell::new(vec![])))),
-                op::FROZENSET => {
-                    let items = self.pop_mark()?;
-                    self.push(Value::List(Rc::new(RefCell::new(items))))
-                }
-                op::EMPTY_DICT => self.push(Value::Dict(Rc::new(RefCell::new(vec![])))),
-                op::DICT => {
-                    let items = self.pop_mark()?;
-                    let d = pairs(items, at)?;
-                    self.push(Value::Dict(Rc::new(RefCell::new(d))))
-                }
-                op::SETITEM => {
-                    let v = self.pop()?;
-                    let k = self.pop()?;
-                    match self.top()? {
-                        Value::Dict(d) => set_item(&mut d.borrow_mut(), k, v),
-                        other => return Err(format!("SETITEM on a {} at offset {at}", other.type_name())),
-                    }
-                }
-                op::SETITEMS => {
-                    let items = self.pop_mark()?;
-                    let kv = pairs(items, at)?;
-                    match self.top()? {
-                        Value::Dict(d) => {
-                            let mut d = d.borrow_mut();
-                            for (k, v) in kv {
-                                set_item(&mut d, k, v);
-                            }
-                        }
-                        other => return Err(format!("SETITEMS on a {} at offset {at}", other.type_name())),
-                    }
-                }
-                op::GLOBAL => {
-                    let module = self.line()?;
-                    let name = self.line()?;
-                    let g = resolve_global(module, name)?;
-                    self.push(Value::Global(Rc::new(g)))
-                }
-                op::STACK_GLOBAL => {
-                    let name = self.pop()?;
-                    let module = self.pop()?;
-                    let (Some(module), Some(name)) = (module.as_text(), name.as_text()) else {
-                        return Err(format!("STACK_GLOBAL with non-text names at offset {at}"));
-                    };
-                    let g = resolve_global(&module, &name)?;
-                    self.push(Value::Global(Rc::new(g)))
-                }
-                op::REDUCE | op::NEWOBJ => {
-                    let args = self.pop()?;
-                    let callable = self.pop()?;
-                    let v = self.reduce(callable, args, at)?;
-                    self.push(v)
-                }
-                op::NEWOBJ_EX => {
-                    let _kwargs = self.pop()?;
-                    let args = self.pop()?;
-                    let callable = self.pop()?;
-                    let v = self.reduce(callable, args, at)?;
-                    self.push(v)
-                }
-                op::BUILD => {
-                    let state = self.pop()?;
-                    let obj = self.top()?.clone();
-                    build(&obj, state, self.limits).map_err(|e| format!("{e} (at offset {at})"))?;
-                }
-                op::PUT => {
-                    let l = self.line()?;
-                    let idx = l.parse().map_err(|_| format!("bad PUT at offset {at}"))?;
-                    self.memo_put(idx)?
-                }
-                op::BINPUT => {
-                    let idx = self.u8()? as u64;
-                    self.memo_put(idx)?
-                }
-                op::LONG_BINPUT => {
-                    let idx = u32::from_le_bytes(self.le::<4>()?) as u64;
-                    self.memo_put(idx)?
-                }
-                op::MEMOIZE => {
-                    let idx = self.memo.len() as u64;
-                    self.memo_put(idx)?
-                }
-                op::GET => {
-                    let l = self.line()?;
-                    let idx = l.parse().map_err(|_| format!("bad GET at offset {at}"))?;
-                    self.memo_get(idx)?
-                }
-                op::BINGET => {
-                    let idx = self.u8()? as u64;
-                    self.memo_get(idx)?
-                }
-                op::LONG_BINGET => {
-                    let idx = u32::from_le_bytes(self.le::<4>()?) as u64;
-                    self.memo_get(idx)?
-                }
-                op::READONLY_BUFFER => {}
-                op::NEXT_BUFFER => {
-                    return Err("pickle uses out-of-band buffers (protocol 5 buffer_callback); save it without them".into())
-                }
                 other => {
-                    return Err(format!(
-                        "unsupported or corrupt pickle opcode 0x{other:02x} at offset {at}"
-                    ))
+                    let handled = self.scalar_op(other, at)?
+                        || self.text_op(other, at)?
+                        || self.container_op(other, at)?
+                        || self.object_op(other, at)?;
+                    if !handled {
+                        return Err(format!(
+                            "unsupported or corrupt pickle opcode 0x{other:02x} at offset {at}"
+                        ));
+                    }
                 }
             }
         }
+    }
+
+    /// Numbers, strings and bytes; `false` for another opcode.
+    fn scalar_op(&mut self, code: u8, at: usize) -> Result<bool, String> {
+        match code {
+            op::NONE => self.push(Value::None),
+            op::NEWTRUE => self.push(Value::Bool(true)),
+            op::NEWFALSE => self.push(Value::Bool(false)),
+            op::BININT => {
+                let v = i32::from_le_bytes(self.le::<4>()?);
+                self.push(Value::Int(v as i64))
+            }
+            op::BININT1 => {
+                let v = self.u8()?;
+                self.push(Value::Int(v as i64))
+            }
+            op::BININT2 => {
+                let v = u16::from_le_bytes(self.le::<2>()?);
+                self.push(Value::Int(v as i64))
+            }
+            op::LONG1 | op::LONG4 => {
+                let n = if code == op::LONG1 {
+                    self.u8()? as u64
+                } else {
+                    u32::from_le_bytes(self.le::<4>()?) as u64
+                };
+                let n = self.len_u64(n)?;
+                let bytes = self.take(n)?;
+                if n > 8 {
+                    return Err(format!("integer of {n} bytes at offset {at} is too large"));
+                }
+                let mut v: i64 = 0;
+                for (i, &b) in bytes.iter().enumerate() {
+                    v |= (b as i64) << (8 * i);
+                }
+                if n > 0 && n < 8 && bytes[n - 1] & 0x80 != 0 {
+                    v -= 1i64 << (8 * n);
+                }
+                self.push(Value::Int(v))
+            }
+            op::INT => {
+                let l = self.line()?;
+                let v = match l {
+                    "00" => Value::Bool(false),
+                    "01" => Value::Bool(true),
+                    _ => Value::Int(
+                        l.parse()
+                            .map_err(|_| format!("bad INT {l:?} at offset {at}"))?,
+                    ),
+                };
+                self.push(v)
+            }
+            op::LONG => {
+                let l = self.line()?.trim_end_matches('L');
+                let v = l
+                    .parse()
+                    .map_err(|_| format!("bad LONG {l:?} at offset {at}"))?;
+                self.push(Value::Int(v))
+            }
+            op::BINFLOAT => {
+                let v = f64::from_be_bytes(self.le::<8>()?);
+                self.push(Value::Float(v))
+            }
+            op::FLOAT => {
+                let l = self.line()?;
+                let v = l
+                    .parse()
+                    .map_err(|_| format!("bad FLOAT {l:?} at offset {at}"))?;
+                self.push(Value::Float(v))
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Strings and bytes; `false` for another opcode.
+    fn text_op(&mut self, code: u8, at: usize) -> Result<bool, String> {
+        match code {
+            op::SHORT_BINSTRING | op::SHORT_BINBYTES => {
+                let n = self.u8()? as usize;
+                let b = self.take(n)?;
+                self.push(Value::Bytes(Rc::from(b)))
+            }
+            op::BINSTRING => {
+                let n = i32::from_le_bytes(self.le::<4>()?);
+                if n < 0 {
+                    return Err(format!("negative string length at offset {at}"));
+                }
+                let n = self.len_u64(n as u64)?;
+                let b = self.take(n)?;
+                self.push(Value::Bytes(Rc::from(b)))
+            }
+            op::BINBYTES => {
+                let n = u32::from_le_bytes(self.le::<4>()?) as u64;
+                let n = self.len_u64(n)?;
+                let b = self.take(n)?;
+                self.push(Value::Bytes(Rc::from(b)))
+            }
+            op::BINBYTES8 | op::BYTEARRAY8 => {
+                let n = u64::from_le_bytes(self.le::<8>()?);
+                let n = self.len_u64(n)?;
+                let b = self.take(n)?;
+                self.push(Value::Bytes(Rc::from(b)))
+            }
+            op::SHORT_BINUNICODE | op::BINUNICODE | op::BINUNICODE8 => {
+                let n = match code {
+                    op::SHORT_BINUNICODE => self.u8()? as u64,
+                    op::BINUNICODE => u32::from_le_bytes(self.le::<4>()?) as u64,
+                    _ => u64::from_le_bytes(self.le::<8>()?),
+                };
+                let n = self.len_u64(n)?;
+                let b = self.take(n)?;
+                let s = std::str::from_utf8(b)
+                    .map_err(|_| format!("invalid UTF-8 string at offset {at}"))?;
+                self.push(Value::Str(Rc::from(s)))
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Tuples, lists, sets and dicts; `false` for another opcode.
+    fn container_op(&mut self, code: u8, at: usize) -> Result<bool, String> {
+        match code {
+            op::EMPTY_TUPLE => self.push(Value::Tuple(Rc::new(vec![]))),
+            op::TUPLE => {
+                let items = self.pop_mark()?;
+                self.push(Value::Tuple(Rc::new(items)))
+            }
+            op::TUPLE1 | op::TUPLE2 | op::TUPLE3 => {
+                let n = (code - op::TUPLE1 + 1) as usize;
+                let mut items = Vec::with_capacity(n);
+                for _ in 0..n {
+                    items.push(self.pop()?);
+                }
+                items.reverse();
+                self.push(Value::Tuple(Rc::new(items)))
+            }
+            op::EMPTY_LIST => self.push(Value::List(Rc::new(RefCell::new(vec![])))),
+            op::LIST => {
+                let items = self.pop_mark()?;
+                self.push(Value::List(Rc::new(RefCell::new(items))))
+            }
+            op::APPEND => {
+                let v = self.pop()?;
+                match self.top()? {
+                    Value::List(l) => l.borrow_mut().push(v),
+                    other => {
+                        return Err(format!("APPEND to a {} at offset {at}", other.type_name()))
+                    }
+                }
+            }
+            op::APPENDS | op::ADDITEMS => {
+                let items = self.pop_mark()?;
+                match self.top()? {
+                    Value::List(l) => l.borrow_mut().extend(items),
+                    other => {
+                        return Err(format!("APPENDS to a {} at offset {at}", other.type_name()))
+                    }
+                }
+            }
+            op::EMPTY_SET => self.push(Value::List(Rc::new(RefCell::new(vec![])))),
+            op::FROZENSET => {
+                let items = self.pop_mark()?;
+                self.push(Value::List(Rc::new(RefCell::new(items))))
+            }
+            op::EMPTY_DICT => self.push(Value::Dict(Rc::new(RefCell::new(vec![])))),
+            op::DICT => {
+                let items = self.pop_mark()?;
+                let d = pairs(items, at)?;
+                self.push(Value::Dict(Rc::new(RefCell::new(d))))
+            }
+            op::SETITEM => {
+                let v = self.pop()?;
+                let k = self.pop()?;
+                match self.top()? {
+                    Value::Dict(d) => set_item(&mut d.borrow_mut(), k, v),
+                    other => {
+                        return Err(format!("SETITEM on a {} at offset {at}", other.type_name()))
+                    }
+                }
+            }
+            op::SETITEMS => {
+                let items = self.pop_mark()?;
+                let kv = pairs(items, at)?;
+                match self.top()? {
+                    Value::Dict(d) => {
+                        let mut d = d.borrow_mut();
+                        for (k, v) in kv {
+                            set_item(&mut d, k, v);
+                        }
+                    }
+                    other => {
+                        return Err(format!(
+                            "SETITEMS on a {} at offset {at}",
+                            other.type_name()
+                        ))
+                    }
+                }
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Globals, calls, persistent ids, BUILD and the memo; `false` for another opcode.
+    fn object_op(&mut self, code: u8, at: usize) -> Result<bool, String> {
+        match code {
+        op::GLOBAL => {
+            let module = self.line()?;
+            let name = self.line()?;
+            let g = resolve_global(module, name, self.torch)?;
+            self.push(Value::Global(Rc::new(g)))
+        }
+        op::STACK_GLOBAL => {
+            let name = self.pop()?;
+            let module = self.pop()?;
+            let (Some(module), Some(name)) = (module.as_text(), name.as_text()) else {
+                return Err(format!("STACK_GLOBAL with non-text names at offset {at}"));
+            };
+            let g = resolve_global(&module, &name, self.torch)?;
+            self.push(Value::Global(Rc::new(g)))
+        }
+        op::BINPERSID | op::PERSID => {
+            let pid = match code {
+                op::BINPERSID => self.pop()?,
+                _ => Value::Str(Rc::from(self.line()?)),
+            };
+            let v = self.persistent(pid, at)?;
+            self.push(v)
+        }
+        op::REDUCE | op::NEWOBJ => {
+            let args = self.pop()?;
+            let callable = self.pop()?;
+            let v = self.reduce(callable, args, at)?;
+            self.push(v)
+        }
+        op::NEWOBJ_EX => {
+            let _kwargs = self.pop()?;
+            let args = self.pop()?;
+            let callable = self.pop()?;
+            let v = self.reduce(callable, args, at)?;
+            self.push(v)
+        }
+        op::BUILD => {
+            let state = self.pop()?;
+            let obj = self.top()?.clone();
+            build(&obj, state, self.limits).map_err(|e| format!("{e} (at offset {at})"))?;
+        }
+        op::PUT => {
+            let l = self.line()?;
+            let idx = l.parse().map_err(|_| format!("bad PUT at offset {at}"))?;
+            self.memo_put(idx)?
+        }
+        op::BINPUT => {
+            let idx = self.u8()? as u64;
+            self.memo_put(idx)?
+        }
+        op::LONG_BINPUT => {
+            let idx = u32::from_le_bytes(self.le::<4>()?) as u64;
+            self.memo_put(idx)?
+        }
+        op::MEMOIZE => {
+            let idx = self.memo.len() as u64;
+            self.memo_put(idx)?
+        }
+        op::GET => {
+            let l = self.line()?;
+            let idx = l.parse().map_err(|_| format!("bad GET at offset {at}"))?;
+            self.memo_get(idx)?
+        }
+        op::BINGET => {
+            let idx = self.u8()? as u64;
+            self.memo_get(idx)?
+        }
+        op::LONG_BINGET => {
+            let idx = u32::from_le_bytes(self.le::<4>()?) as u64;
+            self.memo_get(idx)?
+        }
+        op::READONLY_BUFFER => {}
+        op::NEXT_BUFFER => {
+            return Err("pickle uses out-of-band buffers (protocol 5 buffer_callback); save it without them".into())
+        }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// A persistent id: in `unpickle_torch`, a storage `('storage', torch.XStorage, key,
+    /// location, numel[, view_metadata])`; anything else is refused.
+    fn persistent(&mut self, pid: Value, at: usize) -> Result<Value, String> {
+        if !self.torch {
+            return Err(format!(
+                "the pickle loads a persistent id at offset {at} (as PyTorch's storages do); it is not a plain pickle of data"
+            ));
+        }
+        let parts = pid.as_seq().unwrap_or_default();
+        let storage = match parts.as_slice() {
+            [tag, Value::Global(g), key, _location, numel, ..]
+                if tag.as_text().as_deref() == Some("storage") =>
+            {
+                match (g.as_ref(), key.as_text(), numel.as_int()) {
+                    (Global::StorageType(dtype), Some(key), Some(numel)) if numel >= 0 => {
+                        TorchStorage {
+                            key,
+                            dtype: *dtype,
+                            numel: numel as u64,
+                        }
+                    }
+                    _ => return Err(format!("malformed torch storage id at offset {at}")),
+                }
+            }
+            _ => {
+                return Err(format!(
+                    "persistent id at offset {at} is not a torch storage ({})",
+                    pid.type_name()
+                ))
+            }
+        };
+        Ok(Value::Storage(Rc::new(storage)))
     }
 
     fn reduce(&mut self, callable: Value, args: Value, at: usize) -> Result<Value, String> {
@@ -900,6 +1103,18 @@ impl<'a> Machine<'a> {
                 }
             },
             Global::OrderedDict => Ok(Value::Dict(Rc::new(RefCell::new(vec![])))),
+            Global::RebuildTensor => {
+                rebuild_tensor(&args).map_err(|e| format!("{e} (at offset {at})"))
+            }
+            Global::RebuildParameter => match args.first() {
+                Some(t @ Value::Tensor(_)) => Ok(t.clone()),
+                _ => Err(format!(
+                    "_rebuild_parameter without a tensor at offset {at}"
+                )),
+            },
+            Global::StorageType(_) => Err(format!(
+                "a torch storage type called as a function at offset {at}"
+            )),
             Global::FromBuffer => {
                 // _frombuffer(buffer, dtype, shape, order)
                 let (Some(Value::Bytes(buf)), Some(Value::Dtype(dt)), Some(shape)) =
@@ -1005,7 +1220,63 @@ fn shape_of(v: &Value) -> Result<Vec<usize>, String> {
         .collect()
 }
 
-fn resolve_global(module: &str, name: &str) -> Result<Global, String> {
+/// `_rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad, hooks[, meta])`,
+/// with the view's extent checked against the storage's element count.
+fn rebuild_tensor(args: &[Value]) -> Result<Value, String> {
+    let (Some(Value::Storage(storage)), Some(offset), Some(size), Some(stride)) =
+        (args.first(), args.get(1), args.get(2), args.get(3))
+    else {
+        return Err("malformed torch tensor (_rebuild_tensor_v2 arguments)".into());
+    };
+    let offset = offset
+        .as_int()
+        .and_then(|o| u64::try_from(o).ok())
+        .ok_or("torch tensor with a negative or non-integer storage offset")?;
+    let shape = shape_of(size)?;
+    let stride: Vec<u64> = stride
+        .as_seq()
+        .ok_or("torch tensor strides are not a tuple")?
+        .iter()
+        .map(|s| s.as_int().and_then(|s| u64::try_from(s).ok()))
+        .collect::<Option<_>>()
+        .ok_or("torch tensor with a negative or non-integer stride")?;
+    if stride.len() != shape.len() {
+        return Err(format!(
+            "torch tensor of shape {shape:?} has {} strides",
+            stride.len()
+        ));
+    }
+    // the last element's position + 1 (0 for an empty tensor)
+    let mut end: Option<u64> = Some(offset + 1);
+    if shape.contains(&0) {
+        end = Some(0);
+    } else {
+        for (&n, &s) in shape.iter().zip(&stride) {
+            end = end.and_then(|e| (n as u64 - 1).checked_mul(s).and_then(|d| e.checked_add(d)));
+        }
+    }
+    let elements = shape.iter().try_fold(1u64, |a, &n| a.checked_mul(n as u64));
+    match (end, elements) {
+        (Some(e), Some(_)) if e <= storage.numel => {}
+        _ => {
+            return Err(format!(
+                "a torch tensor of shape {shape:?} (strides {stride:?}, offset {offset}) reaches beyond its {} storage {:?} of {} elements ({} bytes)",
+                storage.dtype.name(),
+                storage.key,
+                storage.numel,
+                storage.numel.saturating_mul(storage.dtype.size() as u64)
+            ))
+        }
+    }
+    Ok(Value::Tensor(Rc::new(TorchTensor {
+        storage: storage.clone(),
+        offset,
+        shape,
+        stride,
+    })))
+}
+
+fn resolve_global(module: &str, name: &str, torch: bool) -> Result<Global, String> {
     let numpy_core =
         |m: &str, sub: &str| m == format!("numpy.core.{sub}") || m == format!("numpy._core.{sub}");
     let g = match (module, name) {
@@ -1017,6 +1288,11 @@ fn resolve_global(module: &str, name: &str) -> Result<Global, String> {
         ("_codecs", "encode") => Global::CodecsEncode,
         ("builtins" | "__builtin__", "bytearray") => Global::ByteArray,
         ("collections", "OrderedDict") => Global::OrderedDict,
+        ("torch._utils", "_rebuild_tensor_v2") if torch => Global::RebuildTensor,
+        ("torch._utils", "_rebuild_parameter") if torch => Global::RebuildParameter,
+        ("torch", s) if torch && TorchDtype::from_storage(s).is_some() => {
+            Global::StorageType(TorchDtype::from_storage(s).unwrap_or(TorchDtype::F32))
+        }
         _ => {
             return Err(format!(
                 "the pickle refers to {module}.{name}, which runner does not load \
