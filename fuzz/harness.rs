@@ -43,6 +43,69 @@ mod harness {
         let _ = runner::weights::load(&p, runner::backbone::Arch::AlexNet);
     }
 
+    /// A PyTorch checkpoint (zip or legacy `torch.save`): the pickle, every tensor's values,
+    /// `weights inspect`, and the ResNet-18 loader (names, shapes, conversion).
+    pub fn pth_bytes(data: &[u8]) {
+        let p = scratch("w.pth", data);
+        if let Ok(c) = runner::weights::pth::open(&p, data) {
+            for n in c.names() {
+                let _ = c.f32(&n);
+            }
+            let _ = c.infos();
+        }
+        let _ = runner::weights::inspect(&p);
+        let _ = runner::weights::load(&p, runner::backbone::Arch::ResNet18);
+    }
+
+    /// An ONNX model: the protobuf reader, `weights inspect` and the VGG16 loader.
+    pub fn onnx_bytes(data: &[u8]) {
+        let p = scratch("w.onnx", data);
+        let _ = runner::weights::onnx::inspect(&p, data);
+        let _ = runner::weights::load(&p, runner::backbone::Arch::Vgg16);
+    }
+
+    /// IDX files: the first byte says where the images file ends and the labels file starts
+    /// (as a share of the rest); each read plain and gzipped.
+    pub fn idx_bytes(data: &[u8]) {
+        let Some((&cut, rest)) = data.split_first() else {
+            return;
+        };
+        let at = rest.len() * cut as usize / 255;
+        let (images, labels) = rest.split_at(at);
+        let gz = |b: &[u8]| {
+            use std::io::Write;
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            let _ = e.write_all(b);
+            e.finish().unwrap_or_default()
+        };
+        for (im, lb) in [
+            ("f-images-idx3-ubyte", "f-labels-idx1-ubyte"),
+            ("g-images-idx3-ubyte.gz", "g-labels-idx1-ubyte.gz"),
+        ] {
+            let zipped = im.ends_with(".gz");
+            let (i, l) = match zipped {
+                true => (gz(images), gz(labels)),
+                false => (images.to_vec(), labels.to_vec()),
+            };
+            let ip = scratch(im, &i);
+            let lp = scratch(lb, &l);
+            let _ = runner::data::idx::load(&ip, Some(&lp), None);
+            let _ = runner::data::idx::load(&ip, None, Some(10));
+        }
+    }
+
+    /// A feature-cache entry (header, checksum, shapes): opened, verified and read.
+    pub fn cache_entry(data: &[u8]) {
+        let digest = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        let dir = scratch("cache/.keep", b"").parent().map(Path::to_path_buf);
+        let Some(dir) = dir else { return };
+        let cache = runner::cache::FeatureCache::new(&dir);
+        let _ = std::fs::write(cache.path_for(digest), data);
+        if let Ok(e) = cache.open(digest) {
+            let _ = runner::cache::Features::Stored(e).to_host();
+        }
+    }
+
     /// An experiment file: validation, then sweep expansion.
     pub fn spec_text(data: &[u8]) {
         let Ok(text) = std::str::from_utf8(data) else {

@@ -5,7 +5,7 @@
 set -uo pipefail
 cd "$(dirname "$0")"
 secs=${1:-600}; shift || true
-targets=${*:-"unpickle npy weights_file spec gtsrb_csv image"}
+targets=${*:-"unpickle npy weights_file spec gtsrb_csv image pth onnx idx cache_entry"}
 for t in $targets; do
   mkdir -p "corpus/$t" "artifacts/$t"
   log="artifacts/$t.log"

@@ -66,3 +66,23 @@ fn gtsrb_csv() {
 fn image() {
     replay("image", harness::image_bytes);
 }
+
+#[test]
+fn pth() {
+    replay("pth", harness::pth_bytes);
+}
+
+#[test]
+fn onnx() {
+    replay("onnx", harness::onnx_bytes);
+}
+
+#[test]
+fn idx() {
+    replay("idx", harness::idx_bytes);
+}
+
+#[test]
+fn cache_entry() {
+    replay("cache_entry", harness::cache_entry);
+}
