@@ -29,6 +29,9 @@ pub struct RunRecord {
     pub curve: Vec<(f64, f64, f64)>,
     /// the run folder's name (run id, with a sweep point's label)
     pub label: String,
+    /// every setting of the run's `config.toml` by dotted key (`train.lr`, `head.init_std`),
+    /// as text: what the report's swept-settings charts read
+    pub settings: BTreeMap<String, String>,
 }
 
 /// The grouping keys `--by` may name.
@@ -158,6 +161,7 @@ fn run_from_epochs(path: &Path) -> std::result::Result<RunRecord, String> {
 fn settings_from_config(dir: &Path, rec: &mut RunRecord) {
     if let Ok(text) = std::fs::read_to_string(dir.join("config.toml")) {
         if let Ok(cfg) = toml::from_str::<toml::Table>(&text) {
+            flatten_settings("", &cfg, &mut rec.settings);
             let get = |sec: &str, key: &str| {
                 cfg.get(sec).and_then(|s| s.get(key)).map(|v| match v {
                     toml::Value::String(s) => s.clone(),
@@ -187,6 +191,26 @@ fn settings_from_config(dir: &Path, rec: &mut RunRecord) {
             put("lr", get("train", "lr"));
             put("hidden", get("head", "hidden"));
             put("optimizer", get("train", "optimizer"));
+        }
+    }
+}
+
+/// `table`'s values by dotted key, as text (strings without their quotes).
+fn flatten_settings(prefix: &str, table: &toml::Table, out: &mut BTreeMap<String, String>) {
+    for (k, v) in table {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match v {
+            toml::Value::Table(t) => flatten_settings(&key, t, out),
+            toml::Value::String(s) => {
+                out.insert(key, s.clone());
+            }
+            other => {
+                out.insert(key, other.to_string());
+            }
         }
     }
 }

@@ -16,7 +16,23 @@ fn perr<E: std::fmt::Display>(e: E) -> Error {
     Error::Other(format!("plot: {e}"))
 }
 
+/// Distinct colours `color` gives (the palette, then 360 hues x 9 lightnesses x 3
+/// saturations); series beyond them reuse colours.
+pub const DISTINCT_COLORS: usize = 10 + 360 * 27;
+
+/// The colour of series `i`: a ten-colour palette, then every whole-degree hue in a scattered
+/// order (137 degrees apart), at 9 lightnesses and 3 saturations: no two of the first
+/// `DISTINCT_COLORS` series share one.
 fn color(i: usize) -> RGBColor {
+    if i >= 10 {
+        let j = i - 10;
+        let h = ((j * 137) % 360) as f64 / 360.0;
+        let k = j / 360;
+        let l = 0.33 + 0.03 * (k % 9) as f64;
+        let s = [0.65, 0.9, 0.45][(k / 9) % 3];
+        let (r, g, b) = hsl_to_rgb(h, s, l);
+        return RGBColor(r, g, b);
+    }
     const C: [RGBColor; 10] = [
         RGBColor(31, 119, 180),
         RGBColor(255, 127, 14),
@@ -30,6 +46,30 @@ fn color(i: usize) -> RGBColor {
         RGBColor(23, 190, 207),
     ];
     C[i % C.len()]
+}
+
+/// HSL (each in 0..1) to 8-bit RGB.
+fn hsl_to_rgb(h: f64, s: f64, l: f64) -> (u8, u8, u8) {
+    let q = if l < 0.5 {
+        l * (1.0 + s)
+    } else {
+        l + s - l * s
+    };
+    let p = 2.0 * l - q;
+    let channel = |t: f64| {
+        let t = t.rem_euclid(1.0);
+        let v = if t < 1.0 / 6.0 {
+            p + (q - p) * 6.0 * t
+        } else if t < 0.5 {
+            q
+        } else if t < 2.0 / 3.0 {
+            p + (q - p) * (2.0 / 3.0 - t) * 6.0
+        } else {
+            p
+        };
+        (v * 255.0).round().clamp(0.0, 255.0) as u8
+    };
+    (channel(h + 1.0 / 3.0), channel(h), channel(h - 1.0 / 3.0))
 }
 
 /// Validation accuracy (top) and loss (bottom) per epoch, one line per run.
@@ -469,5 +509,21 @@ pub fn save(svg: &str, out: &Path) -> Result<()> {
             "plot: {} must end in .svg or .png",
             out.display()
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn series_colours_are_all_distinct() {
+        let all: std::collections::HashSet<(u8, u8, u8)> = (0..DISTINCT_COLORS)
+            .map(|i| {
+                let c = color(i);
+                (c.0, c.1, c.2)
+            })
+            .collect();
+        assert_eq!(all.len(), DISTINCT_COLORS);
     }
 }

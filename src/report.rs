@@ -242,34 +242,40 @@ fn timing(h: &mut String, runs: &[RunRecord], by: &[String], baseline: Option<&s
         }
         *h += "</tr>\n";
     }
-    *h += "</table>\n<p class=\"note\">Bars: median epoch time per group; whiskers: min and max.</p>\n";
+    *h += "</table>\n";
     let device_by = vec!["device_name".to_string()];
     let device_rows = compare::group(runs, &device_by, None)?;
+    if device_rows.len() < 2 {
+        // one bar says nothing the table does not
+        *h += "<p class=\"note\">All runs are on one device; reports over runs from several devices draw their epoch times side by side.</p>\n";
+        return Ok(());
+    }
+    *h += "<p class=\"note\">Bars: median epoch time per device; whiskers: min and max.</p>\n";
     *h += &svg_or_note(crate::plot::times_svg(&device_rows, &device_by));
     Ok(())
 }
 
-/// For a sweep: each setting that differs between runs against the best validation accuracy,
-/// a dot per run.
+/// Settings that differ between runs without being swept: where files go and which device ran
+/// (timing by device covers that).
+const NOT_SWEPT: &[&str] = &["name", "run.results_dir", "run.cache_dir", "run.device"];
+
+/// For a sweep: each setting of the runs' `config.toml` that differs between them (whatever its
+/// key: `train.lr`, `head.init_std`, `train.weight_decay` ...) against the best validation
+/// accuracy, a dot per run.
 fn swept(h: &mut String, runs: &[RunRecord]) {
-    let keys: Vec<&str> = [
-        "lr",
-        "hidden",
-        "optimizer",
-        "batch_size",
-        "freeze",
-        "backbone",
-        "dtype",
-    ]
-    .into_iter()
-    .filter(|k| {
-        runs.iter()
-            .filter_map(|r| r.keys.get(*k))
-            .collect::<BTreeSet<_>>()
-            .len()
-            > 1
-    })
-    .collect();
+    let all: BTreeSet<&String> = runs.iter().flat_map(|r| r.settings.keys()).collect();
+    let keys: Vec<&str> = all
+        .into_iter()
+        .map(String::as_str)
+        .filter(|k| !NOT_SWEPT.contains(k))
+        .filter(|k| {
+            runs.iter()
+                .map(|r| r.settings.get(*k))
+                .collect::<BTreeSet<_>>()
+                .len()
+                > 1
+        })
+        .collect();
     if keys.is_empty() {
         return;
     }
@@ -285,7 +291,7 @@ fn swept(h: &mut String, runs: &[RunRecord]) {
 fn strip_svg(runs: &[RunRecord], key: &str) -> String {
     let mut values: Vec<String> = runs
         .iter()
-        .filter_map(|r| r.keys.get(key).cloned())
+        .filter_map(|r| r.settings.get(key).cloned())
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
@@ -329,7 +335,7 @@ fn strip_svg(runs: &[RunRecord], key: &str) -> String {
         );
         for (j, r) in runs
             .iter()
-            .filter(|r| r.keys.get(key) == Some(v))
+            .filter(|r| r.settings.get(key) == Some(v))
             .enumerate()
         {
             if let Some(a) = r.best_val_acc {

@@ -472,3 +472,196 @@ fn pth_files_that_call_code_or_lie_about_sizes_are_refused_with_the_reason() {
         Some((vec![2, 2], vec![1.5, 0.25, -2.0, 8.0]))
     );
 }
+
+/// Exit 2 with one paragraph naming `file`, no panic, no signal, nothing on stdout.
+fn refused_naming(out: &std::process::Output, file: &str, what: &str) {
+    assert!(
+        out.status.code().is_some(),
+        "{what}: killed by a signal ({:?})",
+        out.status
+    );
+    assert_clean_failure(out, &[file]);
+    assert_eq!(out.status.code(), Some(2), "{what}: exit 2");
+}
+
+fn gz(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+/// Hostile inputs, one per reader, each through the subcommands that read it (issue 29):
+/// weights files of every format through `weights inspect`, `weights convert` and `run`;
+/// datasets (IDX plain and gzip, each image format in a folder, a GTSRB annotation file)
+/// through `run` and `extract`; images through `predict`; a spec through `check`. Every one is
+/// refused with exit 2 and one paragraph naming the file, before memory is taken; a damaged
+/// cache entry is recomputed with a warning naming it.
+#[test]
+fn a_hostile_input_for_every_reader_is_refused_naming_the_file() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let huge_npy = {
+        // an npy header claiming 10^12 float32 values over 16 bytes
+        let mut h = b"\x93NUMPY\x01\x00".to_vec();
+        let dict = b"{'descr': '<f4', 'fortran_order': False, 'shape': (1000000, 1000000), }";
+        let mut text = dict.to_vec();
+        while (10 + text.len() + 1) % 64 != 0 {
+            text.push(b' ');
+        }
+        text.push(b'\n');
+        h.extend((text.len() as u16).to_le_bytes());
+        h.extend(text);
+        h.extend([0u8; 16]);
+        h
+    };
+    let npz = {
+        use std::io::Write;
+        let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let o = zip::write::SimpleFileOptions::default();
+        z.start_file("conv1/W.npy", o).unwrap();
+        z.write_all(&huge_npy).unwrap();
+        z.finish().unwrap().into_inner()
+    };
+    // pickle: BINBYTES8 claiming 2^60 bytes
+    let mut pickle = b"\x80\x04\x8e".to_vec();
+    pickle.extend((1u64 << 60).to_le_bytes());
+    // safetensors: a header length beyond the file
+    let mut safet = (1u64 << 40).to_le_bytes().to_vec();
+    safet.extend(b"{\"a\":1}");
+    // legacy .pth: the magic number, then a truncated protocol version
+    let mut legacy = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19.".to_vec();
+    legacy.extend(b"\x80\x02M\xe9");
+    // ONNX: field 1 (ir_version), then a graph field claiming 2^40 bytes
+    let mut onnx = vec![0x08, 0x07, 0x3a];
+    onnx.extend([0x80, 0x80, 0x80, 0x80, 0x80, 0x20]);
+    onnx.extend([0u8; 16]);
+    let evil_zip_pth = {
+        let p = dir.join("evil-src.pth");
+        pth_zip(&p, b"\x80\x02cos\nsystem\nX\x02\x00\x00\x00ls\x85R.", &[]);
+        std::fs::read(&p).unwrap()
+    };
+    let weights: [(&str, Vec<u8>); 7] = [
+        ("w.npy", huge_npy.clone()),
+        ("w.npz", npz),
+        ("w.pkl", pickle),
+        ("w.safetensors", safet),
+        ("w.pth", evil_zip_pth),
+        ("legacy.pth", legacy),
+        ("w.onnx", onnx),
+    ];
+    for (name, bytes) in &weights {
+        std::fs::write(dir.join(name), bytes).unwrap();
+        let out = run_in(dir, &["weights", "inspect", name]);
+        refused_naming(&out, name, &format!("weights inspect {name}"));
+        assert!(out.stdout.is_empty());
+        let out = run_in(dir, &["weights", "convert", name, "out.safetensors"]);
+        refused_naming(&out, name, &format!("weights convert {name}"));
+        std::fs::write(
+            dir.join("w.toml"),
+            format!("[backbone]\nweights = {name:?}\n[dataset]\nkind = \"synthetic\"\nper_class = 1\n[run]\ndevice = \"cpu\"\n"),
+        )
+        .unwrap();
+        let out = run_in(dir, &["run", "w.toml"]);
+        refused_naming(&out, name, &format!("run with {name}"));
+    }
+
+    // datasets
+    let idx_lie = {
+        // 10^9 images of 28x28 claimed, 784 bytes present
+        let mut b = vec![0, 0, 8, 3];
+        for v in [1_000_000_000u32, 28, 28] {
+            b.extend(v.to_be_bytes());
+        }
+        b.extend([0u8; 784]);
+        b
+    };
+    let labels = {
+        let mut b = vec![0, 0, 8, 1];
+        b.extend(1_000_000_000u32.to_be_bytes());
+        b.push(0);
+        b
+    };
+    std::fs::write(dir.join("a-images-idx3-ubyte"), &idx_lie).unwrap();
+    std::fs::write(dir.join("a-labels-idx1-ubyte"), &labels).unwrap();
+    std::fs::write(dir.join("b-images-idx3-ubyte.gz"), gz(&idx_lie)).unwrap();
+    std::fs::write(dir.join("b-labels-idx1-ubyte.gz"), gz(&labels)).unwrap();
+    for file in ["a-images-idx3-ubyte", "b-images-idx3-ubyte.gz"] {
+        std::fs::write(
+            dir.join("i.toml"),
+            format!("[backbone]\nweights = \"random\"\n[dataset]\nkind = \"idx\"\npath = {file:?}\n[run]\ndevice = \"cpu\"\n"),
+        )
+        .unwrap();
+        for cmd in [
+            vec!["run", "i.toml"],
+            vec!["extract", "i.toml", "--out", "f.npz"],
+        ] {
+            let out = run_in(dir, &cmd);
+            refused_naming(&out, file, &format!("{cmd:?} on {file}"));
+        }
+    }
+    // every image format, damaged, in a folder dataset (decoding errors are not skipped by
+    // default) and given to predict
+    let images: [(&str, &[u8]); 6] = [
+        ("x.png", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x7f\xff\xff\xff\x7f\xff\xff\xff\x08\x02"),
+        ("x.jpg", b"\xff\xd8\xff\xc0\x00\x11\x08\xff\xff\xff\xff\x03"),
+        ("x.gif", b"GIF89a\xff\xff\xff\xff\x00\x00\x00"),
+        ("x.bmp", b"BM\x00\x00\x00\x00\x00\x00\x00\x00\x36\x00\x00\x00\x28\x00\x00\x00\xff\xff\xff\x7f\xff\xff\xff\x7f\x01\x00\x18\x00"),
+        ("x.ppm", b"P6\n99999 99999\n255\n\x00\x00"),
+        ("x.jpeg", b"not an image at all"),
+    ];
+    for (name, bytes) in images {
+        let root = dir.join(format!("folder-{name}"));
+        std::fs::create_dir_all(root.join("a")).unwrap();
+        std::fs::create_dir_all(root.join("b")).unwrap();
+        std::fs::write(root.join("a").join(name), bytes).unwrap();
+        std::fs::write(root.join("b").join(name), bytes).unwrap();
+        std::fs::write(
+            dir.join("f.toml"),
+            format!(
+                "[backbone]\nweights = \"random\"\n[dataset]\nkind = \"folder\"\npath = {:?}\nval_fraction = 0.5\n[run]\ndevice = \"cpu\"\n",
+                root.display()
+            ),
+        )
+        .unwrap();
+        let out = run_in(dir, &["run", "f.toml"]);
+        refused_naming(&out, name, &format!("run over a folder with {name}"));
+    }
+    // a GTSRB annotation file with a row of the wrong shape
+    let g = dir.join("G/Final_Training/Images/00000");
+    std::fs::create_dir_all(&g).unwrap();
+    std::fs::write(
+        g.join("GT-00000.csv"),
+        "Filename;Width\n\u{0}\u{0};-1;99999999999999999999\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("g.toml"),
+        "[backbone]\nweights = \"random\"\n[dataset]\nkind = \"gtsrb\"\npath = \"G\"\n[run]\ndevice = \"cpu\"\n",
+    )
+    .unwrap();
+    let out = run_in(dir, &["run", "g.toml"]);
+    refused_naming(&out, "GT-00000.csv", "run over a GTSRB tree");
+    // predict with a finished run's head: a damaged image is named
+    std::fs::write(
+        dir.join("ok.toml"),
+        "name = \"ok\"\n[backbone]\nweights = \"random\"\noutput = \"pool1\"\npool = \"avg\"\ninput_size = 64\n[dataset]\nkind = \"synthetic\"\nper_class = 1\nval_fraction = 0.3\n[train]\nepochs = 1\n[run]\ndevice = \"cpu\"\n",
+    )
+    .unwrap();
+    assert!(run_in(dir, &["-q", "run", "ok.toml"]).status.success());
+    let run = std::fs::read_dir(dir.join("results/ok"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.join("summary.json").is_file())
+        .unwrap();
+    let run = run.to_string_lossy().to_string();
+    for (name, _) in images {
+        let img = dir.join(format!("folder-{name}/a/{name}"));
+        let out = run_in(dir, &["predict", &run, &img.to_string_lossy()]);
+        refused_naming(&out, name, &format!("predict {name}"));
+    }
+    // a spec that is not TOML
+    std::fs::write(dir.join("bad.toml"), "[backbone\nweights = \u{0}").unwrap();
+    let out = run_in(dir, &["check", "bad.toml"]);
+    refused_naming(&out, "bad.toml", "check");
+}

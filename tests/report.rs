@@ -284,3 +284,60 @@ fn a_browser_shows_the_layer_chart() {
         "the layer chart's lines are not in the screenshot ({blue} blue, {orange} orange pixels)"
     );
 }
+
+/// The section of `html` that starts at heading `h2` (up to the next `<h2`).
+fn section<'a>(html: &'a str, h2: &str) -> &'a str {
+    let start = html
+        .find(&format!(">{h2}</h2>"))
+        .unwrap_or_else(|| panic!("no {h2} section"));
+    let rest = &html[start..];
+    &rest[..rest[4..].find("<h2").map_or(rest.len(), |e| e + 4)]
+}
+
+/// Issue 29, item 5: every swept key gets its chart (here `head.init_std`, which the report's
+/// fixed list of keys used to miss), the learning curves of 12 runs use 12 colours, and runs on
+/// one device get a sentence, not a full-width chart of one bar.
+#[test]
+fn every_swept_key_is_charted_and_no_two_curves_share_a_colour() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(
+        d.path().join("grid.toml"),
+        "name = \"grid\"\n[backbone]\nweights = \"random\"\n[dataset]\nkind = \"synthetic\"\nper_class = 2\nval_fraction = 0.3\n\
+         [train]\nepochs = 2\n[run]\ndevice = \"cpu\"\n\
+         [sweep]\n\"train.lr\" = [0.01, 0.001, 0.0001]\n\"head.init_std\" = [0.01, 0.001, 0.1, \"auto\"]\n",
+    )
+    .unwrap();
+    let out = run_in(d.path(), &["-q", "sweep", "grid.toml"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run_in(d.path(), &["report", "results/grid", "--out", "grid.html"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let html = std::fs::read_to_string(d.path().join("grid.html")).unwrap();
+    let swept = section(&html, "Swept settings against validation accuracy");
+    for key in ["train.lr", "head.init_std"] {
+        assert!(
+            swept.contains(&format!("<h3>{key}</h3>")),
+            "no chart for {key}"
+        );
+    }
+    assert!(!swept.contains("<h3>run.device</h3>") && !swept.contains("<h3>name</h3>"));
+    let curves = section(&html, "Learning curves");
+    let strokes: std::collections::BTreeSet<&str> = curves
+        .split("<polyline")
+        .skip(1)
+        .filter_map(|p| p.split("stroke=\"").nth(1)?.split('"').next())
+        // (the legend's black frame)
+        .filter(|c| *c != "#000000")
+        .collect();
+    assert_eq!(strokes.len(), 12, "12 runs, 12 line colours: {strokes:?}");
+    let timing = section(&html, "Timing by device");
+    assert!(!timing.contains("<svg"), "no chart of one bar");
+    assert!(timing.contains("All runs are on one device"));
+}
