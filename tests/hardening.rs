@@ -506,7 +506,7 @@ fn a_hostile_input_for_every_reader_is_refused_naming_the_file() {
         let mut h = b"\x93NUMPY\x01\x00".to_vec();
         let dict = b"{'descr': '<f4', 'fortran_order': False, 'shape': (1000000, 1000000), }";
         let mut text = dict.to_vec();
-        while (10 + text.len() + 1) % 64 != 0 {
+        while !(10 + text.len() + 1).is_multiple_of(64) {
             text.push(b' ');
         }
         text.push(b'\n');
