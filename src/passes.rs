@@ -173,8 +173,10 @@ fn run_pass(
         .as_deref()
         .map(FeatureCache::new)
         .ok_or_else(|| Error::Spec("a shared pass writes to the feature cache".into()))?;
+    // (an entry file counts as stored without reading it: a damaged one is found, and
+    // recomputed, by its point's run; a complete set of shards is checked)
     let stored = |o: &Out| match shard {
-        None => cache.open(&o.digest).is_ok(),
+        None => cache.path_for(&o.digest).exists() || cache.open(&o.digest).is_ok(),
         Some((i, n)) => {
             cache.path_for(&o.digest).exists() || cache.shard_path(&o.digest, i, n).exists()
         }
@@ -193,7 +195,11 @@ fn run_pass(
     if outs.is_empty() {
         return Ok(0);
     }
-    crate::spec::budget::check_memory(spec)?;
+    // the network up to the deepest cut point; layers below are built as for any run
+    let deepest = outs.iter().map(|o| o.cut).max().unwrap_or(spec.freeze);
+    let mut net_spec = spec.clone();
+    (net_spec.freeze, net_spec.output) = (deepest, deepest);
+    crate::spec::budget::check_memory(&net_spec)?;
     let data = &pass.data;
     let batch = spec.extract_batch_for(device);
     let range = match shard {
@@ -215,10 +221,6 @@ fn run_pass(
             }
         })
         .collect::<Result<Vec<EntryWriter>>>()?;
-    // the network up to the deepest cut point; layers below are built as for any run
-    let deepest = outs.iter().map(|o| o.cut).max().unwrap_or(spec.freeze);
-    let mut net_spec = spec.clone();
-    (net_spec.freeze, net_spec.output) = (deepest, deepest);
     let net = load_network(&net_spec, device)?;
     let ex = Extractor::new(&net_spec, &net, batch, device);
     let cuts: Vec<(usize, Pool)> = outs.iter().map(|o| (o.cut, o.pool)).collect();
