@@ -603,9 +603,13 @@ impl<'a> Extractor<'a> {
         let mut x = x;
         for &cut in &order {
             // from the input (at = 0, normalised there) or from the previous cut point
-            x = self.net.forward_range(&x, at, cut)?;
-            at = cut;
-            maps.push((cut, x.clone()));
+            let y = self.net.forward_range(&x, at, cut)?;
+            // the input cut point (0) is the normalised input: the next segment starts again
+            // from the raw pixels, which `forward_range` from 0 normalises itself
+            if cut > 0 {
+                (x, at) = (y.clone(), cut);
+            }
+            maps.push((cut, y));
         }
         cuts.iter()
             .map(|&(cut, pool)| {

@@ -209,3 +209,15 @@ fn files_run_together_share_their_pass() {
         "both runs read the pass's entries: {err}"
     );
 }
+
+#[test]
+fn the_input_as_a_cut_point_leaves_the_later_ones_as_single_runs_compute_them() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let d = tempfile::tempdir().unwrap();
+    // the input (normalised pixels) and the stem, pooled: the stem must be computed from the raw
+    // pixels, normalised once
+    let body = "name = \"inlayers\"\nseed = 6\n[backbone]\narch = \"resnet18\"\nweights = \"random\"\noutput = \"stem\"\npool = \"avg\"\ninput_size = 64\n\
+        [dataset]\nkind = \"synthetic\"\nper_class = 1\nval_fraction = 0.3\n[train]\nepochs = 1\n\
+        [sweep]\n\"backbone.output\" = [\"input\", \"stem\"]\n";
+    sweep_matches_single_runs(d.path(), body, 2);
+}
