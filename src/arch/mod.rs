@@ -9,6 +9,7 @@
 //! two `match`es over architectures, both exhaustive), and its name in `REGISTRY`.
 
 pub mod alexnet;
+pub mod efficientnet;
 pub mod resnet;
 pub mod vgg;
 
@@ -23,6 +24,8 @@ pub enum Arch {
     ResNet50,
     ResNet101,
     ResNet152,
+    EfficientNetB0,
+    EfficientNetLite0,
 }
 
 /// Every architecture, in the order messages list them; `backbone.arch` names one by
@@ -36,6 +39,8 @@ pub const REGISTRY: &[Arch] = &[
     Arch::ResNet50,
     Arch::ResNet101,
     Arch::ResNet152,
+    Arch::EfficientNetB0,
+    Arch::EfficientNetLite0,
 ];
 
 /// What one architecture is, as data.
@@ -254,6 +259,8 @@ impl Arch {
             Arch::ResNet50 => &resnet::RESNET50,
             Arch::ResNet101 => &resnet::RESNET101,
             Arch::ResNet152 => &resnet::RESNET152,
+            Arch::EfficientNetB0 => &efficientnet::EFFICIENTNET_B0,
+            Arch::EfficientNetLite0 => &efficientnet::EFFICIENTNET_LITE0,
         }
     }
 

@@ -11,19 +11,21 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape};
 use rayon::prelude::*;
 
+use super::act::Act;
+
 /// Bytes of the column buffer a band aims at (it is at least `MIN_BAND` columns wide).
 const BAND_BYTES: usize = 1 << 20;
 /// Narrower bands make `gemm` repack the weights too often for the work they do.
 const MIN_BAND: usize = 256;
 
-/// `y = relu?(conv(x, w) + b)` for contiguous f32 NCHW `x`, OIHW `w`, `b` of O: `pads` =
+/// `y = act(conv(x, w) + b)` for contiguous f32 NCHW `x`, OIHW `w`, `b` of O: `pads` =
 /// [top, bottom, left, right] (TensorFlow's SAME may be uneven), `groups` equal splits of
 /// the input channels and the kernels.
 pub(super) struct FrozenConv {
     pub stride: usize,
     pub pads: [usize; 4],
     pub groups: usize,
-    pub relu: bool,
+    pub act: Act,
 }
 
 /// The geometry of one call.
@@ -137,7 +139,7 @@ impl OutPtr {
     }
 }
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+pub(super) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else {
         candle_core::bail!("conv2d: f32 {what} expected")
     };
@@ -227,11 +229,10 @@ impl CustomOp3 for FrozenConv {
                         false,
                         gemm::Parallelism::None,
                     );
-                    if self.relu {
+                    if self.act != Act::None {
                         for oi in 0..og {
-                            for v in std::slice::from_raw_parts_mut(d.add(oi * p), cols) {
-                                *v = v.max(0.0);
-                            }
+                            self.act
+                                .apply(std::slice::from_raw_parts_mut(d.add(oi * p), cols));
                         }
                     }
                 }
@@ -257,7 +258,7 @@ const WINO_BYTES: usize = 2 << 20;
 pub(super) struct WinogradConv {
     pub pads: [usize; 4],
     pub groups: usize,
-    pub relu: bool,
+    pub act: Act,
 }
 
 impl WinogradConv {
@@ -310,7 +311,7 @@ impl CustomOp3 for WinogradConv {
             stride: 1,
             pads: self.pads,
             groups: self.groups,
-            relu: self.relu,
+            act: self.act,
         };
         let (n, g) = conv.geom(xl.shape(), wl.shape(), bl.shape())?;
         if (g.kh, g.kw) != (3, 3) {
@@ -347,7 +348,7 @@ impl CustomOp3 for WinogradConv {
             tw,
             pt: self.pads[0] as isize,
             pl: self.pads[2] as isize,
-            relu: self.relu,
+            act: self.act,
             p,
             dst,
         };
@@ -392,7 +393,7 @@ struct WinoJob<'a> {
     /// top and left padding
     pt: isize,
     pl: isize,
-    relu: bool,
+    act: Act,
     /// output pixels per plane
     p: usize,
     dst: OutPtr,
@@ -566,14 +567,7 @@ impl WinoJob<'_> {
                             g.ow,
                         )
                     };
-                    let act = |v: f32| {
-                        let y = v + bias;
-                        if self.relu {
-                            y.max(0.0)
-                        } else {
-                            y
-                        }
-                    };
+                    let act = |v: f32| self.act.f(v + bias);
                     for (k, pair) in orow.chunks_mut(2).enumerate() {
                         pair[0] = act(c0[k] + c1[k] + c2[k]);
                         if let Some(second) = pair.get_mut(1) {

@@ -4,6 +4,7 @@ use candle_core::{DType, Tensor, D};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
+pub use super::act::Act;
 use crate::arch::{ParamSpec, Preprocess};
 use crate::backend::{Backends, ConvPath, GpuPath};
 use crate::error::Result;
@@ -160,7 +161,7 @@ pub fn conv2d(
     groups: usize,
     backends: &Backends,
 ) -> Result<Tensor> {
-    conv2d_act(x, w, b, (stride, Pad::tf(same), groups), false, backends)
+    conv2d_act(x, (w, b), (stride, Pad::tf(same), groups), Act::None, backends)
 }
 
 /// `relu(conv2d(..))`, the seed's conv layers: on the CPU, frozen layers do both in one op.
@@ -173,7 +174,7 @@ pub fn conv2d_relu(
     groups: usize,
     backends: &Backends,
 ) -> Result<Tensor> {
-    conv2d_act(x, w, b, (stride, Pad::tf(same), groups), true, backends)
+    conv2d_act(x, (w, b), (stride, Pad::tf(same), groups), Act::Relu, backends)
 }
 
 /// How a convolution pads its input.
@@ -189,6 +190,19 @@ pub enum Pad {
 }
 
 impl Pad {
+    /// The zeros added [top, bottom, left, right] for an `h x w` input and a `kh x kw` kernel.
+    pub fn sides(self, (h, w): (usize, usize), (kh, kw): (usize, usize), stride: usize) -> [usize; 4] {
+        match self {
+            Pad::Same => {
+                let (pt, pb) = same_padding(h, kh, stride);
+                let (pl, pr) = same_padding(w, kw, stride);
+                [pt, pb, pl, pr]
+            }
+            Pad::Valid => [0; 4],
+            Pad::Sym(p) => [p; 4],
+        }
+    }
+
     /// `Same` or `Valid`, as the seed's graphs say.
     pub fn tf(same: bool) -> Pad {
         if same {
@@ -209,30 +223,25 @@ pub fn conv2d_padded(
     relu: bool,
     backends: &Backends,
 ) -> Result<Tensor> {
-    conv2d_act(x, w, b, (stride, pad, 1), relu, backends)
+    conv2d_act(x, (w, b), (stride, pad, 1), Act::relu(relu), backends)
 }
 
-/// The convolution on the path `backends` chooses: (stride, padding, groups).
-fn conv2d_act(
+/// The convolution on the path `backends` chooses: (stride, padding, groups), bias, then `act`.
+/// A depthwise convolution (one input and one output channel per group) runs runner's direct
+/// kernel on the CPU (`cpu_depthwise`) and a sum of shifted products elsewhere (`depthwise_taps`),
+/// never candle's grouped convolution, which runs one convolution per channel.
+pub fn conv2d_act(
     x: &Tensor,
-    w: &Tensor,
-    b: &Tensor,
+    (w, b): (&Tensor, &Tensor),
     (stride, pad, groups): (usize, Pad, usize),
-    relu: bool,
+    act: Act,
     backends: &Backends,
 ) -> Result<Tensor> {
     let x = &x.to_dtype(w.dtype())?;
-    let (_, _, h, wd) = x.dims4()?;
-    let (_, _, kh, kw) = w.dims4()?;
-    let (pt, pb, pl, pr) = match pad {
-        Pad::Same => {
-            let (pt, pb) = same_padding(h, kh, stride);
-            let (pl, pr) = same_padding(wd, kw, stride);
-            (pt, pb, pl, pr)
-        }
-        Pad::Valid => (0, 0, 0, 0),
-        Pad::Sym(p) => (p, p, p, p),
-    };
+    let (_, cin, h, wd) = x.dims4()?;
+    let (cout, _, kh, kw) = w.dims4()?;
+    let depthwise = groups > 1 && groups == cin && groups == cout;
+    let [pt, pb, pl, pr] = pad.sides((h, wd), (kh, kw), stride);
     // Frozen layers on the CPU: bias, convolution and ReLU as one tiled op (`cpu_conv`).
     // Trainable layers keep candle's op (it has a backward pass).
     // (`ConvPath::Candle`, RUNNER_CONV=candle, forces candle's op, for A/B benchmarks.)
@@ -245,19 +254,23 @@ fn conv2d_act(
     {
         let (x, w, b) = (x.contiguous()?, w.contiguous()?, b.contiguous()?);
         let pads = [pt, pb, pl, pr];
+        if depthwise {
+            let op = super::cpu_depthwise::DepthwiseConv { stride, pads, act };
+            return Ok(x.apply_op3_no_bwd(&w, &b, &op)?);
+        }
         // 3x3 stride 1 by Winograd F(2x2, 3x3), unless the input has too few channels for
         // its transforms to pay (VGG's conv1_1 has 3). `ConvPath::Direct` for A/B benchmarks.
         let winograd =
             (kh, kw, stride) == (3, 3, 1) && w.dim(1)? >= 16 && backends.conv != ConvPath::Direct;
         return Ok(if winograd {
-            let op = super::cpu_conv::WinogradConv { pads, groups, relu };
+            let op = super::cpu_conv::WinogradConv { pads, groups, act };
             x.apply_op3_no_bwd(&w, &b, &op)?
         } else {
             let op = super::cpu_conv::FrozenConv {
                 stride,
                 pads,
                 groups,
-                relu,
+                act,
             };
             x.apply_op3_no_bwd(&w, &b, &op)?
         });
@@ -279,25 +292,64 @@ fn conv2d_act(
         } else {
             x.clone()
         };
+        // the kernel's epilogue does bias and ReLU; other activations follow as candle ops
         let op = crate::gpu::conv::CudnnConv {
             stride,
             pad: (pt, pl),
             groups,
-            relu,
+            relu: act == Act::Relu,
             tf32: candle_core::cuda::gemm_reduced_precision_f32(),
         };
         let (x, w, b) = (x.contiguous()?, w.contiguous()?, b.contiguous()?);
-        return Ok(x.apply_op3_no_bwd(&w, &b, &op)?);
+        let y = x.apply_op3_no_bwd(&w, &b, &op)?;
+        return match act {
+            Act::None | Act::Relu => Ok(y),
+            _ => act.tensor(&y),
+        };
     }
-    let y = if pt == pb && pl == pr && pt == pl {
+    let y = if depthwise {
+        depthwise_taps(x, w, stride, [pt, pb, pl, pr])?
+    } else if pt == pb && pl == pr && pt == pl {
         x.conv2d(w, pt, stride, 1, groups)?
     } else {
         let xp = x.pad_with_zeros(2, pt, pb)?.pad_with_zeros(3, pl, pr)?;
         xp.conv2d(w, 0, stride, 1, groups)?
     };
     let c = b.dim(0)?;
-    let y = y.broadcast_add(&b.reshape((1, c, 1, 1))?)?;
-    Ok(if relu { y.relu()? } else { y })
+    act.tensor(&y.broadcast_add(&b.reshape((1, c, 1, 1))?)?)
+}
+
+/// A depthwise convolution (no bias) as the sum over its k x k taps of the input, shifted and
+/// subsampled by the stride, times that tap's weight per channel: candle ops with a backward
+/// pass on any device, k*k elementwise products instead of one convolution per channel.
+pub fn depthwise_taps(x: &Tensor, w: &Tensor, stride: usize, pads: [usize; 4]) -> Result<Tensor> {
+    let [pt, pb, pl, pr] = pads;
+    let xp = x.pad_with_zeros(2, pt, pb)?.pad_with_zeros(3, pl, pr)?;
+    let (n, c, hp, wp) = xp.dims4()?;
+    let (_, _, kh, kw) = w.dims4()?;
+    let s = stride.max(1);
+    let (oh, ow) = ((hp - kh) / s + 1, (wp - kw) / s + 1);
+    let mut y: Option<Tensor> = None;
+    for ki in 0..kh {
+        for kj in 0..kw {
+            let tap = xp.narrow(2, ki, (oh - 1) * s + 1)?.narrow(3, kj, (ow - 1) * s + 1)?;
+            let tap = if s == 1 {
+                tap
+            } else {
+                // every s-th row and column: pad to a multiple of s, split, keep the first
+                let t = tap.pad_with_zeros(2, 0, s - 1)?.pad_with_zeros(3, 0, s - 1)?;
+                let t = t.reshape((n, c, oh, s, ow * s))?.narrow(3, 0, 1)?;
+                t.reshape((n, c, oh, ow, s))?.narrow(4, 0, 1)?.reshape((n, c, oh, ow))?
+            };
+            let k = w.narrow(2, ki, 1)?.narrow(3, kj, 1)?.reshape((1, c, 1, 1))?;
+            let term = tap.broadcast_mul(&k)?;
+            y = Some(match y {
+                Some(acc) => acc.add(&term)?,
+                None => term,
+            });
+        }
+    }
+    y.ok_or_else(|| crate::error::Error::Other("a depthwise kernel without taps".into()))
 }
 
 /// TensorFlow's local response normalization over channels (dim 1 of NCHW):

@@ -3,8 +3,12 @@
 //! points, shapes, preprocessing) is described in `crate::arch`, re-exported here; `build` is
 //! where an `Arch` meets its code.
 
+pub mod act;
 pub mod alexnet;
+mod conv_bn;
 mod cpu_conv;
+mod cpu_depthwise;
+pub mod efficientnet;
 pub mod layers;
 pub mod resnet;
 pub mod vgg;
@@ -54,6 +58,7 @@ fn build(
     how: (&Preprocess, Backends),
 ) -> Result<Box<dyn Backbone>> {
     let resnet = |depth| resnet::ResNet::new_until(depth, weights, device, last, how);
+    let efficientnet = |v| efficientnet::EfficientNet::new_until(v, weights, device, last, how);
     Ok(match arch {
         Arch::AlexNet => Box::new(alexnet::AlexNet::new_until(weights, device, last, how)?),
         Arch::Vgg16 => Box::new(vgg::Vgg::new_until(16, weights, device, last, how)?),
@@ -63,6 +68,8 @@ fn build(
         Arch::ResNet50 => Box::new(resnet(50)?),
         Arch::ResNet101 => Box::new(resnet(101)?),
         Arch::ResNet152 => Box::new(resnet(152)?),
+        Arch::EfficientNetB0 => Box::new(efficientnet(efficientnet::Variant::B0)?),
+        Arch::EfficientNetLite0 => Box::new(efficientnet(efficientnet::Variant::Lite0)?),
     })
 }
 

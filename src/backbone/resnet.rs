@@ -8,9 +8,8 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 
-use super::layers::{
-    add_relu, conv2d_padded, global_pool, linear, max_pool_after_relu, Normalize, Pad, Param,
-};
+use super::conv_bn::{ConvBn, How};
+use super::layers::{add_relu, global_pool, linear, max_pool_after_relu, Act, Normalize, Pad, Param};
 use super::{Backbone, Dropout};
 pub use crate::arch::resnet::*;
 use crate::arch::Preprocess;
@@ -18,126 +17,16 @@ use crate::backend::Backends;
 use crate::error::{Error, Result};
 use crate::weights::WeightSet;
 
-/// A convolution (no bias) and the batch norm after it.
-struct ConvBn {
-    conv: String,
-    bn: String,
-    stride: usize,
-    pad: usize,
-    /// The stored tensors: convolution weight, bn weight (scale), bias (shift), running mean,
-    /// running variance, f32.
-    w: Tensor,
-    gamma: Tensor,
-    beta: Tensor,
-    mean: Tensor,
-    var: Tensor,
-    /// Batch norm folded into the convolution, for frozen use (in the frozen number format).
-    folded: (Tensor, Tensor),
-    /// Set once trainable: the optimizer's variables for w, gamma and beta.
-    train: Option<(Var, Var, Var)>,
-}
-
-impl ConvBn {
-    fn load(
-        ws: &WeightSet,
-        (conv, bn): (&str, &str),
-        (stride, pad): (usize, usize),
-        device: &Device,
-    ) -> Result<ConvBn> {
-        let (c, b) = (ws.pp(conv), ws.pp(bn));
-        let w = c.get("weight", device)?;
-        let gamma = b.get("weight", device)?;
-        let beta = b.get("bias", device)?;
-        let mean = b.get("running_mean", device)?;
-        let var = b.get("running_var", device)?;
-        // scale = gamma / sqrt(var + eps); w' = w * scale (per output channel);
-        // b' = beta - mean * scale
-        let scale = gamma.div(&var.affine(1.0, BN_EPS)?.sqrt()?)?;
-        let cout = scale.dim(0)?;
-        let wf = w.broadcast_mul(&scale.reshape((cout, 1, 1, 1))?)?;
-        let bf = beta.sub(&mean.mul(&scale)?)?;
-        Ok(ConvBn {
-            conv: conv.to_string(),
-            bn: bn.to_string(),
-            stride,
-            pad,
-            w,
-            gamma,
-            beta,
-            mean,
-            var,
-            folded: (wf, bf),
-            train: None,
-        })
-    }
-
-    /// conv + batch norm (+ ReLU).
-    fn forward(&self, x: &Tensor, relu: bool, b: &Backends) -> Result<Tensor> {
-        let Some((w, gamma, beta)) = &self.train else {
-            let (w, bias) = &self.folded;
-            return conv2d_padded(x, (w, bias), self.stride, Pad::Sym(self.pad), relu, b);
-        };
-        // trainable: candle's convolution (it has a backward pass), then batch norm with the
-        // running statistics, as torchvision's eval mode computes it
-        let x = x.to_dtype(DType::F32)?;
-        let y = x.conv2d(w.as_tensor(), self.pad, self.stride, 1, 1)?;
-        let c = self.mean.dim(0)?;
-        let shape = (1, c, 1, 1);
-        let denom = self.var.affine(1.0, BN_EPS)?.sqrt()?.reshape(shape)?;
-        let y = y
-            .broadcast_sub(&self.mean.reshape(shape)?)?
-            .broadcast_div(&denom)?
-            .broadcast_mul(&gamma.as_tensor().reshape(shape)?)?
-            .broadcast_add(&beta.as_tensor().reshape(shape)?)?;
-        Ok(if relu { y.relu()? } else { y })
-    }
-
-    fn make_trainable(&mut self) -> Result<Vec<(String, Var)>> {
-        let w = Var::from_tensor(&self.w)?;
-        let gamma = Var::from_tensor(&self.gamma)?;
-        let beta = Var::from_tensor(&self.beta)?;
-        let out = vec![
-            (format!("{}.weight", self.conv), w.clone()),
-            (format!("{}.weight", self.bn), gamma.clone()),
-            (format!("{}.bias", self.bn), beta.clone()),
-        ];
-        self.train = Some((w, gamma, beta));
-        Ok(out)
-    }
-
-    fn cast(&mut self, dtype: DType) -> Result<()> {
-        if self.train.is_none() && self.folded.0.dtype() != dtype {
-            self.folded = (
-                self.folded.0.to_dtype(dtype)?,
-                self.folded.1.to_dtype(dtype)?,
-            );
-        }
-        Ok(())
-    }
-
-    /// The current tensors of the convolution (`layer` = its name) or the batch norm.
-    fn tensors(&self, layer: &str) -> Vec<(String, Tensor)> {
-        let (w, gamma, beta) = match &self.train {
-            Some((w, g, b)) => (
-                w.as_tensor().clone(),
-                g.as_tensor().clone(),
-                b.as_tensor().clone(),
-            ),
-            None => (self.w.clone(), self.gamma.clone(), self.beta.clone()),
-        };
-        if layer == self.conv {
-            return vec![(format!("{layer}.weight"), w)];
-        }
-        if layer != self.bn {
-            return Vec::new();
-        }
-        vec![
-            (format!("{layer}.weight"), gamma),
-            (format!("{layer}.bias"), beta),
-            (format!("{layer}.running_mean"), self.mean.clone()),
-            (format!("{layer}.running_var"), self.var.clone()),
-        ]
-    }
+/// A convolution + batch norm of ResNet: stride, symmetric padding, activation.
+fn conv_bn(ws: &WeightSet, names: (&str, &str), (stride, pad, act): (usize, usize, Act), device: &Device) -> Result<ConvBn> {
+    let how = How {
+        stride,
+        pad: Pad::Sym(pad),
+        groups: 1,
+        eps: BN_EPS,
+        act,
+    };
+    ConvBn::load(ws, names, how, device)
 }
 
 /// One residual block: its convolutions in order (2 or 3) and the projection of its input.
@@ -148,13 +37,12 @@ struct Unit {
 
 impl Unit {
     fn forward(&self, x: &Tensor, b: &Backends) -> Result<Tensor> {
-        let last = self.convs.len() - 1;
         let mut y = x.clone();
-        for (i, c) in self.convs.iter().enumerate() {
-            y = c.forward(&y, i != last, b)?;
+        for c in &self.convs {
+            y = c.forward(&y, b)?;
         }
         let identity = match &self.downsample {
-            Some(d) => d.forward(x, false, b)?,
+            Some(d) => d.forward(x, b)?,
             None => x.clone(),
         };
         add_relu(&y, &identity)
@@ -191,7 +79,7 @@ impl ResNet {
         let (block, counts) = config(depth);
         let e = block.expansion();
         let stem = match last >= 1 {
-            true => Some(ConvBn::load(ws, ("conv1", "bn1"), (2, 3), device)?),
+            true => Some(conv_bn(ws, ("conv1", "bn1"), (2, 3, Act::Relu), device)?),
             false => None,
         };
         let mut stages = Vec::new();
@@ -205,17 +93,22 @@ impl ResNet {
                 let p = format!("layer{}.{i}", s + 1);
                 let stride = if s > 0 && i == 0 { 2 } else { 1 };
                 let names = |k: usize| (format!("{p}.conv{k}"), format!("{p}.bn{k}"));
-                let load = |k: usize, st: usize, pad: usize| {
+                // the last convolution's ReLU comes after the residual sum
+                let load = |k: usize, st: usize, pad: usize, act: Act| {
                     let (c, b) = names(k);
-                    ConvBn::load(ws, (&c, &b), (st, pad), device)
+                    conv_bn(ws, (&c, &b), (st, pad, act), device)
                 };
                 let convs = match block {
-                    Block::Basic => vec![load(1, stride, 1)?, load(2, 1, 1)?],
-                    Block::Bottleneck => vec![load(1, 1, 0)?, load(2, stride, 1)?, load(3, 1, 0)?],
+                    Block::Basic => vec![load(1, stride, 1, Act::Relu)?, load(2, 1, 1, Act::None)?],
+                    Block::Bottleneck => vec![
+                        load(1, 1, 0, Act::Relu)?,
+                        load(2, stride, 1, Act::Relu)?,
+                        load(3, 1, 0, Act::None)?,
+                    ],
                 };
                 let downsample = if stride != 1 || cin != w * e {
                     let (c, b) = (format!("{p}.downsample.0"), format!("{p}.downsample.1"));
-                    Some(ConvBn::load(ws, (&c, &b), (stride, 0), device)?)
+                    Some(conv_bn(ws, (&c, &b), (stride, 0, Act::None), device)?)
                 } else {
                     None
                 };
@@ -249,7 +142,7 @@ impl ResNet {
         match i {
             1 => {
                 let stem = self.stem.as_ref().ok_or_else(|| Self::missing("stem"))?;
-                let y = stem.forward(x, true, b)?;
+                let y = stem.forward(x, b)?;
                 // 3x3/2 max pooling with 1 pixel of padding, after the ReLU
                 max_pool_after_relu(&y, 3, 2, 1)
             }
