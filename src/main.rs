@@ -297,6 +297,7 @@ macro_rules! out_str {
 }
 
 fn main() -> ExitCode {
+    runner::memory::reuse_freed_memory();
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
     if let Err(e) = runner::interrupt::install() {

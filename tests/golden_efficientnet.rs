@@ -63,7 +63,11 @@ fn check_every_cut(backends: Backends, what: &str) {
             let got: Vec<f32> = f.flatten_all().unwrap().to_vec1().unwrap();
             let err = rel_l2(&got, &golden(&format!("{}/{cut}", arch.name())));
             eprintln!("{what} {} {cut}: relative L2 error {err:.2e}", arch.name());
-            assert!(err <= 1e-5, "{what} {} {cut}: relative L2 {err:.3e}", arch.name());
+            assert!(
+                err <= 1e-5,
+                "{what} {} {cut}: relative L2 {err:.3e}",
+                arch.name()
+            );
         }
         // and in one go from the input
         let f = net.forward_until(&x, last).unwrap();
@@ -128,7 +132,11 @@ fn fine_tune(arch: Arch, weights: &str, loaded: &WeightSet) -> (Vec<String>, (f6
     );
     std::fs::write(d.path().join("tune.toml"), spec).unwrap();
     let out = run_in(d.path(), &["-q", "tune.toml"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let run = run_dir(d.path(), "tune");
     let bytes = std::fs::read(run.join("head.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
@@ -157,7 +165,12 @@ fn a_fine_tune_above_the_freeze_point_trains_the_depthwise_and_excitation_layers
     // _blocks.15 (features.7): expand, depthwise, project, each a conv + bn scale + shift;
     // features.8: the head conv + bn
     assert_eq!(names.len(), 3 * 3 + 3, "{names:?}");
-    assert!(names.iter().all(|n| n.starts_with("_blocks.15.") || n.starts_with("_conv_head") || n.starts_with("_bn1.")), "{names:?}");
+    assert!(
+        names.iter().all(|n| n.starts_with("_blocks.15.")
+            || n.starts_with("_conv_head")
+            || n.starts_with("_bn1.")),
+        "{names:?}"
+    );
     assert!(names.iter().all(|n| !n.contains("running_")), "{names:?}");
     // B0 trains its squeeze-and-excitation too. (Untrained, B0 shrinks the part of its
     // features that depends on the image block by block: with `weights = "random"` they are
@@ -166,9 +179,17 @@ fn a_fine_tune_above_the_freeze_point_trains_the_depthwise_and_excitation_layers
     // and to a loss that does not grow, not to learning.)
     let b0 = Arch::EfficientNetB0;
     let (names, (first, last)) = fine_tune(b0, "b0.safetensors", &formula_set(b0));
-    assert!(last.is_finite() && last <= first * 1.01, "b0: loss {first} -> {last}");
+    assert!(
+        last.is_finite() && last <= first * 1.01,
+        "b0: loss {first} -> {last}"
+    );
     assert_eq!(names.len(), 3 * 3 + 2 * 2 + 3, "{names:?}");
-    assert!(names.iter().all(|n| n.starts_with("features.7.") || n.starts_with("features.8.")), "{names:?}");
+    assert!(
+        names
+            .iter()
+            .all(|n| n.starts_with("features.7.") || n.starts_with("features.8.")),
+        "{names:?}"
+    );
     assert!(names.iter().any(|n| n == "features.7.0.block.1.0.weight"));
     assert!(names.iter().any(|n| n == "features.7.0.block.2.fc1.bias"));
 }
@@ -182,7 +203,10 @@ fn extract_writes_maps_in_pytorch_order_and_specs_default_to_pre_logits() {
     let d = dir.path().join("imgs/a");
     std::fs::create_dir_all(&d).unwrap();
     let px = formula::images(1, 48, 48);
-    image::RgbImage::from_raw(48, 48, px).unwrap().save(d.join("0.png")).unwrap();
+    image::RgbImage::from_raw(48, 48, px)
+        .unwrap()
+        .save(d.join("0.png"))
+        .unwrap();
     for cut in ["features.5", "pre_logits"] {
         std::fs::write(
             dir.path().join("s.toml"),
@@ -194,9 +218,19 @@ fn extract_writes_maps_in_pytorch_order_and_specs_default_to_pre_logits() {
         )
         .unwrap();
         let out = run_in(dir.path(), &["extract", "s.toml", "--out", "f.npz"]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let got = npy::read_npz(&dir.path().join("f.npz"), &Limits::default()).unwrap();
-        let f = got.iter().find(|(k, _)| k == "features").unwrap().1.to_f32_c().unwrap();
+        let f = got
+            .iter()
+            .find(|(k, _)| k == "features")
+            .unwrap()
+            .1
+            .to_f32_c()
+            .unwrap();
         let want = golden(&format!("efficientnet_lite0/{cut}"));
         let want = &want[..want.len() / 2]; // the first image
         let err = rel_l2(&f, want);
@@ -212,12 +246,18 @@ fn extract_writes_maps_in_pytorch_order_and_specs_default_to_pre_logits() {
         .unwrap();
         let out = run_in(dir.path(), &["check", "ok.toml"]);
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success() && text.contains(&format!("{arch} frozen to pre_logits")), "{text}");
+        assert!(
+            out.status.success() && text.contains(&format!("{arch} frozen to pre_logits")),
+            "{text}"
+        );
     }
     std::fs::write(
         dir.path().join("bad.toml"),
         format!("[backbone]\narch = \"efficientnet_b0\"\nweights = \"random\"\noutput = \"pre_logits\"\npool = \"max\"\n{base}"),
     )
     .unwrap();
-    assert_clean_failure(&run_in(dir.path(), &["check", "bad.toml"]), &["backbone.pool", "feature map"]);
+    assert_clean_failure(
+        &run_in(dir.path(), &["check", "bad.toml"]),
+        &["backbone.pool", "feature map"],
+    );
 }

@@ -226,7 +226,12 @@ pub fn output_shape_at(layer: usize, input: usize) -> Vec<usize> {
 }
 
 /// A convolution without bias (`groups` 1 or depthwise) and its batch norm.
-fn conv_bn(out: &mut Vec<ParamSpec>, at: usize, (conv, bn): &(String, String), (k, cin, cout, groups): (usize, usize, usize, usize)) {
+fn conv_bn(
+    out: &mut Vec<ParamSpec>,
+    at: usize,
+    (conv, bn): &(String, String),
+    (k, cin, cout, groups): (usize, usize, usize, usize),
+) {
     let kind = ParamKind::Conv {
         kh: k,
         kw: k,
@@ -368,12 +373,24 @@ mod tests {
         let b = blocks(Variant::B0);
         assert_eq!(b.len(), 16);
         assert_eq!(b[0].names.depthwise.0, "features.1.0.block.0.0");
-        assert_eq!(b[0].names.se, Some(("features.1.0.block.1.fc1".into(), "features.1.0.block.1.fc2".into())));
+        assert_eq!(
+            b[0].names.se,
+            Some((
+                "features.1.0.block.1.fc1".into(),
+                "features.1.0.block.1.fc2".into()
+            ))
+        );
         assert_eq!(b[15].names.project.1, "features.7.0.block.3.1");
         assert_eq!((b[15].cin, b[15].expanded, b[15].squeeze), (192, 1152, 48));
         let l = blocks(Variant::Lite0);
-        assert_eq!(l[8].names.expand, Some(("_blocks.8._expand_conv".into(), "_blocks.8._bn0".into())));
-        assert_eq!(l.iter().map(|b| b.at).collect::<Vec<_>>(), [2, 3, 3, 4, 4, 5, 5, 5, 6, 6, 6, 7, 7, 7, 7, 8]);
+        assert_eq!(
+            l[8].names.expand,
+            Some(("_blocks.8._expand_conv".into(), "_blocks.8._bn0".into()))
+        );
+        assert_eq!(
+            l.iter().map(|b| b.at).collect::<Vec<_>>(),
+            [2, 3, 3, 4, 4, 5, 5, 5, 6, 6, 6, 7, 7, 7, 7, 8]
+        );
         assert!(l.iter().all(|b| b.names.se.is_none()));
         assert_eq!(output_shape_at(1, 224), vec![32, 112, 112]);
         assert_eq!(output_shape_at(8, 224), vec![320, 7, 7]);

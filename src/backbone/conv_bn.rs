@@ -43,7 +43,12 @@ pub struct ConvBn {
 }
 
 impl ConvBn {
-    pub fn load(ws: &WeightSet, (conv, bn): (&str, &str), how: How, device: &Device) -> Result<ConvBn> {
+    pub fn load(
+        ws: &WeightSet,
+        (conv, bn): (&str, &str),
+        how: How,
+        device: &Device,
+    ) -> Result<ConvBn> {
         let (c, b) = (ws.pp(conv), ws.pp(bn));
         let w = c.get("weight", device)?;
         let gamma = b.get("weight", device)?;

@@ -139,7 +139,11 @@ impl OutPtr {
     }
 }
 
-pub(super) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+pub(super) fn f32_slice<'a>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    what: &str,
+) -> candle_core::Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else {
         candle_core::bail!("conv2d: f32 {what} expected")
     };
@@ -232,7 +236,7 @@ impl CustomOp3 for FrozenConv {
                     if self.act != Act::None {
                         for oi in 0..og {
                             self.act
-                                .apply(std::slice::from_raw_parts_mut(d.add(oi * p), cols));
+                                .apply_fast(std::slice::from_raw_parts_mut(d.add(oi * p), cols));
                         }
                     }
                 }

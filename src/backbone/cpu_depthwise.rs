@@ -3,16 +3,19 @@
 //!
 //! A grouped convolution with one channel per group is a matrix product of one output row per
 //! group: `gemm` does almost nothing per call there, and candle's grouped convolution runs one
-//! convolution per channel. Here each job is a run of channel planes; a plane is copied once
-//! into a zero-padded buffer of its thread (stride 2: even and odd columns apart), so that each
-//! of the k x k taps is a plain multiply-add of one output row by one contiguous buffer row,
-//! which the compiler vectorises; the activation is applied while the row is in cache. On CPUs
-//! with AVX2 and FMA the same code is compiled for them and chosen at run time.
+//! convolution per channel. Here each job is a run of channel planes. A plane is copied once
+//! into zero-padded buffers of its thread, split by stride phase (stride 2: four buffers, of the
+//! even/odd rows x even/odd columns), so that every tap (ki, kj) reads one phase at one fixed
+//! offset: for a band of output rows computed `W2` columns wide (the phase's width; the extra
+//! columns are dropped at the end), each of the k x k taps is one long contiguous multiply-add
+//! `acc[i] += w * phase[i + offset]`, which the compiler vectorises. Bias first, activation
+//! while the band is in cache, then the valid columns go to the output. On CPUs with AVX2 and
+//! FMA the same code is compiled for them and chosen at run time.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape};
 use rayon::prelude::*;
 
-use super::act::Act;
+use super::act::{simd_level, Act, Simd};
 use super::cpu_conv::f32_slice;
 
 /// `y = act(depthwise_conv(x, w) + b)` for contiguous f32 NCHW `x`, `w` of shape
@@ -33,95 +36,135 @@ struct Geom {
     kw: usize,
     oh: usize,
     ow: usize,
-    /// padded input rows and columns
-    hp: usize,
-    wp: usize,
     s: usize,
     pt: usize,
     pl: usize,
+    /// rows and columns of one phase buffer (`ceil(padded side / s)`)
+    h2: usize,
+    w2: usize,
+    /// output rows per band
+    band: usize,
 }
 
 impl Geom {
-    /// Offset in a padded buffer row of the input under output column 0 for tap `kj`.
-    #[inline(always)]
-    fn col(&self, kj: usize) -> usize {
-        if self.s == 2 {
-            // even columns first (wp.div_ceil(2) of them), then the odd ones
-            (kj / 2) + (kj % 2) * self.wp.div_ceil(2)
-        } else {
-            kj
-        }
+    /// Values per phase buffer: its rows, plus a row of slack that the dropped columns of the
+    /// last band may read.
+    fn phase_len(&self) -> usize {
+        (self.h2 + 1) * self.w2 + self.kw
     }
 }
 
-/// One plane: `o` (oh*ow) = act(bias + sum of taps) over `x` (h*w), `buf` the thread's padded
-/// copy (hp*wp).
+/// One plane: `o` (oh*ow) = act(bias + sum of taps) over `x` (h*w). `phases`: the thread's
+/// s*s phase buffers (`phase_len` each), `acc` its band accumulator (band*w2).
 #[inline(always)]
-fn plane<const FMA: bool>(g: &Geom, x: &[f32], k: &[f32], bias: f32, act: Act, buf: &mut [f32], o: &mut [f32]) {
-    // the zero-padded (and, for stride 2, column-deinterleaved) copy
-    let half = g.wp.div_ceil(2);
-    for py in 0..g.hp {
-        let row = &mut buf[py * g.wp..(py + 1) * g.wp];
-        let iy = py as isize - g.pt as isize;
-        if iy < 0 || iy >= g.h as isize {
-            row.fill(0.0);
+fn plane<const FMA: bool>(
+    g: &Geom,
+    x: &[f32],
+    k: &[f32],
+    bias: f32,
+    act: Act,
+    (phases, acc): (&mut [f32], &mut [f32]),
+    o: &mut [f32],
+) {
+    let (s, len) = (g.s, g.phase_len());
+    phases.fill(0.0);
+    // padded pixel (py, px) goes to phase (py % s, px % s) at (py / s, px / s)
+    for iy in 0..g.h {
+        let py = iy + g.pt;
+        let src = &x[iy * g.w..(iy + 1) * g.w];
+        let base = (py % s) * s * len + (py / s) * g.w2;
+        if s == 1 {
+            phases[base + g.pl..base + g.pl + g.w].copy_from_slice(src);
             continue;
         }
-        let src = &x[iy as usize * g.w..(iy as usize + 1) * g.w];
-        if g.s == 2 {
-            for px in 0..g.wp {
-                let ix = px as isize - g.pl as isize;
-                let v = if ix >= 0 && (ix as usize) < g.w { src[ix as usize] } else { 0.0 };
-                row[(px / 2) + (px % 2) * half] = v;
+        if s == 2 {
+            // even input columns go to one column phase, odd ones to the other
+            let (a, b) = phases[base..].split_at_mut(len);
+            let (first, second) = if g.pl % 2 == 0 { (a, b) } else { (b, a) };
+            let (o0, o1) = (g.pl / 2, (g.pl + 1) / 2);
+            for (m, pair) in src.chunks_exact(2).enumerate() {
+                first[o0 + m] = pair[0];
+                second[o1 + m] = pair[1];
             }
-        } else {
-            row[..g.pl].fill(0.0);
-            row[g.pl..g.pl + g.w].copy_from_slice(src);
-            row[g.pl + g.w..].fill(0.0);
+            if g.w % 2 == 1 {
+                let px = g.w - 1 + g.pl;
+                phases[base + (px % 2) * len + px / 2] = src[g.w - 1];
+            }
+            continue;
+        }
+        for (ix, &v) in src.iter().enumerate() {
+            let px = ix + g.pl;
+            phases[base + (px % s) * len + px / s] = v;
         }
     }
-    let step = if g.s == 2 { 1 } else { g.s };
-    for (oy, out) in o.chunks_exact_mut(g.ow).enumerate() {
-        out.fill(bias);
+    let mut oy0 = 0;
+    while oy0 < g.oh {
+        let rows = g.band.min(g.oh - oy0);
+        let acc = &mut acc[..rows * g.w2];
+        acc.fill(bias);
         for ki in 0..g.kh {
-            let prow = &buf[(oy * g.s + ki) * g.wp..(oy * g.s + ki + 1) * g.wp];
             for kj in 0..g.kw {
                 let wv = k[ki * g.kw + kj];
-                let c0 = g.col(kj);
-                if step == 1 {
-                    let src = &prow[c0..c0 + g.ow];
-                    for (a, &b) in out.iter_mut().zip(src) {
-                        *a = if FMA { b.mul_add(wv, *a) } else { *a + wv * b };
-                    }
-                } else {
-                    for (j, a) in out.iter_mut().enumerate() {
-                        *a += wv * prow[c0 + j * step];
-                    }
+                let phase = &phases[((ki % s) * s + kj % s) * len..][..len];
+                let off = (oy0 + ki / s) * g.w2 + kj / s;
+                let src = &phase[off..off + acc.len()];
+                for (a, &b) in acc.iter_mut().zip(src) {
+                    *a = if FMA { b.mul_add(wv, *a) } else { *a + wv * b };
                 }
             }
         }
-        act.apply(out);
+        act.apply(acc);
+        for (r, row) in acc.chunks_exact(g.w2).enumerate() {
+            let oy = oy0 + r;
+            o[oy * g.ow..(oy + 1) * g.ow].copy_from_slice(&row[..g.ow]);
+        }
+        oy0 += rows;
     }
 }
+
+/// The plane's inputs: geometry, input plane, kernel, bias, activation.
+type PlaneArgs<'a> = (&'a Geom, &'a [f32], &'a [f32], f32, Act);
 
 /// `plane` compiled for AVX2 + FMA.
 ///
 /// # Safety
-/// The CPU must have AVX2 and FMA (`is_x86_feature_detected!`).
+/// The CPU must have AVX2 and FMA (`simd_level`).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn plane_avx2(g: &Geom, x: &[f32], k: &[f32], bias: f32, act: Act, buf: &mut [f32], o: &mut [f32]) {
-    plane::<true>(g, x, k, bias, act, buf, o)
+unsafe fn plane_avx2(
+    (g, x, k, bias, act): PlaneArgs,
+    bufs: (&mut [f32], &mut [f32]),
+    o: &mut [f32],
+) {
+    plane::<true>(g, x, k, bias, act, bufs, o)
 }
 
-fn has_avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+/// `plane` compiled for AVX-512.
+///
+/// # Safety
+/// The CPU must have AVX-512F, AVX2 and FMA (`simd_level`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn plane_avx512(
+    (g, x, k, bias, act): PlaneArgs,
+    bufs: (&mut [f32], &mut [f32]),
+    o: &mut [f32],
+) {
+    plane::<true>(g, x, k, bias, act, bufs, o)
+}
+
+/// `plane` on the widest vectors the CPU has.
+fn plane_fast(level: Simd, args: PlaneArgs, bufs: (&mut [f32], &mut [f32]), o: &mut [f32]) {
+    match level {
+        // SAFETY: simd_level() says the CPU has these features
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx512 => unsafe { plane_avx512(args, bufs, o) },
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 => unsafe { plane_avx2(args, bufs, o) },
+        _ => {
+            let (g, x, k, bias, act) = args;
+            plane::<false>(g, x, k, bias, act, bufs, o)
+        }
     }
 }
 
@@ -153,6 +196,7 @@ impl CustomOp3 for DepthwiseConv {
             )
         }
         let s = self.stride;
+        let w2 = wp.div_ceil(s);
         let g = Geom {
             h,
             w: wd,
@@ -160,11 +204,13 @@ impl CustomOp3 for DepthwiseConv {
             kw,
             oh: (hp - kh) / s + 1,
             ow: (wp - kw) / s + 1,
-            hp,
-            wp,
             s,
             pt,
             pl,
+            h2: hp.div_ceil(s),
+            w2,
+            // about 8 KB of accumulator: it stays in L1 through the k*k taps
+            band: (2048 / w2).max(1),
         };
         let (x, w, b) = (
             f32_slice(xs, xl, "input")?,
@@ -176,7 +222,7 @@ impl CustomOp3 for DepthwiseConv {
         if p == 0 {
             return Ok((CpuStorage::F32(out), Shape::from((n, c, g.oh, g.ow))));
         }
-        let fast = has_avx2_fma();
+        let level = simd_level();
         let act = self.act;
         // enough planes per job for its work to outweigh scheduling it
         let min_len = (8192 / (p * kh * kw)).max(1);
@@ -184,20 +230,12 @@ impl CustomOp3 for DepthwiseConv {
             .with_min_len(min_len)
             .enumerate()
             .for_each_init(
-                || vec![0f32; hp * wp],
-                |buf, (i, o)| {
+                || (vec![0f32; s * s * g.phase_len()], vec![0f32; g.band * w2]),
+                |(phases, acc), (i, o)| {
                     let ch = i % c;
                     let xin = &x[i * h * wd..(i + 1) * h * wd];
                     let k = &w[ch * kh * kw..(ch + 1) * kh * kw];
-                    if fast {
-                        // SAFETY: the CPU has AVX2 and FMA (checked above)
-                        #[cfg(target_arch = "x86_64")]
-                        unsafe {
-                            plane_avx2(&g, xin, k, b[ch], act, buf, o)
-                        }
-                    } else {
-                        plane::<false>(&g, xin, k, b[ch], act, buf, o)
-                    }
+                    plane_fast(level, (&g, xin, k, b[ch], act), (phases, acc), o)
                 },
             );
         Ok((CpuStorage::F32(out), Shape::from((n, c, g.oh, g.ow))))
@@ -216,7 +254,14 @@ mod tests {
     }
 
     /// candle's grouped convolution on the padded input, + bias, then the activation.
-    fn reference(x: &Tensor, w: &Tensor, b: &Tensor, s: usize, pads: [usize; 4], act: Act) -> Tensor {
+    fn reference(
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        s: usize,
+        pads: [usize; 4],
+        act: Act,
+    ) -> Tensor {
         let c = x.dim(1).unwrap();
         let xp = x
             .pad_with_zeros(2, pads[0], pads[1])
@@ -245,7 +290,11 @@ mod tests {
             let x = Tensor::from_vec(vals(n * c * h * w, 1), (n, c, h, w), &dev).unwrap();
             let wt = Tensor::from_vec(vals(c * k * k, 2), (c, 1, k, k), &dev).unwrap();
             let b = Tensor::from_vec(vals(c, 3), c, &dev).unwrap();
-            let op = DepthwiseConv { stride: s, pads, act };
+            let op = DepthwiseConv {
+                stride: s,
+                pads,
+                act,
+            };
             let got = x.apply_op3_no_bwd(&wt, &b, &op).unwrap();
             let want = reference(&x, &wt, &b, s, pads, act);
             assert_eq!(got.dims(), want.dims(), "{n}x{c}x{h}x{w} k{k} s{s}");
@@ -254,7 +303,10 @@ mod tests {
                 want.flatten_all().unwrap().to_vec1().unwrap(),
             );
             for (i, (a, e)) in a.iter().zip(&e).enumerate() {
-                assert!((a - e).abs() <= 1e-5 * e.abs().max(1.0), "{n}x{c}x{h}x{w} k{k} s{s} [{i}]: {a} vs {e}");
+                assert!(
+                    (a - e).abs() <= 1e-5 * e.abs().max(1.0),
+                    "{n}x{c}x{h}x{w} k{k} s{s} [{i}]: {a} vs {e}"
+                );
             }
         }
     }
@@ -265,8 +317,15 @@ mod tests {
         let x = Tensor::zeros((1, 2, 4, 4), candle_core::DType::F32, &dev).unwrap();
         let w = Tensor::zeros((3, 1, 3, 3), candle_core::DType::F32, &dev).unwrap();
         let b = Tensor::zeros(3, candle_core::DType::F32, &dev).unwrap();
-        let op = DepthwiseConv { stride: 1, pads: [1; 4], act: Act::None };
+        let op = DepthwiseConv {
+            stride: 1,
+            pads: [1; 4],
+            act: Act::None,
+        };
         let e = x.apply_op3_no_bwd(&w, &b, &op).unwrap_err().to_string();
-        assert!(e.contains("depthwise conv2d: input 1x2x4x4, kernel 3x1x3x3"), "{e}");
+        assert!(
+            e.contains("depthwise conv2d: input 1x2x4x4, kernel 3x1x3x3"),
+            "{e}"
+        );
     }
 }

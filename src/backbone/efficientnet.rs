@@ -50,17 +50,20 @@ struct MbConv {
 
 impl MbConv {
     fn forward(&self, x: &Tensor, b: &Backends) -> Result<Tensor> {
+        // (RUNNER_PROFILE=1 times each step, inside its cut point's time)
+        let t =
+            |name: &str, f: &dyn Fn() -> Result<Tensor>| crate::profile::time(name, x.device(), f);
         let mut y = match &self.expand {
-            Some(e) => e.forward(x, b)?,
+            Some(e) => t("mbconv expand", &|| e.forward(x, b))?,
             None => x.clone(),
         };
-        y = self.depthwise.forward(&y, b)?;
+        y = t("mbconv depthwise", &|| self.depthwise.forward(&y, b))?;
         if let Some(se) = &self.se {
-            y = se.forward(&y)?;
+            y = t("mbconv excitation", &|| se.forward(&y))?;
         }
-        y = self.project.forward(&y, b)?;
+        y = t("mbconv project", &|| self.project.forward(&y, b))?;
         if self.residual {
-            y = y.add(&x.to_dtype(y.dtype())?)?;
+            y = t("mbconv residual", &|| Ok(y.add(&x.to_dtype(y.dtype())?)?))?;
         }
         Ok(y)
     }
@@ -109,18 +112,27 @@ impl EfficientNet {
         let act = if v.se() { Act::Silu } else { Act::Relu6 };
         let how = |k: usize, stride: usize, groups: usize, act: Act| How {
             stride,
-            pad: if v.tf_same() { Pad::Same } else { Pad::Sym((k - 1) / 2) },
+            pad: if v.tf_same() {
+                Pad::Same
+            } else {
+                Pad::Sym((k - 1) / 2)
+            },
             groups,
             eps: v.bn_eps(),
             act,
         };
-        let load = |names: &(String, String), how: How| ConvBn::load(ws, (&names.0, &names.1), how, device);
+        let load = |names: &(String, String), how: How| {
+            ConvBn::load(ws, (&names.0, &names.1), how, device)
+        };
         let stem = match last >= 1 {
             true => Some(load(&v.stem(), how(3, 2, 1, act))?),
             false => None,
         };
         let mut blocks = Vec::new();
-        for b in crate::arch::efficientnet::blocks(v).into_iter().filter(|b| b.at <= last) {
+        for b in crate::arch::efficientnet::blocks(v)
+            .into_iter()
+            .filter(|b| b.at <= last)
+        {
             let n = &b.names;
             let expand = match &n.expand {
                 Some(e) => Some(load(e, how(1, 1, 1, act))?),
@@ -172,8 +184,16 @@ impl EfficientNet {
     fn layer(&self, i: usize, x: &Tensor, drop: &mut Dropout) -> Result<Tensor> {
         let b = &self.backends;
         match i {
-            1 => self.stem.as_ref().ok_or_else(|| Self::missing("stem"))?.forward(x, b),
-            HEAD => self.head.as_ref().ok_or_else(|| Self::missing("head"))?.forward(x, b),
+            1 => self
+                .stem
+                .as_ref()
+                .ok_or_else(|| Self::missing("stem"))?
+                .forward(x, b),
+            HEAD => self
+                .head
+                .as_ref()
+                .ok_or_else(|| Self::missing("head"))?
+                .forward(x, b),
             PRE_LOGITS => global_pool(x, crate::spec::Pool::Avg),
             i if i < HEAD => {
                 let mut y = x.clone();
@@ -188,7 +208,10 @@ impl EfficientNet {
                 }
             }
             _ => {
-                let (_, fc) = self.fc.as_ref().ok_or_else(|| Self::missing("classifier"))?;
+                let (_, fc) = self
+                    .fc
+                    .as_ref()
+                    .ok_or_else(|| Self::missing("classifier"))?;
                 // the reference trains its classifier behind dropout
                 let x = match (fc.trainable, drop.as_mut()) {
                     (true, Some((rng, p))) => dropout(x, *p, rng)?,
@@ -202,20 +225,23 @@ impl EfficientNet {
     /// Every convolution + batch norm, with the cut point it belongs to.
     fn conv_bns(&mut self) -> impl Iterator<Item = (usize, &mut ConvBn)> {
         let stem = self.stem.iter_mut().map(|c| (1, c));
-        let blocks = self
-            .blocks
-            .iter_mut()
-            .flat_map(|b| {
-                let at = b.at;
-                b.conv_bns().map(move |c| (at, c))
-            });
+        let blocks = self.blocks.iter_mut().flat_map(|b| {
+            let at = b.at;
+            b.conv_bns().map(move |c| (at, c))
+        });
         let head = self.head.iter_mut().map(|c| (HEAD, c));
         stem.chain(blocks).chain(head)
     }
 }
 
 impl Backbone for EfficientNet {
-    fn forward_range(&self, x: &Tensor, from: usize, until: usize, mut drop: Dropout) -> Result<Tensor> {
+    fn forward_range(
+        &self,
+        x: &Tensor,
+        from: usize,
+        until: usize,
+        mut drop: Dropout,
+    ) -> Result<Tensor> {
         let mut x = if from == 0 {
             self.normalize.apply(x)?
         } else {
@@ -253,13 +279,19 @@ impl Backbone for EfficientNet {
                 out.extend(c.make_trainable()?);
             }
         }
-        for b in self.blocks.iter_mut().filter(|b| b.at > after && b.at <= until) {
+        for b in self
+            .blocks
+            .iter_mut()
+            .filter(|b| b.at > after && b.at <= until)
+        {
             if let Some(se) = &mut b.se {
                 out.extend(se.reduce.make_trainable(&se.names.0)?);
                 out.extend(se.expand.make_trainable(&se.names.1)?);
             }
         }
-        if let (Some((name, fc)), true) = (self.fc.as_mut(), after <= PRE_LOGITS && until > PRE_LOGITS) {
+        if let (Some((name, fc)), true) =
+            (self.fc.as_mut(), after <= PRE_LOGITS && until > PRE_LOGITS)
+        {
             out.extend(fc.make_trainable(name)?);
         }
         Ok(out)

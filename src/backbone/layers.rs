@@ -161,7 +161,13 @@ pub fn conv2d(
     groups: usize,
     backends: &Backends,
 ) -> Result<Tensor> {
-    conv2d_act(x, (w, b), (stride, Pad::tf(same), groups), Act::None, backends)
+    conv2d_act(
+        x,
+        (w, b),
+        (stride, Pad::tf(same), groups),
+        Act::None,
+        backends,
+    )
 }
 
 /// `relu(conv2d(..))`, the seed's conv layers: on the CPU, frozen layers do both in one op.
@@ -174,7 +180,13 @@ pub fn conv2d_relu(
     groups: usize,
     backends: &Backends,
 ) -> Result<Tensor> {
-    conv2d_act(x, (w, b), (stride, Pad::tf(same), groups), Act::Relu, backends)
+    conv2d_act(
+        x,
+        (w, b),
+        (stride, Pad::tf(same), groups),
+        Act::Relu,
+        backends,
+    )
 }
 
 /// How a convolution pads its input.
@@ -191,7 +203,12 @@ pub enum Pad {
 
 impl Pad {
     /// The zeros added [top, bottom, left, right] for an `h x w` input and a `kh x kw` kernel.
-    pub fn sides(self, (h, w): (usize, usize), (kh, kw): (usize, usize), stride: usize) -> [usize; 4] {
+    pub fn sides(
+        self,
+        (h, w): (usize, usize),
+        (kh, kw): (usize, usize),
+        stride: usize,
+    ) -> [usize; 4] {
         match self {
             Pad::Same => {
                 let (pt, pb) = same_padding(h, kh, stride);
@@ -332,16 +349,25 @@ pub fn depthwise_taps(x: &Tensor, w: &Tensor, stride: usize, pads: [usize; 4]) -
     let mut y: Option<Tensor> = None;
     for ki in 0..kh {
         for kj in 0..kw {
-            let tap = xp.narrow(2, ki, (oh - 1) * s + 1)?.narrow(3, kj, (ow - 1) * s + 1)?;
+            let tap = xp
+                .narrow(2, ki, (oh - 1) * s + 1)?
+                .narrow(3, kj, (ow - 1) * s + 1)?;
             let tap = if s == 1 {
                 tap
             } else {
                 // every s-th row and column: pad to a multiple of s, split, keep the first
-                let t = tap.pad_with_zeros(2, 0, s - 1)?.pad_with_zeros(3, 0, s - 1)?;
+                let t = tap
+                    .pad_with_zeros(2, 0, s - 1)?
+                    .pad_with_zeros(3, 0, s - 1)?;
                 let t = t.reshape((n, c, oh, s, ow * s))?.narrow(3, 0, 1)?;
-                t.reshape((n, c, oh, ow, s))?.narrow(4, 0, 1)?.reshape((n, c, oh, ow))?
+                t.reshape((n, c, oh, ow, s))?
+                    .narrow(4, 0, 1)?
+                    .reshape((n, c, oh, ow))?
             };
-            let k = w.narrow(2, ki, 1)?.narrow(3, kj, 1)?.reshape((1, c, 1, 1))?;
+            let k = w
+                .narrow(2, ki, 1)?
+                .narrow(3, kj, 1)?
+                .reshape((1, c, 1, 1))?;
             let term = tap.broadcast_mul(&k)?;
             y = Some(match y {
                 Some(acc) => acc.add(&term)?,

@@ -9,7 +9,9 @@
 use candle_core::{DType, Device, Tensor, Var};
 
 use super::conv_bn::{ConvBn, How};
-use super::layers::{add_relu, global_pool, linear, max_pool_after_relu, Act, Normalize, Pad, Param};
+use super::layers::{
+    add_relu, global_pool, linear, max_pool_after_relu, Act, Normalize, Pad, Param,
+};
 use super::{Backbone, Dropout};
 pub use crate::arch::resnet::*;
 use crate::arch::Preprocess;
@@ -18,7 +20,12 @@ use crate::error::{Error, Result};
 use crate::weights::WeightSet;
 
 /// A convolution + batch norm of ResNet: stride, symmetric padding, activation.
-fn conv_bn(ws: &WeightSet, names: (&str, &str), (stride, pad, act): (usize, usize, Act), device: &Device) -> Result<ConvBn> {
+fn conv_bn(
+    ws: &WeightSet,
+    names: (&str, &str),
+    (stride, pad, act): (usize, usize, Act),
+    device: &Device,
+) -> Result<ConvBn> {
     let how = How {
         stride,
         pad: Pad::Sym(pad),
