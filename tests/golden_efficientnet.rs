@@ -83,6 +83,15 @@ fn every_cut_point_matches_the_references() {
     let want = &gold.iter().find(|(n, _)| n == "pixel_sum").unwrap().1;
     assert_eq!(vec![px], want.to_i64_c().unwrap(), "image formula");
     check_every_cut(Backends::default(), "cpu kernels");
+    // runner's tensor names, in order, are the references' state-dict names
+    for arch in ARCHS {
+        let want = std::fs::read_to_string(fixture(&format!("{}_names.txt", arch.name()))).unwrap();
+        let got: Vec<String> = formula::torch_layout(arch)
+            .into_iter()
+            .map(|(n, _, _)| n)
+            .collect();
+        assert_eq!(got, want.lines().collect::<Vec<_>>(), "{}", arch.name());
+    }
 }
 
 #[test]

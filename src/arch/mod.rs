@@ -9,6 +9,7 @@
 //! two `match`es over architectures, both exhaustive), and its name in `REGISTRY`.
 
 pub mod alexnet;
+pub mod convnext;
 pub mod efficientnet;
 pub mod resnet;
 pub mod vgg;
@@ -26,6 +27,7 @@ pub enum Arch {
     ResNet152,
     EfficientNetB0,
     EfficientNetLite0,
+    ConvNextTiny,
 }
 
 /// Every architecture, in the order messages list them; `backbone.arch` names one by
@@ -41,6 +43,7 @@ pub const REGISTRY: &[Arch] = &[
     Arch::ResNet152,
     Arch::EfficientNetB0,
     Arch::EfficientNetLite0,
+    Arch::ConvNextTiny,
 ];
 
 /// What one architecture is, as data.
@@ -261,6 +264,7 @@ impl Arch {
             Arch::ResNet152 => &resnet::RESNET152,
             Arch::EfficientNetB0 => &efficientnet::EFFICIENTNET_B0,
             Arch::EfficientNetLite0 => &efficientnet::EFFICIENTNET_LITE0,
+            Arch::ConvNextTiny => &convnext::CONVNEXT_TINY,
         }
     }
 

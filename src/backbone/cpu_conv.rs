@@ -126,15 +126,20 @@ impl FrozenConv {
 
 /// The output buffer, written by many jobs at disjoint places.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: every job writes only its own (image, group rows, band columns) block of the buffer,
-// and the buffer outlives the parallel loop.
+pub(super) struct OutPtr(*mut f32);
+// SAFETY: every job writes only its own block of the buffer (here: image, group rows, band
+// columns; `cpu_norm`: image, pixel band of every channel), and the buffer outlives the
+// parallel loop.
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
 impl OutPtr {
+    pub(super) fn new(p: *mut f32) -> OutPtr {
+        OutPtr(p)
+    }
+
     // (a method, so closures capture the whole Sync value rather than its raw-pointer field)
-    fn get(self) -> *mut f32 {
+    pub(super) fn get(self) -> *mut f32 {
         self.0
     }
 }

@@ -559,6 +559,30 @@ fn max_pool_3s2_differentiable(x: &Tensor) -> Result<Tensor> {
     Ok(down.transpose(2, 3)?.contiguous()?)
 }
 
+/// LayerNorm over the channels (dim 1) of an NCHW map at each pixel, with a per-channel scale
+/// and shift: one pass on the CPU where no gradient flows (`cpu_norm`), candle ops in f32
+/// elsewhere; returned in the input's format.
+pub fn channel_norm(x: &Tensor, (gamma, beta): (&Tensor, &Tensor), eps: f64) -> Result<Tensor> {
+    let frozen = !x.track_op() && !gamma.track_op() && !beta.track_op();
+    if x.device().is_cpu() && x.dtype() == DType::F32 && frozen {
+        let (x, g, b) = (x.contiguous()?, gamma.contiguous()?, beta.contiguous()?);
+        let op = super::cpu_norm::ChannelNorm { eps: eps as f32 };
+        return Ok(x.apply_op3_no_bwd(&g, &b, &op)?);
+    }
+    let dtype = x.dtype();
+    let x = x.to_dtype(DType::F32)?;
+    let c = x.dim(1)?;
+    let mean = x.mean_keepdim(1)?;
+    let xc = x.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim(1)?;
+    let y = xc.broadcast_div(&var.affine(1.0, eps)?.sqrt()?)?;
+    let shape = (1, c, 1, 1);
+    let y = y
+        .broadcast_mul(&gamma.to_dtype(DType::F32)?.reshape(shape)?)?
+        .broadcast_add(&beta.to_dtype(DType::F32)?.reshape(shape)?)?;
+    Ok(y.to_dtype(dtype)?)
+}
+
 /// Fully connected layer: `x @ w^T + b` with `w` as `[out, in]`.
 pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     let x = &x.to_dtype(w.dtype())?;

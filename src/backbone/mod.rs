@@ -6,8 +6,10 @@
 pub mod act;
 pub mod alexnet;
 mod conv_bn;
+pub mod convnext;
 mod cpu_conv;
 mod cpu_depthwise;
+mod cpu_norm;
 pub mod efficientnet;
 pub mod layers;
 pub mod resnet;
@@ -70,6 +72,7 @@ fn build(
         Arch::ResNet152 => Box::new(resnet(152)?),
         Arch::EfficientNetB0 => Box::new(efficientnet(efficientnet::Variant::B0)?),
         Arch::EfficientNetLite0 => Box::new(efficientnet(efficientnet::Variant::Lite0)?),
+        Arch::ConvNextTiny => Box::new(convnext::ConvNext::new_until(weights, device, last, how)?),
     })
 }
 

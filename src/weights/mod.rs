@@ -637,7 +637,10 @@ fn load_named(
             let Some((shape, data)) = found else {
                 return Err(missing_named(path, arch, &name, names, &has_layer));
             };
-            if shape != want {
+            // the same values under shapes that differ only in axes of length 1 (timm's
+            // ConvNeXt `gamma` [d] is torchvision's `layer_scale` [d, 1, 1])
+            let squeeze = |s: &[usize]| s.iter().copied().filter(|&d| d != 1).collect::<Vec<_>>();
+            if shape != want && squeeze(&shape) != squeeze(&want) {
                 let tf = spec.seed_weight_shape();
                 let hint = if name.ends_with(".weight") && shape == tf && tf != want {
                     " — that is TensorFlow's layout; .safetensors and .pth are read in candle/PyTorch layout (OIHW, [out, in])"

