@@ -6,6 +6,7 @@ usage: python bench/torch_peer.py WORKLOAD [options]
   resnet50 --batch B --images N [...]                    images/s to pre_logits (torchvision's)
   efficientnet_b0 --batch B --images N [...]             images/s to pre_logits (torchvision's)
   convnext_tiny --batch B --images N [...]               images/s to pre_logits (torchvision's)
+  vit_b_16 --batch B --images N [...]                    images/s to pre_logits (torchvision's)
   head     --epochs E [--n 34799] [--device ...]           s per epoch, linear 4096 -> 43, Adam
   sweep    --epochs E --n N                                12 head configs, s in all
 Prints one line per measurement: `torch WORKLOAD CONFIG: VALUE UNIT`.
@@ -72,6 +73,14 @@ def convnext_tiny_pre_logits():
 
     m = torchvision.models.convnext_tiny(weights=None)
     m.classifier[2] = nn.Identity()  # the pooled, normalised 768-vector, runner's pre_logits
+    return m
+
+
+def vit_b_16_pre_logits():
+    import torchvision
+
+    m = torchvision.models.vit_b_16(weights=None)
+    m.heads = nn.Identity()  # the class token after the final LayerNorm, runner's pre_logits
     return m
 
 
@@ -178,7 +187,7 @@ def sweep(a):
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
-    p.add_argument("workload", choices=["alexnet", "vgg16", "resnet50", "efficientnet_b0", "convnext_tiny", "head", "sweep"])
+    p.add_argument("workload", choices=["alexnet", "vgg16", "resnet50", "efficientnet_b0", "convnext_tiny", "vit_b_16", "head", "sweep"])
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--images", type=int, default=256)
     p.add_argument("--runs", type=int, default=3)
@@ -202,6 +211,7 @@ if __name__ == "__main__":
             "resnet50": (resnet50_pre_logits, 224),
             "efficientnet_b0": (efficientnet_b0_pre_logits, 224),
             "convnext_tiny": (convnext_tiny_pre_logits, 224),
+            "vit_b_16": (vit_b_16_pre_logits, 224),
         }[a.workload]
         model = model()
         ips, secs = extract(model, size, a)

@@ -25,6 +25,7 @@ pub static DESC: ArchDesc = ArchDesc {
     min_input: 1,
     first_fixed: 9,
     first_vector: 9,
+    tokens: false,
     feature_end: 10,
     output_shape_at,
     params,

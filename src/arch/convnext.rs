@@ -201,6 +201,7 @@ pub static CONVNEXT_TINY: ArchDesc = ArchDesc {
     min_input: MIN_INPUT,
     first_fixed: LAYERS.len(),
     first_vector: PRE_LOGITS,
+    tokens: false,
     feature_end: PRE_LOGITS,
     output_shape_at,
     params,

@@ -13,6 +13,7 @@ pub mod convnext;
 pub mod efficientnet;
 pub mod resnet;
 pub mod vgg;
+pub mod vit;
 
 /// The architectures runner knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -28,6 +29,7 @@ pub enum Arch {
     EfficientNetB0,
     EfficientNetLite0,
     ConvNextTiny,
+    VitB16,
 }
 
 /// Every architecture, in the order messages list them; `backbone.arch` names one by
@@ -44,6 +46,7 @@ pub const REGISTRY: &[Arch] = &[
     Arch::EfficientNetB0,
     Arch::EfficientNetLite0,
     Arch::ConvNextTiny,
+    Arch::VitB16,
 ];
 
 /// What one architecture is, as data.
@@ -64,6 +67,10 @@ pub struct ArchDesc {
     pub first_fixed: usize,
     /// Index of the first cut point whose output is a vector, not a feature map.
     pub first_vector: usize,
+    /// Whether the maps are token sequences `[tokens, width]` with a class token first (a
+    /// vision transformer's), rather than `[channels, h, w]`: pooling then takes the class token
+    /// (`Pool::Class`) or the mean of the other tokens (`Pool::Avg`).
+    pub tokens: bool,
     /// The cut point `backbone.output` defaults to (the last feature layer).
     pub feature_end: usize,
     /// Output shape of cut point `layer` for one `input x input` image, `[c, h, w]` or `[d]`.
@@ -265,6 +272,7 @@ impl Arch {
             Arch::EfficientNetB0 => &efficientnet::EFFICIENTNET_B0,
             Arch::EfficientNetLite0 => &efficientnet::EFFICIENTNET_LITE0,
             Arch::ConvNextTiny => &convnext::CONVNEXT_TINY,
+            Arch::VitB16 => &vit::VIT_B_16,
         }
     }
 
@@ -324,6 +332,18 @@ impl Arch {
     /// Index of the first layer that needs the standard input size.
     pub fn first_fc(&self) -> usize {
         self.desc().first_fixed
+    }
+
+    /// The length of cut point `layer`'s output once pooled (`shape` its output shape): its
+    /// channels, or a token's width.
+    pub fn pooled_len(&self, shape: &[usize]) -> usize {
+        let i = usize::from(self.desc().tokens);
+        shape.get(i).copied().unwrap_or(0)
+    }
+
+    /// Whether the architecture's maps are token sequences (`ArchDesc::tokens`).
+    pub fn tokens(&self) -> bool {
+        self.desc().tokens
     }
 
     /// Whether cut point `layer`'s output is a feature map (which `backbone.pool` can pool).

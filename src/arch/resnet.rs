@@ -74,6 +74,7 @@ macro_rules! resnet_desc {
             min_input: MIN_INPUT,
             first_fixed: LAYERS.len(),
             first_vector: PRE_LOGITS,
+            tokens: false,
             feature_end: PRE_LOGITS,
             output_shape_at: |layer, input| output_shape_at($depth, layer, input),
             params: || params($depth),

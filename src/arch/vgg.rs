@@ -26,6 +26,7 @@ macro_rules! vgg_desc {
             min_input: 1,
             first_fixed: $first_fc,
             first_vector: $first_fc,
+            tokens: false,
             feature_end: $first_fc + 1,
             output_shape_at: |layer, input| output_shape_at($depth, layer, input),
             params: || params($depth),

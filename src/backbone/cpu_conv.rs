@@ -676,3 +676,47 @@ impl candle_core::CustomOp2 for AddRelu {
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
+
+/// `act(x + b)` for a contiguous f32 matrix `x` (rows x O) and `b` of O, in one parallel pass:
+/// an fc layer's bias and activation after its matrix product (a transformer's MLP).
+pub(super) struct BiasAct {
+    pub act: Act,
+}
+
+impl candle_core::CustomOp2 for BiasAct {
+    fn name(&self) -> &'static str {
+        "bias-act"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, b) = (f32_slice(s1, l1, "x")?, f32_slice(s2, l2, "bias")?);
+        let o = l2.shape().dims1()?;
+        let (_, cols) = l1.shape().dims2()?;
+        if cols != o || o == 0 {
+            candle_core::bail!(
+                "bias-act: matrix {:?} and bias {:?}",
+                l1.shape(),
+                l2.shape()
+            )
+        }
+        let mut out = vec![0f32; x.len()];
+        let rows_per = (ADD_CHUNK / o).max(1);
+        out.par_chunks_mut(rows_per * o)
+            .zip(x.par_chunks(rows_per * o))
+            .for_each(|(d, x)| {
+                for (d, x) in d.chunks_exact_mut(o).zip(x.chunks_exact(o)) {
+                    for ((d, x), b) in d.iter_mut().zip(x).zip(b) {
+                        *d = x + b;
+                    }
+                    self.act.apply_fast(d);
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}

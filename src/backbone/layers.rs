@@ -583,6 +583,41 @@ pub fn channel_norm(x: &Tensor, (gamma, beta): (&Tensor, &Tensor), eps: f64) -> 
     Ok(y.to_dtype(dtype)?)
 }
 
+/// LayerNorm over the last axis (a transformer's tokens), in f32, returned in the input's
+/// format: candle's fused op where no gradient flows, its differentiable version otherwise.
+pub fn token_norm(x: &Tensor, (gamma, beta): (&Tensor, &Tensor), eps: f64) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let x = x.to_dtype(DType::F32)?.contiguous()?;
+    let y = if x.track_op() || gamma.track_op() || beta.track_op() {
+        candle_nn::ops::layer_norm_slow(&x, gamma, beta, eps as f32)?
+    } else {
+        candle_nn::ops::layer_norm(&x, gamma, beta, eps as f32)?
+    };
+    Ok(y.to_dtype(dtype)?)
+}
+
+/// An fc layer on the last axis of `x` (any leading axes), then `act`: `act(x @ w^T + b)`; on the
+/// CPU where no gradient flows the bias and activation are one pass after the product.
+pub fn linear_act(x: &Tensor, w: &Tensor, b: &Tensor, act: Act) -> Result<Tensor> {
+    let x = &x.to_dtype(w.dtype())?;
+    let mut dims = x.dims().to_vec();
+    let (Some(&d), o) = (dims.last(), w.dim(0)?) else {
+        return Err(crate::error::Error::Other("an fc layer on a scalar".into()));
+    };
+    let x2 = x.reshape((x.elem_count() / d.max(1), d))?;
+    let y = x2.matmul(&w.t()?)?;
+    let frozen = !y.track_op() && !b.track_op();
+    let y = if y.device().is_cpu() && y.dtype() == DType::F32 && frozen {
+        y.apply_op2_no_bwd(&b.contiguous()?, &super::cpu_conv::BiasAct { act })?
+    } else {
+        act.tensor(&y.broadcast_add(b)?)?
+    };
+    if let Some(last) = dims.last_mut() {
+        *last = o;
+    }
+    Ok(y.reshape(dims)?)
+}
+
 /// Fully connected layer: `x @ w^T + b` with `w` as `[out, in]`.
 pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     let x = &x.to_dtype(w.dtype())?;
@@ -625,15 +660,32 @@ pub fn dropout(x: &Tensor, p: f64, rng: &mut ChaCha8Rng) -> Result<Tensor> {
 
 /// Global pooling of (N, C, H, W) feature maps to (N, C): the mean or the maximum over each
 /// channel's H x W values (in f32); other shapes, or `Pool::None`, pass unchanged.
+///
+/// A token sequence (N, T, D) with a class token first (a vision transformer's) pools to (N, D):
+/// `Class` takes the class token, `Avg` the mean of the other tokens; `Max` is refused.
 pub fn global_pool(f: &Tensor, pool: crate::spec::Pool) -> Result<Tensor> {
-    if f.rank() != 4 || pool.is_none() {
+    use crate::spec::Pool;
+    if f.rank() == 3 && !pool.is_none() {
+        let (_, t, _) = f.dims3()?;
+        return Ok(match pool {
+            Pool::Class => f.narrow(1, 0, 1)?.squeeze(1)?.to_dtype(DType::F32)?,
+            Pool::Avg if t > 1 => f.narrow(1, 1, t - 1)?.to_dtype(DType::F32)?.mean(1)?,
+            _ => {
+                return Err(crate::error::Error::Other(format!(
+                    "pool {} does not apply to a sequence of {t} tokens",
+                    pool.name()
+                )))
+            }
+        });
+    }
+    if f.rank() != 4 || pool.is_none() || pool == Pool::Class {
         return Ok(f.clone());
     }
     let flat = f.to_dtype(DType::F32)?.flatten_from(2)?;
     Ok(match pool {
         crate::spec::Pool::Avg => flat.mean(2)?,
         crate::spec::Pool::Max => flat.max(2)?,
-        crate::spec::Pool::None => flat,
+        crate::spec::Pool::None | crate::spec::Pool::Class => flat,
     })
 }
 

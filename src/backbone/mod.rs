@@ -14,6 +14,7 @@ pub mod efficientnet;
 pub mod layers;
 pub mod resnet;
 pub mod vgg;
+pub mod vit;
 
 use candle_core::{Device, Tensor, Var};
 use rand_chacha::ChaCha8Rng;
@@ -73,6 +74,7 @@ fn build(
         Arch::EfficientNetB0 => Box::new(efficientnet(efficientnet::Variant::B0)?),
         Arch::EfficientNetLite0 => Box::new(efficientnet(efficientnet::Variant::Lite0)?),
         Arch::ConvNextTiny => Box::new(convnext::ConvNext::new_until(weights, device, last, how)?),
+        Arch::VitB16 => Box::new(vit::Vit::new_until(weights, device, last, how)?),
     })
 }
 

@@ -156,7 +156,7 @@ impl Spec {
     pub fn feature_shape(&self) -> Vec<usize> {
         let s = self.layer_shape(self.freeze);
         if self.pool_before_cache() {
-            vec![s[0]]
+            vec![self.arch.pooled_len(&s)]
         } else {
             s
         }
@@ -168,7 +168,7 @@ impl Spec {
         if self.pool.is_none() {
             s.iter().product()
         } else {
-            s[0]
+            self.arch.pooled_len(&s)
         }
     }
 
@@ -345,7 +345,7 @@ fn validate(path: &Path, text: &str, mut raw: RawSpec) -> Result<Spec> {
         weights,
         freeze,
         output,
-        pool: raw.backbone.pool,
+        pool: resolve_pool(arch, output, raw.backbone.pool),
         input_size,
         dataset_kind,
         dataset_path: PathBuf::from(&raw.dataset.path),
@@ -523,6 +523,14 @@ fn check_normalisation(
     })
 }
 
+/// `backbone.pool` as runs use it: at a vision transformer's block, `none` is the class token.
+fn resolve_pool(arch: Arch, output: usize, pool: Pool) -> Pool {
+    match pool {
+        Pool::None if arch.tokens() && arch.is_map(output) => Pool::Class,
+        p => p,
+    }
+}
+
 /// The largest `backbone.input_size`.
 pub const MAX_INPUT_SIZE: usize = 1024;
 
@@ -570,6 +578,27 @@ fn check_output(
             format!(
                 "is {:?} but backbone.output = {} is a vector: pooling needs a convolution or pooling layer's feature map (e.g. output = \"pool5\")",
                 b.pool.name(),
+                layers[output]
+            ),
+        ));
+    }
+    let token_map = arch.tokens() && arch.is_map(output);
+    if b.pool == Pool::Max && token_map {
+        return Err(err(
+            "backbone",
+            "pool",
+            format!(
+                "is \"max\" but backbone.output = {} is a sequence of tokens: use \"none\" (the class token, the default) or \"avg\" (the mean of the patch tokens)",
+                layers[output]
+            ),
+        ));
+    }
+    if b.pool == Pool::Class && !token_map {
+        return Err(err(
+            "backbone",
+            "pool",
+            format!(
+                "is \"class\" but backbone.output = {} is not a vision transformer's token sequence: \"class\" takes a transformer block's class token (use \"avg\" or \"max\" on a feature map)",
                 layers[output]
             ),
         ));

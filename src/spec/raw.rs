@@ -291,7 +291,8 @@ fn is_zero(v: &usize) -> bool {
     *v == 0
 }
 
-/// Global pooling of a feature map (`backbone.pool`).
+/// Global pooling of a feature map (`backbone.pool`). `Class` takes a vision transformer's class
+/// token; it is what `none` resolves to at a transformer block.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Pool {
@@ -299,6 +300,7 @@ pub enum Pool {
     None,
     Avg,
     Max,
+    Class,
 }
 
 impl Pool {
@@ -311,6 +313,7 @@ impl Pool {
             Pool::None => "none",
             Pool::Avg => "avg",
             Pool::Max => "max",
+            Pool::Class => "class",
         }
     }
 }
