@@ -14,6 +14,8 @@
 #            batch 16: images/s (likewise)
 #   convnext_tiny  torchvision's ConvNeXt-Tiny to pre_logits (the pooled, normalised
 #            768-vector), batch 16: images/s
+#   vit_b_16 torchvision's ViT-B/16 to pre_logits (the class token after the final LayerNorm),
+#            batch 16: images/s
 #   head     one epoch of a linear 4096 -> 43 head, Adam, batch 128, on 34,799 cached features: s
 #   sweep    12 head configs (lr x hidden x optimizer), 5 epochs each on 2,150 cached features,
 #            validation every epoch: s for the whole sweep (runner: `runner sweep`, cache warm)
@@ -38,6 +40,7 @@ spec vgg vgg16 fc6 2 16              # 86 images: 4 batches of 16 timed, the fir
 spec resnet resnet50 pre_logits 2 16 # likewise
 spec b0 efficientnet_b0 pre_logits 2 16
 spec convnext convnext_tiny pre_logits 2 16
+spec vit vit_b_16 pre_logits 2 16
 spec sweep alexnet fc7 50 64 '[sweep]
 mode = "grid"
 "train.lr" = [0.001, 0.003, 0.01]
@@ -57,6 +60,8 @@ for p in $(seq "$PAIRS"); do
   "$PY" bench/torch_peer.py efficientnet_b0 --batch 16 --images 48 --runs 2 | sed -n 's/.*: \([0-9.]*\) images\/s.*/torch efficientnet_b0 \1/p' >>"$log"
   "$BIN" bench "$work/convnext.toml" --batches 4 --epochs 1 2>/dev/null | sed -n 's/.*extraction \([0-9.]*\) images.*/runner convnext_tiny \1/p' >>"$log"
   "$PY" bench/torch_peer.py convnext_tiny --batch 16 --images 48 --runs 2 | sed -n 's/.*: \([0-9.]*\) images\/s.*/torch convnext_tiny \1/p' >>"$log"
+  "$BIN" bench "$work/vit.toml" --batches 4 --epochs 1 2>/dev/null | sed -n 's/.*extraction \([0-9.]*\) images.*/runner vit_b_16 \1/p' >>"$log"
+  "$PY" bench/torch_peer.py vit_b_16 --batch 16 --images 48 --runs 2 | sed -n 's/.*: \([0-9.]*\) images\/s.*/torch vit_b_16 \1/p' >>"$log"
   "$HEAD" 3 | sed -n 's/runner head epoch [2-9]: train \([0-9.]*\) s.*/runner head \1/p' >>"$log"
   "$PY" bench/torch_peer.py head --epochs 3 | sed -n 's/.*: \([0-9.]*\) s\/epoch/torch head \1/p' >>"$log"
   s=$(date +%s.%N); "$BIN" sweep "$work/sweep.toml" --force -q >/dev/null; e=$(date +%s.%N)
@@ -72,13 +77,15 @@ for line in open(sys.argv[1]):
 print(f"threads {sys.argv[2]}; medians over {max(len(x) for x in v.values())} measurements each")
 print(f"{'workload':<34}{'runner':>10}{'PyTorch':>10}{'runner/PyTorch':>16}")
 for what, unit, higher in [("alexnet", "img/s", True), ("vgg16", "img/s", True), ("resnet50", "img/s", True),
-                           ("efficientnet_b0", "img/s", True), ("convnext_tiny", "img/s", True), ("head", "s/epoch", False), ("sweep", "s", False)]:
+                           ("efficientnet_b0", "img/s", True), ("convnext_tiny", "img/s", True),
+                           ("vit_b_16", "img/s", True), ("head", "s/epoch", False), ("sweep", "s", False)]:
     r, t = statistics.median(v[("runner", what)]), statistics.median(v[("torch", what)])
     ratio = r / t if higher else t / r
     label = {"alexnet": "AlexNet -> fc7, batch 64", "vgg16": "VGG16 -> relu6, batch 16",
              "resnet50": "ResNet-50 -> pre_logits, batch 16",
              "efficientnet_b0": "EfficientNet-B0 -> pre_logits, b16",
              "convnext_tiny": "ConvNeXt-Tiny -> pre_logits, b16",
+             "vit_b_16": "ViT-B/16 -> pre_logits, batch 16",
              "head": "head epoch, 34,799 x 4096", "sweep": "12-point head sweep"}[what]
     print(f"{label + ' (' + unit + ')':<34}{r:>10.3f}{t:>10.3f}{ratio:>15.2f}x")
 PY

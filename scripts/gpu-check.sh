@@ -8,11 +8,11 @@
 #   scripts/gpu-check.sh [RUNNER_BINARY] [OUT_DIR]     (RUNNER_BINARY may be gpu-pack.sh's runner.gz)
 #
 # 1. fidelity: features of the same images on the GPU (f32, TF32, bf16) against the CPU
-#    (AlexNet to fc7, VGG16 to fc6/relu6, ResNet-50 and EfficientNet-B0 to pre_logits; random weights): the relative L2 error
+#    (AlexNet to fc7, VGG16 to fc6/relu6, ResNet-50, EfficientNet-B0, ConvNeXt-Tiny, ViT-B/16 to pre_logits; random weights): the relative L2 error
 #    |gpu - cpu| / |cpu| must be <= 1e-5 for f32, <= 2e-3 for TF32, <= 2e-2 for bf16 (issue 20's
 #    bounds; the largest element error relative to the largest feature is printed too);
 # 2. timing: AlexNet extraction of 39,216 32x32 images resized to 227 (f32, TF32, bf16),
-#    VGG16, ResNet-50 and EfficientNet-B0 extraction of 3,698 images at 224, and 10 head epochs on the AlexNet fc7
+#    VGG16, ResNet-50, EfficientNet-B0, ConvNeXt-Tiny and ViT-B/16 extraction of 3,698 images at 224, and 10 head epochs on the AlexNet fc7
 #    features.
 # 3. both again with RUNNER_GPU_FUSED=1 (configs `f32+fused` ...): the opt-in GPU paths that no
 #    GPU has run yet (pinned uploads, preprocessing, runner's own cuDNN convolutions in a `cudnn`
@@ -86,10 +86,14 @@ spec fid_alexnet alexnet fc7 3   # 129 images
 spec fid_vgg16 vgg16 fc6 1       # 43 images
 spec fid_resnet50 resnet50 pre_logits 1   # 43 images
 spec fid_efficientnet_b0 efficientnet_b0 pre_logits 1   # 43 images (depthwise convolutions, SiLU, excitation)
+spec fid_convnext_tiny convnext_tiny pre_logits 1   # 43 images (7x7 depthwise, channel LayerNorm, GELU)
+spec fid_vit_b_16 vit_b_16 pre_logits 1   # 43 images (attention, token LayerNorm, GELU)
 spec alexnet alexnet fc7 $((912 / scale))     # 39,216 images (the GTSRB training set has 39,209)
 spec vgg16 vgg16 fc6 $(( (86 + scale - 1) / scale ))          # 3,698 images (flower_photos has 3,670)
 spec resnet50 resnet50 pre_logits $(( (86 + scale - 1) / scale ))   # 3,698 images at 224
 spec efficientnet_b0 efficientnet_b0 pre_logits $(( (86 + scale - 1) / scale ))   # likewise
+spec convnext_tiny convnext_tiny pre_logits $(( (86 + scale - 1) / scale ))   # likewise
+spec vit_b_16 vit_b_16 pre_logits $(( (86 + scale - 1) / scale ))   # likewise
 
 echo "config,workload,images,seconds,images_per_s,epoch_s,rel_l2_err,max_err_rel,bound,ok" >"$out/gpu-check.csv"
 fail=0
@@ -97,7 +101,7 @@ fail=0
 fused_set="${GPU_CHECK_FUSED:-1}"
 fused_modes="0"
 { [ "$dev" = cuda ] || [ -n "${GPU_CHECK_FUSED:-}" ]; } && [ "$fused_set" != 0 ] && fused_modes="0 $fused_set"
-for net in alexnet vgg16 resnet50 efficientnet_b0; do
+for net in alexnet vgg16 resnet50 efficientnet_b0 convnext_tiny vit_b_16; do
   RUNNER_GPU_FUSED=0 "$bin" extract "fid_$net.toml" --out "cpu_$net.npz" --set run.device=cpu >/dev/null || exit 1
 done
 
@@ -170,7 +174,7 @@ PY
 for fused in $fused_modes; do
 export RUNNER_GPU_FUSED=$fused
 tag=""; [ "$fused" = 1 ] && tag="+fused"; [ "$fused" != 0 ] && [ "$fused" != 1 ] && tag="+${fused//,/+}"
-for net in alexnet vgg16 resnet50 efficientnet_b0; do
+for net in alexnet vgg16 resnet50 efficientnet_b0 convnext_tiny vit_b_16; do
   for cfg in f32 tf32 bf16; do
     [ "$dev" = cpu ] && [ "$cfg" = bf16 ] && continue   # the CPU refuses bf16
     fidelity $cfg "$tag" $net
@@ -188,6 +192,10 @@ bench tf32$tag resnet50 1 --set run.dtype=f32 --set run.tf32=true
 bench f32$tag efficientnet_b0 1 --set run.dtype=f32 --set run.tf32=false
 bench tf32$tag efficientnet_b0 1 --set run.dtype=f32 --set run.tf32=true
 [ "$dev" = cpu ] || bench bf16$tag efficientnet_b0 1 --set run.dtype=bf16
+for net in convnext_tiny vit_b_16; do
+  bench f32$tag $net 1 --set run.dtype=f32 --set run.tf32=false
+  [ "$dev" = cpu ] || bench bf16$tag $net 1 --set run.dtype=bf16
+done
 [ "$fused" != 0 ] && head_loss "f32$tag"
 done
 
@@ -197,7 +205,7 @@ if [ "$fused_modes" != 0 ] &&
    awk -F, 'NR > 1 && $1 ~ /\+/ && ($10 == "NO" || $10 == "ERROR") { bad = 1 } END { exit !bad }' "$out/gpu-check.csv"; then
   for path in upload resize conv lrn download; do
     export RUNNER_GPU_FUSED=$path
-    for net in alexnet vgg16 resnet50 efficientnet_b0; do
+    for net in alexnet vgg16 resnet50 efficientnet_b0 convnext_tiny vit_b_16; do
       for cfg in f32 bf16; do
         [ "$dev" = cpu ] && [ "$cfg" = bf16 ] && continue   # the CPU refuses bf16
         fidelity $cfg "+$path" $net
@@ -220,7 +228,7 @@ unset RUNNER_GPU_FUSED
 if [ "${GPU_CHECK_PROFILE:-1}" = 1 ]; then
   for fused in $fused_modes; do
     tag=""; [ "$fused" = 1 ] && tag="+fused"; [ "$fused" != 0 ] && [ "$fused" != 1 ] && tag="+${fused//,/+}"
-    for net in alexnet vgg16 resnet50 efficientnet_b0; do
+    for net in alexnet vgg16 resnet50 efficientnet_b0 convnext_tiny vit_b_16; do
       for cfg in bf16 f32; do
         [ "$dev" = cpu ] && [ "$cfg" = bf16 ] && continue
         RUNNER_PROFILE=1 RUST_LOG="warn,runner::gpu::conv=debug" RUNNER_GPU_FUSED=$fused \
@@ -244,8 +252,10 @@ if [ "$dev" = cuda ] && [ -f "$peer" ] && python3 -c 'import torch; assert torch
       sed -n 's/.*: \([0-9.]*\) images\/s (\([0-9]*\) images in \([0-9.]*\) s)/'"torch-$cfg,extract vgg16,\2,\3,\1,,,,,/p" >>"$out/gpu-check.csv"
     python3 "$peer" resnet50 --device cuda --dtype $cfg --batch 256 --images $((43 * 86 / scale)) --runs 3 |
       sed -n 's/.*: \([0-9.]*\) images\/s (\([0-9]*\) images in \([0-9.]*\) s)/'"torch-$cfg,extract resnet50,\2,\3,\1,,,,,/p" >>"$out/gpu-check.csv"
-    python3 "$peer" efficientnet_b0 --device cuda --dtype $cfg --batch 256 --images $((43 * 86 / scale)) --runs 3 |
-      sed -n 's/.*: \([0-9.]*\) images\/s (\([0-9]*\) images in \([0-9.]*\) s)/'"torch-$cfg,extract efficientnet_b0,\2,\3,\1,,,,,/p" >>"$out/gpu-check.csv"
+    for net in efficientnet_b0 convnext_tiny vit_b_16; do
+      python3 "$peer" $net --device cuda --dtype $cfg --batch 256 --images $((43 * 86 / scale)) --runs 3 |
+        sed -n 's/.*: \([0-9.]*\) images\/s (\([0-9]*\) images in \([0-9.]*\) s)/'"torch-$cfg,extract $net,\2,\3,\1,,,,,/p" >>"$out/gpu-check.csv"
+    done
   done
   python3 "$peer" head --device cuda --epochs 5 --n $((43 * 912 / scale)) |
     sed -n 's/.*: \([0-9.]*\) s\/epoch/'"torch-f32,head epoch,$((43 * 912 / scale)),,,\1,,,,/p" >>"$out/gpu-check.csv"

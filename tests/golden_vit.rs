@@ -188,7 +188,7 @@ fn a_head_reads_a_blocks_class_token_or_mean_and_fine_tunes_the_last_block() {
     spec("size", "input_size = 112");
     assert_clean_failure(
         &run_in(d.path(), &["check", "size.toml"]),
-        &["backbone.input_size"],
+        &["backbone.input_size", "224x224 images only"],
     );
     // fine-tune block11 and the final LayerNorm from cached block10 sequences
     spec("tune", "freeze = \"block10\"");

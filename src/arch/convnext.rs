@@ -52,10 +52,10 @@ pub fn output_shape_at(layer: usize, input: usize) -> Vec<usize> {
     if layer <= 2 {
         return vec![WIDTHS[0], side, side];
     }
-    for s in 1..4 {
+    for (s, &w) in WIDTHS.iter().enumerate().skip(1) {
         side /= 2;
         if layer <= stage_at(s) {
-            return vec![WIDTHS[s], side, side];
+            return vec![w, side, side];
         }
     }
     match layer {
@@ -161,7 +161,7 @@ pub fn timm_name(runner: &str) -> Option<String> {
         _ => {
             let (at, rest) = layer.strip_prefix("features.")?.split_once('.')?;
             let at: usize = at.parse().ok()?;
-            if at % 2 == 0 {
+            if at.is_multiple_of(2) {
                 // a downsampling layer: features.{2s}.{0,1} -> stages.s.downsample.{0,1}
                 format!("stages.{}.downsample.{rest}", at / 2)
             } else {

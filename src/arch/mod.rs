@@ -63,7 +63,8 @@ pub struct ArchDesc {
     /// The smallest input side accepted (at least what leaves every map a pixel).
     pub min_input: usize,
     /// Index of the first cut point that needs the standard input size (AlexNet's and VGG's
-    /// first fc layer; `layers.len()` for a network that takes any size).
+    /// first fc layer; `layers.len()` for a network that takes any size; 1 for a transformer
+    /// whose position embeddings fix the size).
     pub first_fixed: usize,
     /// Index of the first cut point whose output is a vector, not a feature map.
     pub first_vector: usize,
@@ -395,7 +396,8 @@ mod tests {
             let d = a.desc();
             assert_eq!(d.layers[0], "input");
             assert!(d.feature_end < d.layers.len() && d.first_vector <= d.feature_end);
-            assert!(d.first_vector <= d.first_fixed && d.first_fixed <= d.layers.len());
+            // (a transformer's maps need the standard size too: first_fixed may come first)
+            assert!(d.first_fixed >= 1 && d.first_fixed <= d.layers.len());
             assert_eq!(a.output_shape(0), vec![3, d.input_size, d.input_size]);
             for p in a.params() {
                 assert!(

@@ -80,8 +80,12 @@ fn plane<const FMA: bool>(
         if s == 2 {
             // even input columns go to one column phase, odd ones to the other
             let (a, b) = phases[base..].split_at_mut(len);
-            let (first, second) = if g.pl % 2 == 0 { (a, b) } else { (b, a) };
-            let (o0, o1) = (g.pl / 2, (g.pl + 1) / 2);
+            let (first, second) = if g.pl.is_multiple_of(2) {
+                (a, b)
+            } else {
+                (b, a)
+            };
+            let (o0, o1) = (g.pl / 2, g.pl.div_ceil(2));
             for (m, pair) in src.chunks_exact(2).enumerate() {
                 first[o0 + m] = pair[0];
                 second[o1 + m] = pair[1];

@@ -523,6 +523,45 @@ fn check_normalisation(
     })
 }
 
+/// `backbone.pool` for `output`: only on a feature map or a transformer block; `max` not on a
+/// block, `class` only there.
+fn check_pool(b: &BackboneSection, arch: Arch, output: usize, err: &KeyError) -> Result<()> {
+    let layers = arch.layers();
+    if !b.pool.is_none() && !arch.is_map(output) {
+        return Err(err(
+            "backbone",
+            "pool",
+            format!(
+                "is {:?} but backbone.output = {} is a vector: pooling needs a convolution or pooling layer's feature map (e.g. output = \"pool5\")",
+                b.pool.name(),
+                layers[output]
+            ),
+        ));
+    }
+    let token_map = arch.tokens() && arch.is_map(output);
+    if b.pool == Pool::Max && token_map {
+        return Err(err(
+            "backbone",
+            "pool",
+            format!(
+                "is \"max\" but backbone.output = {} is a sequence of tokens: use \"none\" (the class token, the default) or \"avg\" (the mean of the patch tokens)",
+                layers[output]
+            ),
+        ));
+    }
+    if b.pool == Pool::Class && !token_map {
+        return Err(err(
+            "backbone",
+            "pool",
+            format!(
+                "is \"class\" but backbone.output = {} is not a vision transformer's token sequence: \"class\" takes a transformer block's class token (use \"avg\" or \"max\" on a feature map)",
+                layers[output]
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// `backbone.pool` as runs use it: at a vision transformer's block, `none` is the class token.
 fn resolve_pool(arch: Arch, output: usize, pool: Pool) -> Pool {
     match pool {
@@ -571,41 +610,21 @@ fn check_output(
         ));
     }
     let conv_output = output < arch.first_fc();
-    if !b.pool.is_none() && !arch.is_map(output) {
-        return Err(err(
-            "backbone",
-            "pool",
-            format!(
-                "is {:?} but backbone.output = {} is a vector: pooling needs a convolution or pooling layer's feature map (e.g. output = \"pool5\")",
-                b.pool.name(),
-                layers[output]
-            ),
-        ));
-    }
-    let token_map = arch.tokens() && arch.is_map(output);
-    if b.pool == Pool::Max && token_map {
-        return Err(err(
-            "backbone",
-            "pool",
-            format!(
-                "is \"max\" but backbone.output = {} is a sequence of tokens: use \"none\" (the class token, the default) or \"avg\" (the mean of the patch tokens)",
-                layers[output]
-            ),
-        ));
-    }
-    if b.pool == Pool::Class && !token_map {
-        return Err(err(
-            "backbone",
-            "pool",
-            format!(
-                "is \"class\" but backbone.output = {} is not a vision transformer's token sequence: \"class\" takes a transformer block's class token (use \"avg\" or \"max\" on a feature map)",
-                layers[output]
-            ),
-        ));
-    }
+    check_pool(b, arch, output, err)?;
     let input_size = match b.input_size {
         0 => arch.input_size(),
         s if s == arch.input_size() => s,
+        s if arch.first_fc() <= 1 => {
+            return Err(err(
+                "backbone",
+                "input_size",
+                format!(
+                    "is {s} but {} takes {n}x{n} images only (its position embeddings are learned for that size, and runner does not interpolate them); leave input_size unset",
+                    arch.name(),
+                    n = arch.input_size()
+                ),
+            ))
+        }
         s if !conv_output => {
             return Err(err(
                 "backbone",
