@@ -6,47 +6,26 @@
 
 mod common;
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use common::*;
 use runner::backbone::{Arch, Backends, Network};
-use runner::weights::{formula, npy, pickle::Limits, HostTensor, WeightSet};
+use runner::weights::{HostTensor, WeightSet};
 
 const ARCH: Arch = Arch::ConvNextTiny;
 
 fn golden(key: &str) -> Vec<f32> {
-    let gold = npy::read_npz(&fixture("convnext_golden.npz"), &Limits::default()).unwrap();
-    let a = &gold.iter().find(|(n, _)| n == key).unwrap().1;
-    a.to_f32_c().unwrap()
+    fixture_array("convnext_golden.npz", key)
 }
 
 fn formula_set() -> WeightSet {
-    let mut set = WeightSet::default();
-    for (name, shape, data) in formula::torch_layout(ARCH) {
-        set.tensors.insert(name, HostTensor { shape, data });
-    }
-    set
-}
-
-fn image() -> Tensor {
-    let px = formula::images(1, 64, 64);
-    let x = runner::data::preprocess::to_input(
-        &px,
-        (1, 64, 64),
-        64,
-        runner::data::preprocess::ResizeMethod::Tf1,
-        &Device::Cpu,
-        &Default::default(),
-    )
-    .unwrap();
-    assert_eq!(x.dims(), &[1, 3, 64, 64]);
-    x
+    torch_formula_set(ARCH)
 }
 
 fn check_every_cut(set: &WeightSet, backends: Backends, what: &str) {
     let last = ARCH.layers().len() - 1;
     let how = (&ARCH.preprocess(), backends);
     let net = Network::new_until(ARCH, set, &Device::Cpu, last, how).unwrap();
-    let mut f = image();
+    let mut f = formula_batch(1, 64);
     for (i, cut) in ARCH.layers().iter().enumerate().skip(1) {
         f = net.forward_range(&f, i - 1, i).unwrap();
         assert_eq!(f.dims()[1..], ARCH.output_shape_at(i, 64)[..], "{cut}");
@@ -59,20 +38,8 @@ fn check_every_cut(set: &WeightSet, backends: Backends, what: &str) {
 
 #[test]
 fn every_cut_point_matches_torchvision() {
-    let px: i64 = formula::images(1, 64, 64).iter().map(|&v| v as i64).sum();
-    let gold = npy::read_npz(&fixture("convnext_golden.npz"), &Limits::default()).unwrap();
-    let want = &gold.iter().find(|(n, _)| n == "pixel_sum").unwrap().1;
-    assert_eq!(vec![px], want.to_i64_c().unwrap(), "image formula");
-    let want = std::fs::read_to_string(fixture("convnext_tiny_names.txt")).unwrap();
-    let got: Vec<String> = formula::torch_layout(ARCH)
-        .into_iter()
-        .map(|(n, _, _)| n)
-        .collect();
-    assert_eq!(
-        got,
-        want.lines().collect::<Vec<_>>(),
-        "torchvision's state-dict names, in order"
-    );
+    let names = Some("convnext_tiny_names.txt");
+    check_formula_fixture("convnext_golden.npz", (1, 64), ARCH, names);
     check_every_cut(&formula_set(), Backends::default(), "cpu kernels");
     check_every_cut(
         &formula_set(),
@@ -131,38 +98,12 @@ fn a_fine_tune_above_the_freeze_point_trains_the_last_stage_and_the_final_norm()
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let run = std::fs::read_dir(d.path().join("results/tune"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.join("summary.json").is_file())
-        .unwrap();
-    let text = std::fs::read_to_string(run.join("epochs.csv")).unwrap();
-    let loss: Vec<f64> = text
-        .lines()
-        .skip(1)
-        .map(|l| l.split(',').nth(1).unwrap().parse().unwrap())
-        .collect();
-    assert!(loss[loss.len() - 1] < loss[0] * 0.9, "loss {loss:?}");
-    let bytes = std::fs::read(run.join("head.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let loaded = formula_set();
-    let mut names = Vec::new();
-    for (name, view) in st.tensors() {
-        if name.starts_with("head.") {
-            continue;
-        }
-        let got: Vec<f32> = view
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        assert_ne!(got, loaded.tensors[&name].data, "{name} did not change");
-        assert!(
-            name.starts_with("features.7.") || name.starts_with("classifier.0."),
-            "{name}"
-        );
-        names.push(name);
-    }
+    let run = run_dir(d.path(), "tune");
+    let (first, last) = first_last_loss(&run);
+    assert!(last < first * 0.9, "loss {first} -> {last}");
+    let names = trained_tensors(&run, &formula_set());
+    let tail = |n: &String| n.starts_with("features.7.") || n.starts_with("classifier.0.");
+    assert!(names.iter().all(tail), "{names:?}");
     // 3 blocks x (depthwise conv, norm, fc1, fc2: weight + bias each; layer scale) + the final norm
     assert_eq!(names.len(), 3 * 9 + 2, "{names:?}");
     assert!(names.iter().any(|n| n == "features.7.2.layer_scale"));

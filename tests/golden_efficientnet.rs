@@ -8,53 +8,26 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use common::*;
 use runner::backbone::{Arch, Backends, Network};
-use runner::weights::{formula, npy, pickle::Limits, HostTensor, WeightSet};
+use runner::weights::{formula, npy, pickle::Limits, WeightSet};
 
 /// The cut points after `input`.
 const CUTS: &[&str] = runner::arch::efficientnet::LAYERS.split_at(1).1;
 const ARCHS: [Arch; 2] = [Arch::EfficientNetB0, Arch::EfficientNetLite0];
 
 fn golden(key: &str) -> Vec<f32> {
-    let gold = npy::read_npz(&fixture("efficientnet_golden.npz"), &Limits::default()).unwrap();
-    let a = &gold.iter().find(|(n, _)| n == key).unwrap().1;
-    a.to_f32_c().unwrap()
-}
-
-fn formula_set(arch: Arch) -> WeightSet {
-    let mut set = WeightSet::default();
-    for (name, shape, data) in formula::torch_layout(arch) {
-        set.tensors.insert(name, HostTensor { shape, data });
-    }
-    set
-}
-
-/// The formula images as a raw-pixel NCHW batch (the network normalises it).
-fn images(n: usize, side: usize) -> Tensor {
-    let px = formula::images(n, side, side);
-    let x = runner::data::preprocess::to_input(
-        &px,
-        (n, side, side),
-        side,
-        runner::data::preprocess::ResizeMethod::Tf1,
-        &Device::Cpu,
-        &Default::default(),
-    )
-    .unwrap();
-    assert_eq!(x.dims(), &[n, 3, side, side]);
-    x
+    fixture_array("efficientnet_golden.npz", key)
 }
 
 fn check_every_cut(backends: Backends, what: &str) {
-    let x = images(2, 48);
+    let x = formula_batch(2, 48);
     for arch in ARCHS {
         let how = (&arch.preprocess(), backends);
         let last = arch.layers().len() - 1;
-        let net = Network::new_until(arch, &formula_set(arch), &Device::Cpu, last, how).unwrap();
+        let net =
+            Network::new_until(arch, &torch_formula_set(arch), &Device::Cpu, last, how).unwrap();
         let mut f = x.clone();
         for (i, cut) in CUTS.iter().enumerate() {
             // one cut point at a time, each from the previous one's output
@@ -78,20 +51,11 @@ fn check_every_cut(backends: Backends, what: &str) {
 
 #[test]
 fn every_cut_point_matches_the_references() {
-    let px: i64 = formula::images(2, 48, 48).iter().map(|&v| v as i64).sum();
-    let gold = npy::read_npz(&fixture("efficientnet_golden.npz"), &Limits::default()).unwrap();
-    let want = &gold.iter().find(|(n, _)| n == "pixel_sum").unwrap().1;
-    assert_eq!(vec![px], want.to_i64_c().unwrap(), "image formula");
-    check_every_cut(Backends::default(), "cpu kernels");
-    // runner's tensor names, in order, are the references' state-dict names
     for arch in ARCHS {
-        let want = std::fs::read_to_string(fixture(&format!("{}_names.txt", arch.name()))).unwrap();
-        let got: Vec<String> = formula::torch_layout(arch)
-            .into_iter()
-            .map(|(n, _, _)| n)
-            .collect();
-        assert_eq!(got, want.lines().collect::<Vec<_>>(), "{}", arch.name());
+        let names = format!("{}_names.txt", arch.name());
+        check_formula_fixture("efficientnet_golden.npz", (2, 48), arch, Some(&names));
     }
+    check_every_cut(Backends::default(), "cpu kernels");
 }
 
 #[test]
@@ -99,30 +63,6 @@ fn candles_ops_match_the_references_too() {
     // RUNNER_CONV=candle: candle's convolutions, and depthwise ones as a sum of shifted
     // products, which is what a GPU without the cuDNN path and every trainable layer run
     check_every_cut(Backends::parse(Some("candle"), None).unwrap(), "candle ops");
-}
-
-fn run_dir(root: &Path, name: &str) -> PathBuf {
-    std::fs::read_dir(root.join("results").join(name))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.join("summary.json").is_file())
-        .unwrap()
-}
-
-/// (first, last) epoch's training loss.
-fn losses(run: &Path) -> (f64, f64) {
-    let text = std::fs::read_to_string(run.join("epochs.csv")).unwrap();
-    let mut lines = text.lines();
-    let col = lines
-        .next()
-        .unwrap()
-        .split(',')
-        .position(|c| c == "train_loss")
-        .unwrap();
-    let v: Vec<f64> = lines
-        .map(|l| l.split(',').nth(col).unwrap().parse().unwrap())
-        .collect();
-    (v[0], v[v.len() - 1])
 }
 
 /// Fine-tune features.7 and .8 of `arch` above `freeze = "features.6"`; the tensors that trained
@@ -147,22 +87,7 @@ fn fine_tune(arch: Arch, weights: &str, loaded: &WeightSet) -> (Vec<String>, (f6
         String::from_utf8_lossy(&out.stderr)
     );
     let run = run_dir(d.path(), "tune");
-    let bytes = std::fs::read(run.join("head.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut names = Vec::new();
-    for (name, view) in st.tensors() {
-        if name.starts_with("head.") {
-            continue;
-        }
-        let got: Vec<f32> = view
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        assert_ne!(got, loaded.tensors[&name].data, "{name} did not change");
-        names.push(name);
-    }
-    (names, losses(&run))
+    (trained_tensors(&run, loaded), first_last_loss(&run))
 }
 
 #[test]
@@ -187,7 +112,7 @@ fn a_fine_tune_above_the_freeze_point_trains_the_depthwise_and_excitation_layers
     // they barely differ between images; so this one is held to training the right tensors,
     // and to a loss that does not grow, not to learning.)
     let b0 = Arch::EfficientNetB0;
-    let (names, (first, last)) = fine_tune(b0, "b0.safetensors", &formula_set(b0));
+    let (names, (first, last)) = fine_tune(b0, "b0.safetensors", &torch_formula_set(b0));
     assert!(
         last.is_finite() && last <= first * 1.01,
         "b0: loss {first} -> {last}"
@@ -206,7 +131,7 @@ fn a_fine_tune_above_the_freeze_point_trains_the_depthwise_and_excitation_layers
 #[test]
 fn extract_writes_maps_in_pytorch_order_and_specs_default_to_pre_logits() {
     let dir = tempfile::tempdir().unwrap();
-    formula_set(Arch::EfficientNetLite0)
+    torch_formula_set(Arch::EfficientNetLite0)
         .save_safetensors(&dir.path().join("lite.safetensors"))
         .unwrap();
     let d = dir.path().join("imgs/a");

@@ -9,7 +9,7 @@ mod common;
 use candle_core::{Device, Tensor};
 use common::*;
 use runner::backbone::{Arch, Network};
-use runner::weights::{formula, npy, pickle::Limits, HostTensor, WeightSet};
+use runner::weights::{formula, npy, pickle::Limits, WeightSet};
 
 /// The cut points after `input`.
 const CUTS: &[&str] = runner::arch::resnet::LAYERS.split_at(1).1;
@@ -21,27 +21,12 @@ fn golden(key: &str) -> Vec<f32> {
 }
 
 fn formula_set(arch: Arch) -> WeightSet {
-    let mut set = WeightSet::default();
-    for (name, shape, data) in formula::torch_layout(arch) {
-        set.tensors.insert(name, HostTensor { shape, data });
-    }
-    set
+    torch_formula_set(arch)
 }
 
 /// The formula image as a raw-pixel NCHW batch (the network normalises it).
 fn image() -> Tensor {
-    let px = formula::images(1, 64, 64);
-    let x = runner::data::preprocess::to_input(
-        &px,
-        (1, 64, 64),
-        64,
-        runner::data::preprocess::ResizeMethod::Tf1,
-        &Device::Cpu,
-        &Default::default(),
-    )
-    .unwrap();
-    assert_eq!(x.dims(), &[1, 3, 64, 64]);
-    x
+    formula_batch(1, 64)
 }
 
 #[test]

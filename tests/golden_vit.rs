@@ -11,39 +11,16 @@ use candle_core::{Device, Tensor};
 use common::*;
 use runner::backbone::{Arch, Backends, Network};
 use runner::spec::Pool;
-use runner::weights::{formula, npy, pickle::Limits, HostTensor, WeightSet};
+use runner::weights::{npy, pickle::Limits, WeightSet};
 
 const ARCH: Arch = Arch::VitB16;
 
 fn golden(key: &str) -> Vec<f32> {
-    let gold = npy::read_npz(&fixture("vit_golden.npz"), &Limits::default()).unwrap();
-    let a = &gold
-        .iter()
-        .find(|(n, _)| n == key)
-        .unwrap_or_else(|| panic!("{key}"))
-        .1;
-    a.to_f32_c().unwrap()
+    fixture_array("vit_golden.npz", key)
 }
 
 fn formula_set() -> WeightSet {
-    let mut set = WeightSet::default();
-    for (name, shape, data) in formula::torch_layout(ARCH) {
-        set.tensors.insert(name, HostTensor { shape, data });
-    }
-    set
-}
-
-fn image() -> Tensor {
-    let px = formula::images(1, 224, 224);
-    runner::data::preprocess::to_input(
-        &px,
-        (1, 224, 224),
-        224,
-        runner::data::preprocess::ResizeMethod::Tf1,
-        &Device::Cpu,
-        &Default::default(),
-    )
-    .unwrap()
+    torch_formula_set(ARCH)
 }
 
 fn rows(t: &Tensor) -> Vec<f32> {
@@ -66,7 +43,7 @@ fn check_every_cut(set: &WeightSet, backends: Backends, what: &str) {
         (&ARCH.preprocess(), backends),
     )
     .unwrap();
-    let mut f = image();
+    let mut f = formula_batch(1, 224);
     for (i, cut) in ARCH.layers().iter().enumerate().skip(1) {
         f = net.forward_range(&f, i - 1, i).unwrap();
         assert_eq!(f.dims()[1..], ARCH.output_shape_at(i, 224)[..], "{cut}");
@@ -90,20 +67,7 @@ fn check_every_cut(set: &WeightSet, backends: Backends, what: &str) {
 
 #[test]
 fn every_cut_point_matches_torchvision() {
-    let px: i64 = formula::images(1, 224, 224).iter().map(|&v| v as i64).sum();
-    let gold = npy::read_npz(&fixture("vit_golden.npz"), &Limits::default()).unwrap();
-    let want = &gold.iter().find(|(n, _)| n == "pixel_sum").unwrap().1;
-    assert_eq!(vec![px], want.to_i64_c().unwrap(), "image formula");
-    let want = std::fs::read_to_string(fixture("vit_b_16_names.txt")).unwrap();
-    let got: Vec<String> = formula::torch_layout(ARCH)
-        .into_iter()
-        .map(|(n, _, _)| n)
-        .collect();
-    assert_eq!(
-        got,
-        want.lines().collect::<Vec<_>>(),
-        "torchvision's state-dict names, in order"
-    );
+    check_formula_fixture("vit_golden.npz", (1, 224), ARCH, Some("vit_b_16_names.txt"));
     check_every_cut(&formula_set(), Backends::default(), "cpu");
 }
 
@@ -198,32 +162,7 @@ fn a_head_reads_a_blocks_class_token_or_mean_and_fine_tunes_the_last_block() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let run = std::fs::read_dir(d.path().join("results/tune"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.join("summary.json").is_file())
-        .unwrap();
-    let bytes = std::fs::read(run.join("head.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let loaded = formula_set();
-    let mut names: Vec<String> = st
-        .tensors()
-        .into_iter()
-        .map(|(n, _)| n)
-        .filter(|n| !n.starts_with("head."))
-        .collect();
-    names.sort();
-    for (name, view) in st.tensors() {
-        if name.starts_with("head.") {
-            continue;
-        }
-        let got: Vec<f32> = view
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        assert_ne!(got, loaded.tensors[&name].data, "{name} did not change");
-    }
+    let names = trained_tensors(&run_dir(d.path(), "tune"), &formula_set());
     // block11: ln_1, out_proj, ln_2, mlp.0, mlp.3 (weight + bias each), in_proj weight + bias;
     // the final LayerNorm
     assert_eq!(names.len(), 5 * 2 + 2 + 2, "{names:?}");

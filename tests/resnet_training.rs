@@ -4,34 +4,7 @@
 //! accuracy.
 
 mod common;
-
-use std::path::{Path, PathBuf};
-
 use common::*;
-
-fn run_dir(root: &Path, name: &str) -> PathBuf {
-    std::fs::read_dir(root.join("results").join(name))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.join("summary.json").is_file())
-        .unwrap()
-}
-
-/// (first, last) epoch's training loss.
-fn losses(run: &Path) -> (f64, f64) {
-    let text = std::fs::read_to_string(run.join("epochs.csv")).unwrap();
-    let mut lines = text.lines();
-    let col = lines
-        .next()
-        .unwrap()
-        .split(',')
-        .position(|c| c == "train_loss")
-        .unwrap();
-    let v: Vec<f64> = lines
-        .map(|l| l.split(',').nth(col).unwrap().parse().unwrap())
-        .collect();
-    (v[0], v[v.len() - 1])
-}
 
 #[test]
 fn a_probe_and_a_fine_tune_learn_and_predict_reproduces_the_fine_tune() {
@@ -55,7 +28,7 @@ fn a_probe_and_a_fine_tune_learn_and_predict_reproduces_the_fine_tune() {
             "{name}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let (first, last) = losses(&run_dir(d.path(), name));
+        let (first, last) = first_last_loss(&run_dir(d.path(), name));
         assert!(last < first * 0.9, "{name}: loss {first} -> {last}");
     }
 

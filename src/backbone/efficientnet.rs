@@ -242,16 +242,8 @@ impl Backbone for EfficientNet {
         until: usize,
         mut drop: Dropout,
     ) -> Result<Tensor> {
-        let mut x = if from == 0 {
-            self.normalize.apply(x)?
-        } else {
-            x.clone()
-        };
-        for i in from + 1..=until {
-            let name = LAYERS.get(i).copied().unwrap_or("layer");
-            x = crate::profile::time(name, x.device(), || self.layer(i, &x, &mut drop))?;
-        }
-        Ok(x)
+        self.normalize
+            .run_cut_points(x, (from, until), LAYERS, |i, x| self.layer(i, x, &mut drop))
     }
 
     fn tensors(&self, layer: &str) -> Vec<(String, Tensor)> {

@@ -143,6 +143,26 @@ impl Normalize {
     }
 }
 
+impl Normalize {
+    /// Cut points `from+1 ..= until` applied in turn by `layer` (cut point `i` to the output of
+    /// `i - 1`), starting from the raw input normalised here when `from` is 0; each timed under
+    /// its name in `names` when profiling (`RUNNER_PROFILE`).
+    pub fn run_cut_points(
+        &self,
+        x: &Tensor,
+        (from, until): (usize, usize),
+        names: &[&str],
+        mut layer: impl FnMut(usize, &Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let mut x = if from == 0 { self.apply(x)? } else { x.clone() };
+        for i in from + 1..=until {
+            let name = names.get(i).copied().unwrap_or("layer");
+            x = crate::profile::time(name, x.device(), || layer(i, &x))?;
+        }
+        Ok(x)
+    }
+}
+
 /// TensorFlow "SAME" padding for one spatial axis: (before, after).
 pub fn same_padding(input: usize, kernel: usize, stride: usize) -> (usize, usize) {
     let out = input.div_ceil(stride);

@@ -270,16 +270,8 @@ impl Vit {
 
 impl Backbone for Vit {
     fn forward_range(&self, x: &Tensor, from: usize, until: usize, _: Dropout) -> Result<Tensor> {
-        let mut x = if from == 0 {
-            self.normalize.apply(x)?
-        } else {
-            x.clone()
-        };
-        for i in from + 1..=until {
-            let name = LAYERS.get(i).copied().unwrap_or("layer");
-            x = crate::profile::time(name, x.device(), || self.layer(i, &x))?;
-        }
-        Ok(x)
+        self.normalize
+            .run_cut_points(x, (from, until), LAYERS, |i, x| self.layer(i, x))
     }
 
     fn tensors(&self, layer: &str) -> Vec<(String, Tensor)> {

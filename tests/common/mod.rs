@@ -124,3 +124,121 @@ pub fn feature_bytes(files: &[PathBuf]) -> Vec<u8> {
     }
     out
 }
+
+/// The formula weights of a PyTorch-defined `arch` in runner's (PyTorch's) layout, as the
+/// reference scripts compute them (`formula.torch_tensors`).
+pub fn torch_formula_set(arch: Arch) -> runner::weights::WeightSet {
+    let mut set = runner::weights::WeightSet::default();
+    for (name, shape, data) in formula::torch_layout(arch) {
+        set.tensors
+            .insert(name, runner::weights::HostTensor { shape, data });
+    }
+    set
+}
+
+/// `n` formula images of `side x side` as a raw-pixel NCHW batch (the network normalises it).
+pub fn formula_batch(n: usize, side: usize) -> candle_core::Tensor {
+    let px = formula::images(n, side, side);
+    let x = runner::data::preprocess::to_input(
+        &px,
+        (n, side, side),
+        side,
+        runner::data::preprocess::ResizeMethod::Tf1,
+        &candle_core::Device::Cpu,
+        &Default::default(),
+    )
+    .unwrap();
+    assert_eq!(x.dims(), &[n, 3, side, side]);
+    x
+}
+
+/// Array `key` of the fixture `file` (an .npz), as f32.
+pub fn fixture_array(file: &str, key: &str) -> Vec<f32> {
+    let limits = runner::weights::pickle::Limits::default();
+    let gold = runner::weights::npy::read_npz(&fixture(file), &limits).unwrap();
+    let a = &gold
+        .iter()
+        .find(|(n, _)| n == key)
+        .unwrap_or_else(|| panic!("{file}: {key}"))
+        .1;
+    a.to_f32_c().unwrap()
+}
+
+/// Checks that the sum of `n` formula images of `side x side` is the fixture's `pixel_sum`, and
+/// that runner's tensor names for `arch` are `names_file`'s lines (a reference's state-dict
+/// names, in order), when it is given.
+pub fn check_formula_fixture(
+    file: &str,
+    (n, side): (usize, usize),
+    arch: Arch,
+    names_file: Option<&str>,
+) {
+    let px: i64 = formula::images(n, side, side)
+        .iter()
+        .map(|&v| v as i64)
+        .sum();
+    let limits = runner::weights::pickle::Limits::default();
+    let gold = runner::weights::npy::read_npz(&fixture(file), &limits).unwrap();
+    let want = &gold.iter().find(|(k, _)| k == "pixel_sum").unwrap().1;
+    assert_eq!(vec![px], want.to_i64_c().unwrap(), "image formula");
+    if let Some(names) = names_file {
+        let want = std::fs::read_to_string(fixture(names)).unwrap();
+        let got: Vec<String> = formula::torch_layout(arch)
+            .into_iter()
+            .map(|(n, _, _)| n)
+            .collect();
+        assert_eq!(
+            got,
+            want.lines().collect::<Vec<_>>(),
+            "{}: the reference's names",
+            arch.name()
+        );
+    }
+}
+
+/// The folder of the finished run `name` under `root/results`.
+pub fn run_dir(root: &Path, name: &str) -> PathBuf {
+    std::fs::read_dir(root.join("results").join(name))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.join("summary.json").is_file())
+        .unwrap()
+}
+
+/// (first, last) epoch's training loss of a run folder.
+pub fn first_last_loss(run: &Path) -> (f64, f64) {
+    let text = std::fs::read_to_string(run.join("epochs.csv")).unwrap();
+    let mut lines = text.lines();
+    let col = lines
+        .next()
+        .unwrap()
+        .split(',')
+        .position(|c| c == "train_loss")
+        .unwrap();
+    let v: Vec<f64> = lines
+        .map(|l| l.split(',').nth(col).unwrap().parse().unwrap())
+        .collect();
+    (v[0], v[v.len() - 1])
+}
+
+/// The backbone tensors a run trained (its `head.safetensors` without `head.*`), by name; each
+/// is checked to differ from `loaded`'s tensor of that name.
+pub fn trained_tensors(run: &Path, loaded: &runner::weights::WeightSet) -> Vec<String> {
+    let bytes = std::fs::read(run.join("head.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names = Vec::new();
+    for (name, view) in st.tensors() {
+        if name.starts_with("head.") {
+            continue;
+        }
+        let got: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        assert_ne!(got, loaded.tensors[&name].data, "{name} did not change");
+        names.push(name);
+    }
+    names.sort();
+    names
+}
