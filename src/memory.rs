@@ -3,12 +3,13 @@
 
 /// Make glibc's allocator keep freed memory for the next allocation instead of handing it back
 /// to the kernel: no `mmap` for large blocks (`M_MMAP_MAX` 0), one arena (`M_ARENA_MAX` 1), no
-/// trimming of the heap's top (`M_TRIM_THRESHOLD` 2 GiB, the most it takes). A forward pass allocates each layer's
-/// output afresh (tens of MB per batch); by default every such block is a fresh `mmap` whose
-/// pages the kernel faults in and zeroes on first touch, then unmaps: measured on
-/// EfficientNet-B0 at 224, batch 16 (2-core AMD EPYC, AVX-512), that is 30% of the extraction's
-/// time. Peak memory stays what the largest step needs; the process keeps that much until it
-/// ends. Does nothing off glibc.
+/// trimming of the heap's top (`M_TRIM_THRESHOLD` 2 GiB, the most it takes). A forward pass
+/// allocates each layer's output afresh (tens of MB per batch); by default every such block is
+/// a fresh `mmap` whose pages the kernel faults in and zeroes on first touch, then unmaps:
+/// measured on EfficientNet-B0 at 224, batch 16 (2-core AMD EPYC, AVX-512), a quarter of the
+/// extraction's time (36 -> 48 images/s with these settings; bench/README.md, 2026-12-05). Peak
+/// memory stays what the largest step needs; the process keeps that much until it ends. Does
+/// nothing off glibc.
 pub fn reuse_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets allocator parameters; called before any thread allocates

@@ -85,14 +85,14 @@ impl CnBlock {
         Ok(y.add(&x.to_dtype(y.dtype())?)?)
     }
 
-    /// The block's parameterised layers by name: (name, is a convolution or fc).
-    fn parts(&self) -> [(String, &Param, bool); 4] {
+    /// The block's weight + bias layers by name.
+    fn parts(&self) -> [(String, &Param); 4] {
         let n = |j: usize| format!("{}.block.{j}", self.name);
         [
-            (n(0), &self.dw, true),
-            (n(2), &self.norm, false),
-            (n(3), &self.fc1, true),
-            (n(5), &self.fc2, true),
+            (n(0), &self.dw),
+            (n(2), &self.norm),
+            (n(3), &self.fc1),
+            (n(5), &self.fc2),
         ]
     }
 
@@ -104,8 +104,8 @@ impl CnBlock {
                 .map_or(&self.scale, |v| v.as_tensor());
             return vec![(layer.to_string(), t.clone())];
         }
-        let found = self.parts().into_iter().find(|(n, _, _)| n == layer);
-        found.map(|(n, p, _)| p.named(&n)).unwrap_or_default()
+        let found = self.parts().into_iter().find(|(n, _)| n == layer);
+        found.map(|(n, p)| p.named(&n)).unwrap_or_default()
     }
 
     fn make_trainable(&mut self) -> Result<Vec<(String, Var)>> {
