@@ -11,7 +11,7 @@ mod common;
 use candle_core::Device;
 use common::*;
 use runner::backbone::{Arch, Backends, Network};
-use runner::weights::{formula, npy, pickle::Limits, WeightSet};
+use runner::weights::{formula, WeightSet};
 
 /// The cut points after `input`.
 const CUTS: &[&str] = runner::arch::efficientnet::LAYERS.split_at(1).1;
@@ -142,29 +142,12 @@ fn extract_writes_maps_in_pytorch_order_and_specs_default_to_pre_logits() {
         .save(d.join("0.png"))
         .unwrap();
     for cut in ["features.5", "pre_logits"] {
-        std::fs::write(
-            dir.path().join("s.toml"),
-            format!(
-                "[backbone]\narch = \"efficientnet_lite0\"\nweights = \"lite.safetensors\"\nfreeze = \"{cut}\"\n\
-                 input_size = 48\n[dataset]\nkind = \"folder\"\npath = \"imgs\"\nimage_size = 48\n\
-                 [run]\ndevice = \"cpu\"\n"
-            ),
-        )
-        .unwrap();
-        let out = run_in(dir.path(), &["extract", "s.toml", "--out", "f.npz"]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let spec = format!(
+            "[backbone]\narch = \"efficientnet_lite0\"\nweights = \"lite.safetensors\"\nfreeze = \"{cut}\"\n\
+             input_size = 48\n[dataset]\nkind = \"folder\"\npath = \"imgs\"\nimage_size = 48\n\
+             [run]\ndevice = \"cpu\"\n"
         );
-        let got = npy::read_npz(&dir.path().join("f.npz"), &Limits::default()).unwrap();
-        let f = got
-            .iter()
-            .find(|(k, _)| k == "features")
-            .unwrap()
-            .1
-            .to_f32_c()
-            .unwrap();
+        let (_, f) = extract_spec(dir.path(), &spec);
         let want = golden(&format!("efficientnet_lite0/{cut}"));
         let want = &want[..want.len() / 2]; // the first image
         let err = rel_l2(&f, want);

@@ -63,29 +63,12 @@ fn extract_writes_maps_in_pytorch_order_from_a_safetensors_file() {
         .save(d.join("0.png"))
         .unwrap();
     for cut in ["layer2", "pre_logits"] {
-        std::fs::write(
-            dir.path().join("s.toml"),
-            format!(
-                "[backbone]\narch = \"resnet18\"\nweights = \"r18.safetensors\"\nfreeze = \"{cut}\"\n\
-                 input_size = 64\n[dataset]\nkind = \"folder\"\npath = \"imgs\"\nimage_size = 64\n\
-                 [run]\ndevice = \"cpu\"\n"
-            ),
-        )
-        .unwrap();
-        let out = run_in(dir.path(), &["extract", "s.toml", "--out", "f.npz"]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let spec = format!(
+            "[backbone]\narch = \"resnet18\"\nweights = \"r18.safetensors\"\nfreeze = \"{cut}\"\n\
+             input_size = 64\n[dataset]\nkind = \"folder\"\npath = \"imgs\"\nimage_size = 64\n\
+             [run]\ndevice = \"cpu\"\n"
         );
-        let got = npy::read_npz(&dir.path().join("f.npz"), &Limits::default()).unwrap();
-        let f = got
-            .iter()
-            .find(|(k, _)| k == "features")
-            .unwrap()
-            .1
-            .to_f32_c()
-            .unwrap();
+        let (_, f) = extract_spec(dir.path(), &spec);
         let err = rel_l2(&f, &golden(&format!("resnet18/{cut}")));
         assert!(err <= 1e-5, "{cut}: relative L2 {err:.3e}");
     }

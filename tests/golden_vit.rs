@@ -11,7 +11,7 @@ use candle_core::{Device, Tensor};
 use common::*;
 use runner::backbone::{Arch, Backends, Network};
 use runner::spec::Pool;
-use runner::weights::{npy, pickle::Limits, WeightSet};
+use runner::weights::WeightSet;
 
 const ARCH: Arch = Arch::VitB16;
 
@@ -107,38 +107,19 @@ fn a_head_reads_a_blocks_class_token_or_mean_and_fine_tunes_the_last_block() {
     let base =
         "[dataset]\nkind = \"synthetic\"\nper_class = 1\nval_fraction = 0.3\nimage_size = 32\n\
                 [train]\nepochs = 3\nbatch_size = 16\n[run]\ndevice = \"cpu\"\n";
+    let text = |name: &str, backbone: &str| {
+        format!("name = \"{name}\"\nseed = 3\n[backbone]\narch = \"vit_b_16\"\nweights = \"v.safetensors\"\n{backbone}\n{base}")
+    };
     let spec = |name: &str, backbone: &str| {
-        let text = format!("name = \"{name}\"\nseed = 3\n[backbone]\narch = \"vit_b_16\"\nweights = \"v.safetensors\"\n{backbone}\n{base}");
-        std::fs::write(d.path().join(format!("{name}.toml")), text).unwrap();
+        std::fs::write(d.path().join(format!("{name}.toml")), text(name, backbone)).unwrap();
     };
     let mut features = Vec::new();
     // a probe on block5: the class token (pool unset) or the patch tokens' mean, 768 values
     for (name, pool) in [("cls", ""), ("avg", "pool = \"avg\"")] {
-        spec(
-            name,
-            &format!("freeze = \"block5\"\noutput = \"block5\"\n{pool}"),
-        );
-        let out = run_in(
-            d.path(),
-            &[
-                "-q",
-                "extract",
-                &format!("{name}.toml"),
-                "--out",
-                &format!("{name}.npz"),
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let got = npy::read_npz(&d.path().join(format!("{name}.npz")), &Limits::default()).unwrap();
-        let f = &got.iter().find(|(k, _)| k == "features").unwrap().1;
-        assert_eq!(f.shape, vec![43, 768], "{name}");
-        // the first image's row: what torchvision's block gives for the formula image is in the
-        // fidelity test; here the two poolings differ
-        features.push(f.to_f32_c().unwrap());
+        let backbone = format!("freeze = \"block5\"\noutput = \"block5\"\n{pool}");
+        let (shape, f) = extract_spec(d.path(), &text(name, &backbone));
+        assert_eq!(shape, vec![43, 768], "{name}");
+        features.push(f);
     }
     assert!(rel_l2(&features[0], &features[1]) > 1e-2);
     spec(

@@ -147,23 +147,10 @@ fn resnet_specs_default_to_pre_logits_and_check_their_keys() {
     // backbone.mean/std replace the normalisation: ImageNet's own values change nothing,
     // timm-style 0.5/0.5 changes every feature
     let features = |norm: &str| -> Vec<f32> {
-        std::fs::write(
-            d.path().join("n.toml"),
-            format!(
-                "[backbone]\narch = \"resnet18\"\nweights = \"random\"\nfreeze = \"layer1\"\ninput_size = 32\n{norm}\n{base}"
-            ),
-        )
-        .unwrap();
-        let out = run_in(d.path(), &["-q", "extract", "n.toml", "--out", "n.npz"]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let spec = format!(
+            "[backbone]\narch = \"resnet18\"\nweights = \"random\"\nfreeze = \"layer1\"\ninput_size = 32\n{norm}\n{base}"
         );
-        let limits = runner::weights::pickle::Limits::default();
-        let got = runner::weights::npy::read_npz(&d.path().join("n.npz"), &limits).unwrap();
-        let f = &got.iter().find(|(k, _)| k == "features").unwrap().1;
-        f.to_f32_c().unwrap()
+        extract_spec(d.path(), &spec).1
     };
     let default = features("");
     let imagenet = features("mean = [0.485, 0.456, 0.406]\nstd = [0.229, 0.224, 0.225]");

@@ -11,7 +11,7 @@
 //! (the stages), `features.2`, `.4`, `.6` (the downsampling layers), `pre_logits` (the pooled
 //! 768-vector after `classifier.0`, the final LayerNorm), `logits` (`classifier.2`).
 
-use super::{ArchDesc, FlattenOrder, NameMap, ParamKind, ParamSpec};
+use super::{ArchDesc, FlattenOrder, NameMap, ParamSpec};
 
 pub const INPUT_SIZE: usize = 224;
 /// The smallest input side runner accepts (the last stage's map is then 1x1).
@@ -64,83 +64,44 @@ pub fn output_shape_at(layer: usize, input: usize) -> Vec<usize> {
     }
 }
 
-fn conv(
-    name: String,
-    at: usize,
-    (k, cin, cout, groups): (usize, usize, usize, usize),
-) -> ParamSpec {
-    let kind = ParamKind::Conv {
-        kh: k,
-        kw: k,
-        cin,
-        cout,
-        groups,
-        bias: true,
-    };
-    ParamSpec {
-        layer: name,
-        at,
-        kind,
-    }
-}
-
-fn norm(name: String, at: usize, d: usize) -> ParamSpec {
-    ParamSpec {
-        layer: name,
-        at,
-        kind: ParamKind::LayerNorm { d },
-    }
-}
-
-fn fc(name: String, at: usize, cin: usize, cout: usize) -> ParamSpec {
-    let kind = ParamKind::Fc {
-        cin,
-        cout,
-        flatten_chw: None,
-    };
-    ParamSpec {
-        layer: name,
-        at,
-        kind,
-    }
-}
-
 /// Every parameter, in the order of torchvision's state dict (a block's `layer_scale` comes
 /// before its `block.*`).
 pub fn params() -> Vec<ParamSpec> {
+    let conv = |name: &str, at: usize, dims| ParamSpec::conv(name, at, dims, true);
     let mut out = vec![
-        conv("features.0.0".into(), 1, (4, 3, WIDTHS[0], 1)),
-        norm("features.0.1".into(), 1, WIDTHS[0]),
+        conv("features.0.0", 1, (4, 3, WIDTHS[0], 1)),
+        ParamSpec::layer_norm("features.0.1", 1, WIDTHS[0]),
     ];
     for (s, (&d, &n)) in WIDTHS.iter().zip(&DEPTHS).enumerate() {
         if s > 0 {
+            // cut point `at` is features.{at - 1}
             let at = stage_at(s) - 1;
             let f = at - 1;
-            out.push(norm(format!("features.{f}.0"), at, WIDTHS[s - 1]));
-            out.push(conv(
-                format!("features.{f}.1"),
-                at,
-                (2, WIDTHS[s - 1], d, 1),
-            ));
+            let cin = WIDTHS[s - 1];
+            out.push(ParamSpec::layer_norm(&format!("features.{f}.0"), at, cin));
+            out.push(conv(&format!("features.{f}.1"), at, (2, cin, d, 1)));
         }
         let at = stage_at(s);
         for b in 0..n {
             let p = format!("features.{}.{b}", at - 1);
-            out.push(ParamSpec::new(
+            out.push(ParamSpec::tensor(
                 &format!("{p}.layer_scale"),
                 at,
-                ParamKind::Tensor {
-                    shape: vec![d, 1, 1],
-                },
+                vec![d, 1, 1],
             ));
-            out.push(conv(format!("{p}.block.0"), at, (7, d, d, d)));
-            out.push(norm(format!("{p}.block.2"), at, d));
-            out.push(fc(format!("{p}.block.3"), at, d, 4 * d));
-            out.push(fc(format!("{p}.block.5"), at, 4 * d, d));
+            out.push(conv(&format!("{p}.block.0"), at, (7, d, d, d)));
+            out.push(ParamSpec::layer_norm(&format!("{p}.block.2"), at, d));
+            out.push(ParamSpec::fc(&format!("{p}.block.3"), at, d, 4 * d));
+            out.push(ParamSpec::fc(&format!("{p}.block.5"), at, 4 * d, d));
         }
     }
-    out.push(norm("classifier.0".into(), PRE_LOGITS, WIDTHS[3]));
-    out.push(fc("classifier.2".into(), PRE_LOGITS + 1, WIDTHS[3], 1000));
+    out.push(ParamSpec::layer_norm("classifier.0", PRE_LOGITS, WIDTHS[3]));
+    out.push(ParamSpec::fc(
+        "classifier.2",
+        PRE_LOGITS + 1,
+        WIDTHS[3],
+        1000,
+    ));
     out
 }
 

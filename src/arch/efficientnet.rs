@@ -18,7 +18,7 @@
 //! `features.7` (the stages; Lite0's `_blocks` 0 | 1-2 | 3-4 | 5-7 | 8-10 | 11-14 | 15),
 //! `features.8` (head convolution), `pre_logits` (the pooled 1280-vector), `logits`.
 
-use super::{ArchDesc, FlattenOrder, ParamKind, ParamSpec, Preprocess};
+use super::{ArchDesc, FlattenOrder, ParamSpec, Preprocess};
 
 pub const INPUT_SIZE: usize = 224;
 /// The smallest input side runner accepts (the last stage's map is then 1x1).
@@ -230,39 +230,9 @@ fn conv_bn(
     out: &mut Vec<ParamSpec>,
     at: usize,
     (conv, bn): &(String, String),
-    (k, cin, cout, groups): (usize, usize, usize, usize),
+    dims: (usize, usize, usize, usize),
 ) {
-    let kind = ParamKind::Conv {
-        kh: k,
-        kw: k,
-        cin,
-        cout,
-        groups,
-        bias: false,
-    };
-    out.push(ParamSpec {
-        layer: conv.clone(),
-        at,
-        kind,
-    });
-    out.push(ParamSpec {
-        layer: bn.clone(),
-        at,
-        kind: ParamKind::BatchNorm { c: cout },
-    });
-}
-
-/// A 1x1 convolution with bias (squeeze and excitation).
-fn conv1x1(name: &str, at: usize, cin: usize, cout: usize) -> ParamSpec {
-    let kind = ParamKind::Conv {
-        kh: 1,
-        kw: 1,
-        cin,
-        cout,
-        groups: 1,
-        bias: true,
-    };
-    ParamSpec::new(name, at, kind)
+    out.extend(ParamSpec::conv_bn((conv, bn), at, dims));
 }
 
 /// Every parameter of `v`, in forward order (the order of its state dict).
@@ -278,19 +248,25 @@ pub fn params(v: Variant) -> Vec<ParamSpec> {
         let dw = (b.kernel, b.expanded, b.expanded, b.expanded);
         conv_bn(&mut out, b.at, &n.depthwise, dw);
         if let Some((reduce, expand)) = &n.se {
-            out.push(conv1x1(reduce, b.at, b.expanded, b.squeeze));
-            out.push(conv1x1(expand, b.at, b.squeeze, b.expanded));
+            // squeeze and excitation: 1x1 convolutions with bias
+            out.push(ParamSpec::conv(
+                reduce,
+                b.at,
+                (1, b.expanded, b.squeeze, 1),
+                true,
+            ));
+            out.push(ParamSpec::conv(
+                expand,
+                b.at,
+                (1, b.squeeze, b.expanded, 1),
+                true,
+            ));
         }
         conv_bn(&mut out, b.at, &n.project, (1, b.expanded, b.cout, 1));
     }
     let last = blocks.last().map_or(STEM_WIDTH, |b| b.cout);
     conv_bn(&mut out, HEAD, &v.head(), (1, last, HEAD_WIDTH, 1));
-    let fc = ParamKind::Fc {
-        cin: HEAD_WIDTH,
-        cout: 1000,
-        flatten_chw: None,
-    };
-    out.push(ParamSpec::new(v.fc(), PRE_LOGITS + 1, fc));
+    out.push(ParamSpec::fc(v.fc(), PRE_LOGITS + 1, HEAD_WIDTH, 1000));
     out
 }
 

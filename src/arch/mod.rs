@@ -167,13 +167,65 @@ pub struct ParamSpec {
 }
 
 impl ParamSpec {
-    /// A conv or fc layer that is its own cut point.
+    /// A layer of `kind` used by cut point `at`.
     pub fn new(layer: &str, at: usize, kind: ParamKind) -> ParamSpec {
         ParamSpec {
             layer: layer.to_string(),
             at,
             kind,
         }
+    }
+
+    /// A square `k x k` convolution: `(k, cin, cout, groups)`, with or without a bias.
+    pub fn conv(
+        layer: &str,
+        at: usize,
+        (k, cin, cout, groups): (usize, usize, usize, usize),
+        bias: bool,
+    ) -> ParamSpec {
+        let kind = ParamKind::Conv {
+            kh: k,
+            kw: k,
+            cin,
+            cout,
+            groups,
+            bias,
+        };
+        ParamSpec::new(layer, at, kind)
+    }
+
+    /// A convolution without bias and the batch norm after it (torchvision's
+    /// `Conv2dNormActivation`): `(k, cin, cout, groups)`.
+    pub fn conv_bn(
+        (conv, bn): (&str, &str),
+        at: usize,
+        dims: (usize, usize, usize, usize),
+    ) -> [ParamSpec; 2] {
+        let norm = ParamKind::BatchNorm { c: dims.2 };
+        [
+            ParamSpec::conv(conv, at, dims, false),
+            ParamSpec::new(bn, at, norm),
+        ]
+    }
+
+    /// An fc layer on a vector (not on a flattened map).
+    pub fn fc(layer: &str, at: usize, cin: usize, cout: usize) -> ParamSpec {
+        let kind = ParamKind::Fc {
+            cin,
+            cout,
+            flatten_chw: None,
+        };
+        ParamSpec::new(layer, at, kind)
+    }
+
+    /// A LayerNorm over `d` values.
+    pub fn layer_norm(layer: &str, at: usize, d: usize) -> ParamSpec {
+        ParamSpec::new(layer, at, ParamKind::LayerNorm { d })
+    }
+
+    /// One tensor named by the layer itself (an embedding, a token, a layer scale).
+    pub fn tensor(layer: &str, at: usize, shape: Vec<usize>) -> ParamSpec {
+        ParamSpec::new(layer, at, ParamKind::Tensor { shape })
     }
 
     /// Every tensor of the layer: full name and shape, in runner's layout.

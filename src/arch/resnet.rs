@@ -5,7 +5,7 @@
 //! Tensor names are torchvision's (`layer1.0.conv1.weight`, `layer1.0.downsample.1.running_var`,
 //! `fc.bias` ...), which timm's ResNets share.
 
-use super::{ArchDesc, FlattenOrder, ParamKind, ParamSpec, Preprocess};
+use super::{ArchDesc, FlattenOrder, ParamSpec, Preprocess};
 
 pub const INPUT_SIZE: usize = 224;
 /// The smallest input side runner accepts (layer4 is then 1x1).
@@ -137,24 +137,7 @@ fn conv_bn(
     (conv, bn): (String, String),
     (k, cin, cout): (usize, usize, usize),
 ) {
-    let kind = ParamKind::Conv {
-        kh: k,
-        kw: k,
-        cin,
-        cout,
-        groups: 1,
-        bias: false,
-    };
-    out.push(ParamSpec {
-        layer: conv,
-        at,
-        kind,
-    });
-    out.push(ParamSpec {
-        layer: bn,
-        at,
-        kind: ParamKind::BatchNorm { c: cout },
-    });
+    out.extend(ParamSpec::conv_bn((&conv, &bn), at, (k, cin, cout, 1)));
 }
 
 /// Every parameter of ResNet-`depth`, in forward order.
@@ -188,21 +171,14 @@ pub fn params(depth: usize) -> Vec<ParamSpec> {
             cin = w * e;
         }
     }
-    out.push(ParamSpec::new(
-        "fc",
-        PRE_LOGITS + 1,
-        ParamKind::Fc {
-            cin,
-            cout: 1000,
-            flatten_chw: None,
-        },
-    ));
+    out.push(ParamSpec::fc("fc", PRE_LOGITS + 1, cin, 1000));
     out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::arch::ParamKind;
 
     fn count(depth: usize) -> usize {
         params(depth)

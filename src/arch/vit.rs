@@ -13,7 +13,7 @@
 //! torchvision's tensor names; timm's `vit_base_patch16_224` names are mapped (their q/k/v
 //! packing is torchvision's). timm's weights expect `mean = std = [0.5, 0.5, 0.5]`.
 
-use super::{ArchDesc, FlattenOrder, NameMap, ParamKind, ParamSpec};
+use super::{ArchDesc, FlattenOrder, NameMap, ParamSpec};
 
 pub const INPUT_SIZE: usize = 224;
 pub const PATCH: usize = 16;
@@ -62,58 +62,35 @@ pub fn block(i: usize) -> String {
     format!("encoder.layers.encoder_layer_{i}")
 }
 
-fn spec(layer: String, at: usize, kind: ParamKind) -> ParamSpec {
-    ParamSpec { layer, at, kind }
-}
-
-fn fc(layer: String, at: usize, cin: usize, cout: usize) -> ParamSpec {
-    let kind = ParamKind::Fc {
-        cin,
-        cout,
-        flatten_chw: None,
-    };
-    spec(layer, at, kind)
-}
-
 /// Every parameter, in the order of torchvision's state dict.
 pub fn params() -> Vec<ParamSpec> {
-    let tensor =
-        |name: String, at: usize, shape: Vec<usize>| spec(name, at, ParamKind::Tensor { shape });
-    let norm = |name: String, at: usize| spec(name, at, ParamKind::LayerNorm { d: WIDTH });
-    let patch = ParamKind::Conv {
-        kh: PATCH,
-        kw: PATCH,
-        cin: 3,
-        cout: WIDTH,
-        groups: 1,
-        bias: true,
-    };
+    let patch = (PATCH, 3, WIDTH, 1);
+    let pos = vec![1, tokens(INPUT_SIZE), WIDTH];
     let mut out = vec![
-        tensor("class_token".into(), 1, vec![1, 1, WIDTH]),
-        spec("conv_proj".into(), 1, patch),
-        tensor(
-            "encoder.pos_embedding".into(),
-            1,
-            vec![1, tokens(INPUT_SIZE), WIDTH],
-        ),
+        ParamSpec::tensor("class_token", 1, vec![1, 1, WIDTH]),
+        ParamSpec::conv("conv_proj", 1, patch, true),
+        ParamSpec::tensor("encoder.pos_embedding", 1, pos),
     ];
     for i in 0..DEPTH {
         let (p, at) = (block(i), i + 1);
-        out.push(norm(format!("{p}.ln_1"), at));
         let attn = format!("{p}.self_attention");
-        out.push(tensor(
-            format!("{attn}.in_proj_weight"),
-            at,
-            vec![3 * WIDTH, WIDTH],
-        ));
-        out.push(tensor(format!("{attn}.in_proj_bias"), at, vec![3 * WIDTH]));
-        out.push(fc(format!("{attn}.out_proj"), at, WIDTH, WIDTH));
-        out.push(norm(format!("{p}.ln_2"), at));
-        out.push(fc(format!("{p}.mlp.0"), at, WIDTH, MLP));
-        out.push(fc(format!("{p}.mlp.3"), at, MLP, WIDTH));
+        out.extend([
+            ParamSpec::layer_norm(&format!("{p}.ln_1"), at, WIDTH),
+            // the packed q/k/v projection: two tensors not named `.weight`/`.bias`
+            ParamSpec::tensor(
+                &format!("{attn}.in_proj_weight"),
+                at,
+                vec![3 * WIDTH, WIDTH],
+            ),
+            ParamSpec::tensor(&format!("{attn}.in_proj_bias"), at, vec![3 * WIDTH]),
+            ParamSpec::fc(&format!("{attn}.out_proj"), at, WIDTH, WIDTH),
+            ParamSpec::layer_norm(&format!("{p}.ln_2"), at, WIDTH),
+            ParamSpec::fc(&format!("{p}.mlp.0"), at, WIDTH, MLP),
+            ParamSpec::fc(&format!("{p}.mlp.3"), at, MLP, WIDTH),
+        ]);
     }
-    out.push(norm("encoder.ln".into(), PRE_LOGITS));
-    out.push(fc("heads.head".into(), PRE_LOGITS + 1, WIDTH, 1000));
+    out.push(ParamSpec::layer_norm("encoder.ln", PRE_LOGITS, WIDTH));
+    out.push(ParamSpec::fc("heads.head", PRE_LOGITS + 1, WIDTH, 1000));
     out
 }
 

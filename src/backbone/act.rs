@@ -132,12 +132,6 @@ unsafe fn apply_avx512(act: Act, v: &mut [f32]) {
     act.apply(v)
 }
 
-/// `1 / (1 + exp(-v))`, as the kernels compute it.
-#[inline(always)]
-pub fn sigmoid(v: f32) -> f32 {
-    1.0 / (1.0 + exp_f32(-v))
-}
-
 /// `erf(x)` without a branch or a call: Abramowitz and Stegun's 7.1.26 (absolute error below
 /// 1.5e-7; below 5e-7 in f32 arithmetic), odd in x.
 #[inline(always)]
@@ -244,6 +238,5 @@ mod tests {
             worst = worst.max((erf_f32(x as f32) as f64 - erf64(x)).abs());
         }
         assert!(worst < 5e-7, "erf: worst absolute error {worst}");
-        assert!((sigmoid(0.0) - 0.5).abs() < 1e-7);
     }
 }

@@ -200,20 +200,14 @@ impl ConvNext {
             }
             stages.push(blocks);
         }
-        let load = |name: &str, from: usize| -> Result<Option<Param>> {
-            Ok(match last >= from {
-                true => Some(Param::load(ws, name, device)?),
-                false => None,
-            })
-        };
         Ok(ConvNext {
             normalize: Normalize::new(pre, device)?,
             backends,
             stem,
             downs,
             stages,
-            head_norm: load("classifier.0", PRE_LOGITS)?,
-            fc: load("classifier.2", PRE_LOGITS + 1)?,
+            head_norm: Param::load_if(ws, "classifier.0", device, last >= PRE_LOGITS)?,
+            fc: Param::load_if(ws, "classifier.2", device, last > PRE_LOGITS)?,
         })
     }
 

@@ -229,7 +229,7 @@ impl CustomOp3 for DepthwiseConv {
         let level = simd_level();
         let act = self.act;
         // enough planes per job for its work to outweigh scheduling it
-        let min_len = (8192 / (p * kh * kw)).max(1);
+        let min_len = (8192 / (p * kh * kw).max(1)).max(1);
         out.par_chunks_mut(p)
             .with_min_len(min_len)
             .enumerate()

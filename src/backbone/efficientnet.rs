@@ -160,10 +160,8 @@ impl EfficientNet {
             true => Some(load(&v.head(), how(1, 1, 1, act))?),
             false => None,
         };
-        let fc = match last > PRE_LOGITS {
-            true => Some((v.fc().to_string(), Param::load(ws, v.fc(), device)?)),
-            false => None,
-        };
+        let fc = Param::load_if(ws, v.fc(), device, last > PRE_LOGITS)?;
+        let fc = fc.map(|p| (v.fc().to_string(), p));
         Ok(EfficientNet {
             normalize: Normalize::new(pre, device)?,
             backends,

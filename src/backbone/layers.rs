@@ -32,6 +32,20 @@ impl Param {
         })
     }
 
+    /// `<name>.weight` and `<name>.bias` when `wanted` (the layer's cut point is loaded), else
+    /// `None`.
+    pub fn load_if(
+        weights: &crate::weights::WeightSet,
+        name: &str,
+        device: &candle_core::Device,
+        wanted: bool,
+    ) -> Result<Option<Param>> {
+        Ok(match wanted {
+            true => Some(Param::load(weights, name, device)?),
+            false => None,
+        })
+    }
+
     /// The weight + bias layers among `specs` whose cut point is at most `last`, by cut point
     /// index (`n_layers` slots; `None` for the others: input, pooling, layers above `last`).
     pub fn load_until(
@@ -250,19 +264,6 @@ impl Pad {
     }
 }
 
-/// A single convolution with stride, `pad` and bias (no groups), `relu` applied to its output:
-/// PyTorch's layers (`Pad::Sym`), on the path `backends` chooses.
-pub fn conv2d_padded(
-    x: &Tensor,
-    (w, b): (&Tensor, &Tensor),
-    stride: usize,
-    pad: Pad,
-    relu: bool,
-    backends: &Backends,
-) -> Result<Tensor> {
-    conv2d_act(x, (w, b), (stride, pad, 1), Act::relu(relu), backends)
-}
-
 /// The convolution on the path `backends` chooses: (stride, padding, groups), bias, then `act`.
 /// A depthwise convolution (one input and one output channel per group) runs runner's direct
 /// kernel on the CPU (`cpu_depthwise`) and a sum of shifted products elsewhere (`depthwise_taps`),
@@ -364,6 +365,11 @@ pub fn depthwise_taps(x: &Tensor, w: &Tensor, stride: usize, pads: [usize; 4]) -
     let xp = x.pad_with_zeros(2, pt, pb)?.pad_with_zeros(3, pl, pr)?;
     let (n, c, hp, wp) = xp.dims4()?;
     let (_, _, kh, kw) = w.dims4()?;
+    if hp < kh || wp < kw || kh == 0 || kw == 0 {
+        return Err(crate::error::Error::Other(format!(
+            "depthwise convolution: a {kh}x{kw} kernel on a padded {hp}x{wp} map"
+        )));
+    }
     let s = stride.max(1);
     let (oh, ow) = ((hp - kh) / s + 1, (wp - kw) / s + 1);
     let mut y: Option<Tensor> = None;

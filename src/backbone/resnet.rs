@@ -124,10 +124,7 @@ impl ResNet {
             }
             stages.push(units);
         }
-        let fc = match last > PRE_LOGITS {
-            true => Some(Param::load(ws, "fc", device)?),
-            false => None,
-        };
+        let fc = Param::load_if(ws, "fc", device, last > PRE_LOGITS)?;
         Ok(ResNet {
             normalize: Normalize::new(pre, device)?,
             backends,

@@ -188,19 +188,13 @@ impl Vit {
         let blocks = (0..DEPTH.min(last))
             .map(|i| EncoderBlock::load(ws, i, device))
             .collect::<Result<Vec<_>>>()?;
-        let load = |name: &str, from: usize| -> Result<Option<Param>> {
-            Ok(match last >= from {
-                true => Some(Param::load(ws, name, device)?),
-                false => None,
-            })
-        };
         Ok(Vit {
             normalize: Normalize::new(pre, device)?,
             backends,
             embed,
             blocks,
-            ln: load("encoder.ln", PRE_LOGITS)?,
-            head: load("heads.head", PRE_LOGITS + 1)?,
+            ln: Param::load_if(ws, "encoder.ln", device, last >= PRE_LOGITS)?,
+            head: Param::load_if(ws, "heads.head", device, last > PRE_LOGITS)?,
         })
     }
 

@@ -242,3 +242,19 @@ pub fn trained_tensors(run: &Path, loaded: &runner::weights::WeightSet) -> Vec<S
     names.sort();
     names
 }
+
+/// `runner extract` of the experiment `spec` (its text, written to `dir/x.toml`): the shape and
+/// values of the `features` array it writes.
+pub fn extract_spec(dir: &Path, spec: &str) -> (Vec<usize>, Vec<f32>) {
+    std::fs::write(dir.join("x.toml"), spec).unwrap();
+    let out = run_in(dir, &["-q", "extract", "x.toml", "--out", "x.npz"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let limits = runner::weights::pickle::Limits::default();
+    let got = runner::weights::npy::read_npz(&dir.join("x.npz"), &limits).unwrap();
+    let f = &got.iter().find(|(k, _)| k == "features").unwrap().1;
+    (f.shape.clone(), f.to_f32_c().unwrap())
+}
